@@ -1,0 +1,40 @@
+# tapwire: the front door. `make run` captures on this host; `make test` runs every test.
+BUILD_DIR ?= build
+ASAN_DIR  ?= build-asan
+JOBS      ?= $(shell nproc)
+DATA_DIR  ?= /var/lib/tapwire
+RUN_ARGS  ?=
+
+.PHONY: all deps configure build run test unit-test integration-test bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+configure: $(BUILD_DIR)/CMakeCache.txt
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+# Raw capture on every non-loopback interface of this host, in the foreground.
+run: deps build
+	$(BUILD_DIR)/tapwire-sensor --data-dir $(DATA_DIR) --print $(RUN_ARGS)
+
+test: deps build
+	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600
+
+unit-test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -L unit
+
+integration-test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -L integration
+
+bench: deps build
+	bash scripts/bench.sh
+
+clean:
+	rm -rf $(BUILD_DIR) $(ASAN_DIR)

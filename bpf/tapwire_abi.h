@@ -1,0 +1,163 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * tapwire kernel <-> userspace ABI. C only, fixed-width types, included by the
+ * BPF programs (bpf/*.bpf.c) and by userspace. Layouts are pinned by the
+ * static asserts at the end of this file.
+ *
+ * Bump TW_ABI_VERSION whenever a struct below changes size or meaning, or an
+ * enum value is renumbered. Adding a new enum value at the end (before the
+ * __MAX marker) is append-only and needs no bump. Records stored in segment
+ * files embed struct tw_pkt, so a bump here also bumps TW_SEG_VERSION (shm/).
+ */
+#ifndef TAPWIRE_ABI_H
+#define TAPWIRE_ABI_H
+
+#ifdef __BPF__
+#include <linux/types.h>
+#else
+#include <linux/types.h>
+#include <stddef.h>
+#endif
+
+#define TW_ABI_VERSION 1
+
+/* Payload bytes carried by one record. A packet whose captured payload is
+ * longer (GSO/GRO super-packets) is split into several records. */
+#define TW_CHUNK_MAX 16384u
+/* Records per packet at most: 16 x 16 KiB = 256 KiB, above the 64 KiB GSO
+ * default and BIG TCP's common sizes. What lies beyond is cut and flagged. */
+#define TW_MAX_CHUNKS 16u
+/* Default snap length: 0 means the whole L4 payload. */
+#define TW_SNAPLEN_ALL 0u
+
+enum tw_direction {
+	TW_DIR_INGRESS = 0,
+	TW_DIR_EGRESS = 1,
+};
+
+/* struct tw_pkt.flags */
+enum tw_pkt_flag {
+	TW_PKT_F_TRUNCATED = 1u << 0, /* payload cut (snap length or chunk limit) */
+	TW_PKT_F_CONTINUATION = 1u << 1, /* not the packet's first record */
+	TW_PKT_F_MORE = 1u << 2, /* more records of this packet follow */
+	TW_PKT_F_VLAN = 1u << 3, /* vlan_tci is valid */
+};
+
+/* TCP flag bits as on the wire (struct tw_pkt.tcp_flags). */
+enum tw_tcp_flag {
+	TW_TCP_FIN = 0x01,
+	TW_TCP_SYN = 0x02,
+	TW_TCP_RST = 0x04,
+	TW_TCP_PSH = 0x08,
+	TW_TCP_ACK = 0x10,
+	TW_TCP_URG = 0x20,
+	TW_TCP_ECE = 0x40,
+	TW_TCP_CWR = 0x80,
+};
+
+/*
+ * One record per packet (or per chunk of a large packet), followed by cap_len
+ * payload bytes. In the BPF ring buffers ts_ns is CLOCK_MONOTONIC
+ * (bpf_ktime_get_ns); the sensor rewrites it to CLOCK_REALTIME before the
+ * record reaches a segment file. Addresses are in network byte order (IPv4 in
+ * the first 4 bytes, the rest zero); ports, seq, ack and window in host order.
+ */
+struct tw_pkt {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u32 payload_len; /* L4 payload length of the whole packet on the wire */
+	__u32 chunk_off; /* offset of this record's bytes in the L4 payload */
+	__u32 cap_len; /* payload bytes following this header */
+	__u32 seq; /* TCP sequence number of the packet's first payload byte */
+	__u32 ack;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u16 window; /* TCP window, unscaled */
+	__u16 vlan_tci;
+	__u16 flags; /* enum tw_pkt_flag */
+	__u8 direction; /* enum tw_direction */
+	__u8 ip_version; /* 4 or 6 */
+	__u8 l4_proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 tcp_flags; /* enum tw_tcp_flag */
+	__u8 ttl; /* IPv4 TTL or IPv6 hop limit */
+	__u8 reserved;
+};
+
+/*
+ * Why a packet that should have been captured was not, or only partly.
+ * Counted per CPU in the tw_counters map. Append only.
+ */
+enum tw_drop_reason {
+	TW_DROP_RINGBUF_FULL = 0, /* bpf_ringbuf_output found no room */
+	TW_DROP_NO_RING = 1, /* no ring buffer for this CPU */
+	TW_DROP_LOAD_FAILED = 2, /* bpf_skb_load_bytes failed on the payload */
+	TW_DROP_IP_FRAGMENT = 3, /* non-first IP fragment: no L4 header to file it under */
+	TW_DROP_BAD_HEADER = 4, /* truncated or malformed L3/L4 header */
+	TW_DROP_NO_SCRATCH = 5, /* per-CPU scratch buffer missing */
+	TW_DROP__MAX
+};
+
+/* Activity counters, per CPU. Append only. */
+enum tw_stat {
+	TW_STAT_PACKETS_SEEN = 0, /* every skb the programs ran on */
+	TW_STAT_PACKETS_CAPTURED = 1, /* packets whose records all reached a ring */
+	TW_STAT_BYTES_CAPTURED = 2, /* payload bytes written to rings */
+	TW_STAT_RECORDS = 3, /* records written (chunks) */
+	TW_STAT_FILTERED = 4, /* skipped by a capture filter (by design, not a drop) */
+	TW_STAT_NOT_TCP_UDP = 5, /* not IPv4/IPv6 TCP/UDP (by design, not a drop) */
+	TW_STAT_TRUNCATED = 6, /* packets whose payload was cut (flagged) */
+	TW_STAT__MAX
+};
+
+struct tw_counters {
+	__u64 stat[TW_STAT__MAX];
+	__u64 drop[TW_DROP__MAX];
+};
+
+/* Runtime filter settings, one entry in the tw_settings array map. */
+enum tw_setting_flag {
+	TW_SET_CIDR_ALLOWLIST = 1u << 0, /* only addresses matching an allow rule */
+	TW_SET_PORT_ALLOWLIST = 1u << 1, /* only ports matching an allow rule */
+	TW_SET_IFACE_ALLOWLIST = 1u << 2, /* only ifindexes in tw_ifaces */
+};
+
+struct tw_settings {
+	__u32 flags; /* enum tw_setting_flag */
+	__u32 snaplen; /* payload bytes kept per packet, 0 = all */
+};
+
+enum tw_rule_action {
+	TW_RULE_ALLOW = 1,
+	TW_RULE_DENY = 2,
+};
+
+struct tw_cidr4_key {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct tw_cidr6_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+#ifndef __BPF__
+#ifdef __cplusplus
+#define TW_STATIC_ASSERT static_assert
+#else
+#define TW_STATIC_ASSERT _Static_assert
+#endif
+TW_STATIC_ASSERT(sizeof(struct tw_pkt) == 80, "tw_pkt layout changed: bump TW_ABI_VERSION");
+TW_STATIC_ASSERT(offsetof(struct tw_pkt, saddr) == 32, "tw_pkt layout");
+TW_STATIC_ASSERT(offsetof(struct tw_pkt, sport) == 64, "tw_pkt layout");
+TW_STATIC_ASSERT(offsetof(struct tw_pkt, flags) == 72, "tw_pkt layout");
+TW_STATIC_ASSERT(offsetof(struct tw_pkt, ttl) == 78, "tw_pkt layout");
+TW_STATIC_ASSERT(sizeof(struct tw_counters) == 8 * (TW_STAT__MAX + TW_DROP__MAX), "tw_counters layout");
+TW_STATIC_ASSERT(sizeof(struct tw_settings) == 8, "tw_settings layout");
+TW_STATIC_ASSERT(sizeof(struct tw_cidr4_key) == 8, "tw_cidr4_key layout");
+TW_STATIC_ASSERT(sizeof(struct tw_cidr6_key) == 20, "tw_cidr6_key layout");
+#endif
+
+#endif /* TAPWIRE_ABI_H */

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency from Debian packages,
+# non-interactively and idempotently: nothing happens when all are present.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake pkg-config clang llvm libelf-dev zlib1g-dev
+  libbpf-dev bpftool liburing-dev libmimalloc-dev prometheus-cpp-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libpcap-dev libsqlite3-dev
+  libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libnghttp2-dev libzstd-dev
+  libsystemd-dev linux-libc-dev
+  # test lab and references
+  python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
+  tcpdump tshark
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# tshark asks whether non-root users may capture; answer no without a prompt.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

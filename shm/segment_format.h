@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * tapwire segment file format, documented byte by byte in shm/FORMAT.md.
+ * C only, fixed-width little-endian fields; the layout is pinned below.
+ *
+ * Bump TW_SEG_VERSION whenever a struct here changes size or meaning, a
+ * record type's body changes layout, or TW_ABI_VERSION (bpf/) is bumped.
+ * New record types may be added (append only) without a bump: readers skip
+ * record types they do not know.
+ */
+#ifndef TAPWIRE_SEGMENT_FORMAT_H
+#define TAPWIRE_SEGMENT_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TW_SEG_MAGIC "TWSEG\r\n\x1a" /* 8 bytes, no NUL stored */
+#define TW_SEG_VERSION 1u
+#define TW_SEG_HEADER_SIZE 4096u /* the record area starts here */
+#define TW_SEG_ALIGN 8u /* every record starts 8-byte aligned */
+#define TW_SEG_FILE_SUFFIX ".twseg"
+
+enum tw_seg_state {
+	TW_SEG_OPEN = 1, /* the writer may still append */
+	TW_SEG_SEALED = 2, /* complete; never changes again */
+};
+
+/* First bytes of every segment file; the rest of the 4096-byte page is zero. */
+struct tw_seg_header {
+	char magic[8];
+	uint32_t version;
+	uint32_t header_size; /* TW_SEG_HEADER_SIZE */
+	uint64_t capacity; /* bytes of record area the writer may fill */
+	uint64_t seq; /* segment sequence number, increasing, never reused */
+	uint64_t created_ns; /* CLOCK_REALTIME */
+	uint64_t sealed_ns; /* CLOCK_REALTIME, 0 while open */
+	uint32_t state; /* enum tw_seg_state; release-stored after the last commit */
+	uint32_t writer_pid;
+	/* Bytes of the record area that are published: records in
+	 * [0, committed) are complete and never change. The writer stores it
+	 * with release order after writing the records; readers load it with
+	 * acquire order before reading them. */
+	uint64_t committed;
+	uint64_t record_count; /* records in [0, committed) */
+	uint64_t first_ts_ns; /* smallest record timestamp, 0 if none */
+	uint64_t last_ts_ns; /* largest record timestamp, 0 if none */
+	uint32_t abi_version; /* TW_ABI_VERSION of the tw_pkt bodies */
+	uint32_t reserved0;
+};
+
+/* Every record: this header, then `len` body bytes, then zero padding to
+ * TW_SEG_ALIGN. */
+struct tw_seg_rec_hdr {
+	uint32_t len; /* body bytes, excluding this header and the padding */
+	uint16_t type; /* enum tw_seg_rec_type */
+	uint16_t flags; /* reserved, 0 */
+	uint32_t crc32c; /* CRC-32C (Castagnoli) of the body */
+	uint32_t reserved; /* 0 */
+};
+
+enum tw_seg_rec_type {
+	TW_REC_PACKET = 1, /* body: struct tw_pkt (ts_ns CLOCK_REALTIME) + cap_len bytes */
+	TW_REC_IFACE = 2, /* body: struct tw_seg_iface */
+	TW_REC_LOSS = 3, /* body: struct tw_seg_loss */
+};
+
+/* Names an interface; written at the start of every segment for each
+ * attached interface and whenever one is attached, so that each segment is
+ * self-describing. */
+struct tw_seg_iface {
+	uint32_t ifindex;
+	uint32_t reserved;
+	char name[16]; /* NUL-padded */
+	uint64_t ts_ns; /* CLOCK_REALTIME */
+};
+
+/* Records lost between the kernel and this segment (counted, never silent).
+ * Written by the sensor when its drop counters rise. */
+struct tw_seg_loss {
+	uint64_t ts_ns;
+	uint32_t reason; /* enum tw_drop_reason (bpf/tapwire_abi.h) */
+	uint32_t reserved;
+	uint64_t count; /* packets lost since the previous loss record for this reason */
+};
+
+#ifdef __cplusplus
+static_assert(sizeof(struct tw_seg_header) == 96, "tw_seg_header layout changed: bump TW_SEG_VERSION");
+static_assert(offsetof(struct tw_seg_header, committed) == 56, "tw_seg_header layout");
+static_assert(sizeof(struct tw_seg_rec_hdr) == 16, "tw_seg_rec_hdr layout");
+static_assert(sizeof(struct tw_seg_iface) == 32, "tw_seg_iface layout");
+static_assert(sizeof(struct tw_seg_loss) == 24, "tw_seg_loss layout");
+#endif
+
+#endif /* TAPWIRE_SEGMENT_FORMAT_H */
