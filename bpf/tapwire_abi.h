@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * tapwire kernel <-> userspace ABI. C only, fixed-width types, included by the
- * BPF programs (bpf/*.bpf.c) and by userspace. Layouts are pinned by the
+ * BPF programs (bpf/NAME.bpf.c) and by userspace. Layouts are pinned by the
  * static asserts at the end of this file.
  *
  * Bump TW_ABI_VERSION whenever a struct below changes size or meaning, or an
@@ -108,6 +108,7 @@ enum tw_stat {
 	TW_STAT_FILTERED = 4, /* skipped by a capture filter (by design, not a drop) */
 	TW_STAT_NOT_TCP_UDP = 5, /* not IPv4/IPv6 TCP/UDP (by design, not a drop) */
 	TW_STAT_TRUNCATED = 6, /* packets whose payload was cut (flagged) */
+	TW_STAT_EMPTY_ACK = 7, /* payload-less TCP segments without SYN/FIN/RST: not recorded, by design */
 	TW_STAT__MAX
 };
 
@@ -120,7 +121,13 @@ struct tw_counters {
 enum tw_setting_flag {
 	TW_SET_CIDR_ALLOWLIST = 1u << 0, /* only addresses matching an allow rule */
 	TW_SET_PORT_ALLOWLIST = 1u << 1, /* only ports matching an allow rule */
-	TW_SET_IFACE_ALLOWLIST = 1u << 2, /* only ifindexes in tw_ifaces */
+	TW_SET_IFACE_ALLOWLIST = 1u << 2, /* only ifindexes with TW_IF_CAPTURE in tw_ifaces */
+};
+
+/* Values of the tw_ifaces map (per ifindex). */
+enum tw_iface_flag {
+	TW_IF_CAPTURE = 1u << 0, /* in the interface set (see TW_SET_IFACE_ALLOWLIST) */
+	TW_IF_NO_L2 = 1u << 1, /* packets start at the L3 header (tun, wireguard, ...) */
 };
 
 struct tw_settings {
@@ -154,7 +161,7 @@ TW_STATIC_ASSERT(offsetof(struct tw_pkt, saddr) == 32, "tw_pkt layout");
 TW_STATIC_ASSERT(offsetof(struct tw_pkt, sport) == 64, "tw_pkt layout");
 TW_STATIC_ASSERT(offsetof(struct tw_pkt, flags) == 72, "tw_pkt layout");
 TW_STATIC_ASSERT(offsetof(struct tw_pkt, ttl) == 78, "tw_pkt layout");
-TW_STATIC_ASSERT(sizeof(struct tw_counters) == 8 * (TW_STAT__MAX + TW_DROP__MAX), "tw_counters layout");
+TW_STATIC_ASSERT(sizeof(struct tw_counters) == 8 * ((int)TW_STAT__MAX + (int)TW_DROP__MAX), "tw_counters layout");
 TW_STATIC_ASSERT(sizeof(struct tw_settings) == 8, "tw_settings layout");
 TW_STATIC_ASSERT(sizeof(struct tw_cidr4_key) == 8, "tw_cidr4_key layout");
 TW_STATIC_ASSERT(sizeof(struct tw_cidr6_key) == 20, "tw_cidr6_key layout");

@@ -1,0 +1,511 @@
+#include "sensor.hpp"
+
+#include <arpa/inet.h>
+#include <liburing.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+#include "interfaces.hpp"
+#include "ring_drain.hpp"
+#include "segment.hpp"
+#include "status_file.hpp"
+#include "tapwire_abi.hpp"
+#include "tc_attach.hpp"
+#include "units.hpp"
+
+namespace tapwire::sensor {
+namespace {
+
+uint64_t clock_ns(clockid_t c) {
+  timespec ts{};
+  clock_gettime(c, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// Drops counted in userspace, after the kernel handed a record over.
+enum UserDrop { kRecordInvalid = 0, kStorageWriteFailed = 1, kUserDropMax };
+constexpr std::array<const char*, kUserDropMax> kUserDropNames = {"record_invalid", "storage_write_failed"};
+
+// io_uring user_data: what completed.
+enum Event : uint64_t { kEvRing = 1, kEvSignal = 2, kEvNetlink = 3, kEvTimer = 4 };
+uint64_t tag(Event e, uint32_t index = 0) { return (static_cast<uint64_t>(e) << 32) | index; }
+
+void mkdir_p(const std::string& dir) {
+  std::string path;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = dir.find('/', pos + 1);
+    path = dir.substr(0, pos);
+    if (path.empty()) continue;
+    if (mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
+      throw std::runtime_error("cannot create data dir " + dir + ": " + std::strerror(errno) +
+                               ": choose a writable --data-dir");
+  }
+  struct stat st{};
+  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw std::runtime_error("data dir " + dir + " is not a directory: choose another --data-dir");
+  if (access(dir.c_str(), W_OK | X_OK) != 0)
+    throw std::runtime_error("data dir " + dir + " is not writable: " + std::strerror(errno) +
+                             ": choose a writable --data-dir");
+}
+
+struct IfaceCounters {
+  uint64_t packets[2] = {0, 0};  // by direction
+  uint64_t bytes[2] = {0, 0};
+};
+
+}  // namespace
+
+struct Sensor::Impl {
+  SensorOptions opts;
+  std::optional<InterfaceSelector> selector;
+  std::unique_ptr<shm::SegmentStore> store;
+  std::unique_ptr<BpfCapture> bpf;
+  std::unique_ptr<TcAttacher> tc;
+  std::unique_ptr<LinkMonitor> links;
+  std::vector<BpfRingReader> rings;
+  std::map<uint32_t, Interface> attached;  // ifindex -> interface
+  std::map<uint32_t, IfaceCounters> per_iface;
+  io_uring uring{};
+  bool uring_ready = false;
+  int sigfd = -1;
+  __kernel_timespec timer_ts{};
+  uint64_t started_ns = 0;
+  uint64_t mono_to_real = 0;
+  std::array<uint64_t, kUserDropMax> user_drops{};
+  std::array<uint64_t, TW_DROP__MAX> drops_logged{};  // kernel drops already in loss records
+  bool stop = false;
+  int exit_code = 0;
+  // --print
+  uint64_t print_window_start = 0, printed_in_window = 0, suppressed = 0;
+  uint64_t last_tick_mono = 0, last_rescan_mono = 0;
+  uint64_t last_print_packets = 0, last_print_bytes = 0;
+
+  ~Impl() {
+    if (uring_ready) io_uring_queue_exit(&uring);
+    if (sigfd >= 0) close(sigfd);
+  }
+
+  void setup() {
+    selector.emplace(opts.interfaces);
+    mkdir_p(opts.data_dir);
+    shm::StoreOptions so;
+    so.dir = opts.data_dir + "/segments";
+    so.storage_size = opts.storage_size;
+    so.segment_size = opts.segment_size;
+    so.max_segment_age_ns = opts.segment_max_age_s * 1000000000ull;
+    store = std::make_unique<shm::SegmentStore>(so);
+    store->on_open([this](shm::SegmentWriter& w) { write_iface_records(w); });
+
+    bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 4);
+    bpf->set_filters(opts.filters);
+    const std::string state = opts.data_dir + "/tc-state.json";
+    if (int n = TcAttacher::cleanup_leftovers(state); n > 0)
+      std::fprintf(stderr, "tapwire-sensor: removed %d filter(s) left by a previous run\n", n);
+    tc = std::make_unique<TcAttacher>(bpf->ingress_prog_fd(), bpf->egress_prog_fd(), state);
+    for (int fd : bpf->ring_fds()) rings.emplace_back(fd, bpf->ring_bytes());
+    links = std::make_unique<LinkMonitor>();
+
+    sigfd = signalfd(-1, &blocked_set(), SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sigfd < 0) throw std::runtime_error(std::string("cannot create a signalfd: ") + std::strerror(errno));
+    if (int rc = io_uring_queue_init(64, &uring, 0); rc < 0)
+      throw std::runtime_error(std::string("cannot set up io_uring: ") + std::strerror(-rc));
+    uring_ready = true;
+
+    mono_to_real = clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC);
+    started_ns = clock_ns(CLOCK_REALTIME);
+    rescan_interfaces();
+    if (attached.empty())
+      std::fprintf(stderr, "tapwire-sensor: no interface matches yet; waiting for one to appear\n");
+  }
+
+  static const sigset_t& blocked_set() {
+    static sigset_t set = [] {
+      sigset_t s;
+      sigemptyset(&s);
+      for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&s, sig);
+      return s;
+    }();
+    return set;
+  }
+
+  // ------------------------------------------------------------ interfaces --
+
+  void attach(const Interface& i) {
+    if (attached.count(i.ifindex)) return;
+    bpf->set_interface(i.ifindex, i.has_l2);
+    tc->attach(i.ifindex, i.name);
+    attached[i.ifindex] = i;
+    if (store) {
+      auto rec = iface_record(i);
+      store->append(TW_REC_IFACE, {reinterpret_cast<const uint8_t*>(&rec), sizeof rec}, {}, rec.ts_ns);
+    }
+    std::fprintf(stderr, "tapwire-sensor: capturing on %s (ifindex %u)\n", i.name.c_str(), i.ifindex);
+  }
+
+  void detach(uint32_t ifindex, const char* why) {
+    auto it = attached.find(ifindex);
+    if (it == attached.end()) return;
+    tc->detach(ifindex);
+    bpf->forget_interface(ifindex);
+    std::fprintf(stderr, "tapwire-sensor: stopped capturing on %s (%s)\n", it->second.name.c_str(), why);
+    attached.erase(it);
+  }
+
+  void rescan_interfaces() {
+    auto now = list_interfaces();
+    std::map<uint32_t, Interface> present;
+    for (auto& i : now) present[i.ifindex] = i;
+    std::vector<uint32_t> gone;
+    for (auto& [idx, i] : attached)
+      if (!present.count(idx) || present[idx].name != i.name) gone.push_back(idx);
+    for (auto idx : gone) detach(idx, "interface gone or renamed");
+    for (auto& i : now) {
+      if (!selector->matches(i) || attached.count(i.ifindex)) continue;
+      try {
+        attach(i);
+      } catch (const std::exception& e) {
+        // An interface that came and went between listing and attaching is
+        // not worth stopping for; anything else at start-up is.
+        if (started_ns && last_tick_mono) {
+          std::fprintf(stderr, "tapwire-sensor: %s\n", e.what());
+          continue;
+        }
+        throw;
+      }
+    }
+  }
+
+  static tw_seg_iface iface_record(const Interface& i) {
+    tw_seg_iface rec{};
+    rec.ifindex = i.ifindex;
+    std::strncpy(rec.name, i.name.c_str(), sizeof rec.name - 1);
+    rec.ts_ns = clock_ns(CLOCK_REALTIME);
+    return rec;
+  }
+
+  void write_iface_records(shm::SegmentWriter& w) {
+    for (auto& [idx, i] : attached) {
+      auto rec = iface_record(i);
+      w.append(TW_REC_IFACE, {reinterpret_cast<const uint8_t*>(&rec), sizeof rec}, {}, rec.ts_ns);
+    }
+  }
+
+  // ------------------------------------------------------------- draining --
+
+  void on_record(std::span<const uint8_t> rec) {
+    if (rec.size() < sizeof(tw_pkt)) {
+      user_drops[kRecordInvalid]++;
+      return;
+    }
+    tw_pkt hdr;
+    std::memcpy(&hdr, rec.data(), sizeof hdr);
+    if (hdr.cap_len != rec.size() - sizeof(tw_pkt) || hdr.direction > TW_DIR_EGRESS) {
+      user_drops[kRecordInvalid]++;
+      return;
+    }
+    hdr.ts_ns += mono_to_real;
+    auto payload = rec.subspan(sizeof(tw_pkt));
+    if (!store->append(TW_REC_PACKET, {reinterpret_cast<const uint8_t*>(&hdr), sizeof hdr}, payload, hdr.ts_ns)) {
+      user_drops[kStorageWriteFailed]++;
+      return;
+    }
+    auto& c = per_iface[hdr.ifindex];
+    if (!(hdr.flags & TW_PKT_F_CONTINUATION)) c.packets[hdr.direction]++;
+    c.bytes[hdr.direction] += hdr.cap_len;
+    if (opts.print) print_packet(hdr);
+  }
+
+  void drain_all() {
+    for (auto& r : rings) r.drain([this](std::span<const uint8_t> rec) { on_record(rec); });
+    store->publish();
+  }
+
+  // ------------------------------------------------------------- io_uring --
+
+  io_uring_sqe* sqe() {
+    io_uring_sqe* s = io_uring_get_sqe(&uring);
+    if (!s) {
+      io_uring_submit(&uring);
+      s = io_uring_get_sqe(&uring);
+    }
+    if (!s) throw std::runtime_error("io_uring submission queue full");
+    return s;
+  }
+
+  void arm_poll(int fd, uint64_t data, bool multishot) {
+    io_uring_sqe* s = sqe();
+    if (multishot)
+      io_uring_prep_poll_multishot(s, fd, POLLIN);
+    else
+      io_uring_prep_poll_add(s, fd, POLLIN);
+    io_uring_sqe_set_data64(s, data);
+  }
+
+  void arm_timer() {
+    timer_ts.tv_sec = 0;
+    timer_ts.tv_nsec = static_cast<long long>(opts.drain_interval_ms) * 1000000ll;
+    io_uring_sqe* s = sqe();
+    io_uring_prep_timeout(s, &timer_ts, 0, 0);
+    io_uring_sqe_set_data64(s, tag(kEvTimer));
+  }
+
+  void handle_signals() {
+    signalfd_siginfo si{};
+    while (read(sigfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+      if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM) stop = true;
+      // SIGHUP, SIGUSR1, SIGUSR2: reserved for the control plane; ignored.
+    }
+  }
+
+  void handle_links() {
+    bool changed = false;
+    for (auto& e : links->read_events()) {
+      if (!e.added) {
+        detach(e.ifindex, "interface removed");
+        continue;
+      }
+      changed = true;
+    }
+    if (changed) rescan_interfaces();
+  }
+
+  void tick(uint64_t now_mono) {
+    mono_to_real = clock_ns(CLOCK_REALTIME) - now_mono;
+    uint64_t now_real = now_mono + mono_to_real;
+    write_loss_records(now_real);
+    store->tick(now_real);
+    if (now_mono - last_rescan_mono >= 5000000000ull) {  // netlink can lose events (ENOBUFS)
+      rescan_interfaces();
+      last_rescan_mono = now_mono;
+    }
+    write_status("capturing");
+    if (opts.print) print_summary(now_mono);
+  }
+
+  // Kernel drops become TW_REC_LOSS records, so that whoever reads the
+  // segments knows data is missing around that time.
+  void write_loss_records(uint64_t now_real) {
+    auto per_cpu = bpf->read_counters();
+    for (uint32_t r = 0; r < TW_DROP__MAX; r++) {
+      uint64_t total = 0;
+      for (auto& c : per_cpu) total += c.drop[r];
+      if (total <= drops_logged[r]) continue;
+      tw_seg_loss loss{};
+      loss.ts_ns = now_real;
+      loss.reason = r;
+      loss.count = total - drops_logged[r];
+      if (store->append(TW_REC_LOSS, {reinterpret_cast<const uint8_t*>(&loss), sizeof loss}, {}, now_real))
+        drops_logged[r] = total;
+    }
+    store->publish();
+  }
+
+  nlohmann::json status_json(const char* state) const {
+    using nlohmann::json;
+    auto per_cpu = bpf->read_counters();
+    json counters = json::object(), drops = json::object(), by_cpu = json::array();
+    for (uint32_t s = 0; s < TW_STAT__MAX; s++) {
+      uint64_t t = 0;
+      for (auto& c : per_cpu) t += c.stat[s];
+      counters[std::string(abi::kStatNames[s])] = t;
+    }
+    for (uint32_t r = 0; r < TW_DROP__MAX; r++) {
+      uint64_t t = 0;
+      for (auto& c : per_cpu) t += c.drop[r];
+      drops[std::string(abi::kDropReasonNames[r])] = t;
+    }
+    for (uint32_t r = 0; r < kUserDropMax; r++) drops[kUserDropNames[r]] = user_drops[r];
+    for (size_t cpu = 0; cpu < per_cpu.size(); cpu++) {
+      json c = {{"cpu", cpu}};
+      for (uint32_t r = 0; r < TW_DROP__MAX; r++) c[std::string(abi::kDropReasonNames[r])] = per_cpu[cpu].drop[r];
+      by_cpu.push_back(c);
+    }
+    json ifaces = json::array();
+    for (auto& [idx, i] : attached) {
+      json j = {{"name", i.name}, {"ifindex", idx}};
+      if (auto it = per_iface.find(idx); it != per_iface.end()) {
+        j["ingress"] = {{"packets", it->second.packets[0]}, {"bytes", it->second.bytes[0]}};
+        j["egress"] = {{"packets", it->second.packets[1]}, {"bytes", it->second.bytes[1]}};
+      }
+      ifaces.push_back(j);
+    }
+    auto st = store->stats();
+    json storage = {{"dir", store->options().dir},
+                    {"segments", st.segments},
+                    {"bytes_stored", st.bytes_stored},
+                    {"storage_size", store->options().storage_size},
+                    {"segment_size", store->options().segment_size},
+                    {"segments_deleted", st.segments_deleted},
+                    {"records_written", st.records_written}};
+    json ring = json::array();
+    for (size_t i = 0; i < rings.size(); i++)
+      ring.push_back({{"cpu", i}, {"pending_bytes", rings[i].pending()}, {"size_bytes", bpf->ring_bytes()}});
+    return {{"version", TAPWIRE_VERSION},
+            {"pid", getpid()},
+            {"state", state},
+            {"started_ns", started_ns},
+            {"updated_ns", clock_ns(CLOCK_REALTIME)},
+            {"interfaces", ifaces},
+            {"counters", counters},
+            {"drops", drops},
+            {"drops_by_cpu", by_cpu},
+            {"rings", ring},
+            {"storage", storage}};
+  }
+
+  void write_status(const char* state) {
+    if (!write_status_file(opts.data_dir, status_json(state)))
+      std::fprintf(stderr, "tapwire-sensor: cannot write %s: %s\n", status_file_path(opts.data_dir).c_str(),
+                   std::strerror(errno));
+  }
+
+  // ---------------------------------------------------------------- print --
+
+  void print_packet(const tw_pkt& p) {
+    if (p.flags & TW_PKT_F_CONTINUATION) return;
+    uint64_t sec = p.ts_ns / 1000000000ull;
+    if (sec != print_window_start) {
+      if (suppressed) std::printf("  ... and %" PRIu64 " more packets\n", suppressed);
+      print_window_start = sec;
+      printed_in_window = 0;
+      suppressed = 0;
+    }
+    if (++printed_in_window > 20) {
+      suppressed++;
+      return;
+    }
+    char src[64], dst[64];
+    auto addr = [](const tw_pkt& pk, const uint8_t* a, uint16_t port, char* out, size_t n) {
+      char ip[48];
+      inet_ntop(pk.ip_version == 4 ? AF_INET : AF_INET6, a, ip, sizeof ip);
+      std::snprintf(out, n, pk.ip_version == 4 ? "%s:%u" : "[%s]:%u", ip, port);
+    };
+    addr(p, p.saddr, p.sport, src, sizeof src);
+    addr(p, p.daddr, p.dport, dst, sizeof dst);
+    char flags[8] = {};
+    int f = 0;
+    if (p.tcp_flags & TW_TCP_SYN) flags[f++] = 'S';
+    if (p.tcp_flags & TW_TCP_FIN) flags[f++] = 'F';
+    if (p.tcp_flags & TW_TCP_RST) flags[f++] = 'R';
+    if (p.tcp_flags & TW_TCP_PSH) flags[f++] = 'P';
+    if (p.tcp_flags & TW_TCP_ACK) flags[f++] = '.';
+    time_t t = static_cast<time_t>(sec);
+    tm tmv{};
+    localtime_r(&t, &tmv);
+    auto it = attached.find(p.ifindex);
+    std::printf("%02d:%02d:%02d.%06u %s %-7s %s %s > %s %s%s%s len %u%s\n", tmv.tm_hour, tmv.tm_min, tmv.tm_sec,
+                static_cast<unsigned>((p.ts_ns % 1000000000ull) / 1000),
+                it != attached.end() ? it->second.name.c_str() : "?", std::string(abi::direction_name(p.direction)).c_str(),
+                p.l4_proto == 6 ? "TCP" : "UDP", src, dst, p.l4_proto == 6 ? "[" : "", p.l4_proto == 6 ? flags : "",
+                p.l4_proto == 6 ? "]" : "", p.payload_len, (p.flags & TW_PKT_F_TRUNCATED) ? " (truncated)" : "");
+  }
+
+  void print_summary(uint64_t now_mono) {
+    (void)now_mono;
+    auto per_cpu = bpf->read_counters();
+    uint64_t pk = 0, by = 0, dr = 0;
+    for (auto& c : per_cpu) {
+      pk += c.stat[TW_STAT_PACKETS_CAPTURED];
+      by += c.stat[TW_STAT_BYTES_CAPTURED];
+      for (auto d : c.drop) dr += d;
+    }
+    for (auto d : user_drops) dr += d;
+    auto st = store->stats();
+    std::printf("-- %" PRIu64 " packets/s, %s/s payload | total %" PRIu64 " packets, %s | drops %" PRIu64
+                " | %" PRIu64 " segments, %s stored\n",
+                pk - last_print_packets, format_size(by - last_print_bytes).c_str(), pk, format_size(by).c_str(), dr,
+                st.segments, format_size(st.bytes_stored).c_str());
+    std::fflush(stdout);
+    last_print_packets = pk;
+    last_print_bytes = by;
+  }
+
+  // ----------------------------------------------------------------- loop --
+
+  int run() {
+    for (uint32_t i = 0; i < rings.size(); i++) arm_poll(rings[i].fd(), tag(kEvRing, i), true);
+    arm_poll(sigfd, tag(kEvSignal), false);
+    arm_poll(links->fd(), tag(kEvNetlink), false);
+    arm_timer();
+    last_tick_mono = last_rescan_mono = clock_ns(CLOCK_MONOTONIC);
+    write_status("capturing");
+
+    while (!stop) {
+      int rc = io_uring_submit_and_wait(&uring, 1);
+      if (rc < 0 && rc != -EINTR && rc != -ETIME)
+        throw std::runtime_error(std::string("io_uring wait failed: ") + std::strerror(-rc));
+      io_uring_cqe* cqe;
+      unsigned head, seen = 0;
+      io_uring_for_each_cqe(&uring, head, cqe) {
+        seen++;
+        uint64_t data = io_uring_cqe_get_data64(cqe);
+        auto ev = static_cast<Event>(data >> 32);
+        switch (ev) {
+          case kEvRing:
+            if (!(cqe->flags & IORING_CQE_F_MORE))
+              arm_poll(rings[data & 0xffffffff].fd(), data, true);
+            break;
+          case kEvSignal:
+            handle_signals();
+            arm_poll(sigfd, data, false);
+            break;
+          case kEvNetlink:
+            handle_links();
+            arm_poll(links->fd(), data, false);
+            break;
+          case kEvTimer:
+            arm_timer();
+            break;
+        }
+      }
+      io_uring_cq_advance(&uring, seen);
+      drain_all();
+      uint64_t now = clock_ns(CLOCK_MONOTONIC);
+      if (now - last_tick_mono >= 1000000000ull) {
+        tick(now);
+        last_tick_mono = now;
+      }
+    }
+    shutdown();
+    return exit_code;
+  }
+
+  void shutdown() {
+    // Detach first so nothing new arrives, then take everything in flight.
+    tc->detach_all();
+    attached.clear();
+    drain_all();
+    write_loss_records(clock_ns(CLOCK_REALTIME));
+    write_status("stopped");
+    store.reset();  // seals the open segment
+  }
+};
+
+Sensor::Sensor(SensorOptions opts) : impl_(std::make_unique<Impl>()) {
+  impl_->opts = std::move(opts);
+  impl_->setup();
+}
+
+Sensor::~Sensor() = default;
+
+int Sensor::run() { return impl_->run(); }
+
+void Sensor::block_signals() { pthread_sigmask(SIG_BLOCK, &Impl::blocked_set(), nullptr); }
+
+}  // namespace tapwire::sensor

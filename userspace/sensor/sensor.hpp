@@ -1,0 +1,49 @@
+// tapwire-sensor: loads the capture programs, attaches them to the selected
+// interfaces, and drains the per-CPU ring buffers through io_uring into the
+// segment store until SIGINT/SIGTERM.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bpf_capture.hpp"
+
+namespace tapwire::sensor {
+
+struct SensorOptions {
+  std::vector<std::string> interfaces;  // patterns; empty = all but loopback
+  std::string data_dir = "/var/lib/tapwire";
+  uint64_t storage_size = 1ull << 30;
+  uint64_t segment_size = 64ull << 20;
+  uint64_t segment_max_age_s = 60;
+  uint32_t ring_bytes = 8u << 20;  // per CPU
+  uint32_t drain_interval_ms = 20;  // timer that drains rings below the wakeup threshold
+  CaptureFilters filters;
+  bool print = false;  // human-readable activity on stdout
+};
+
+class Sensor {
+ public:
+  // Sets everything up: data dir, segment store, BPF, attachments. Throws
+  // std::runtime_error (one line) and leaves nothing attached on failure.
+  explicit Sensor(SensorOptions opts);
+  ~Sensor();
+  Sensor(const Sensor&) = delete;
+  Sensor& operator=(const Sensor&) = delete;
+
+  // Runs until SIGINT or SIGTERM (which must be blocked in every thread, see
+  // block_signals()), then drains, seals and detaches. Returns the exit code.
+  int run();
+
+  // Blocks the signals the sensor handles through its signalfd. Call first
+  // thing in main, before any thread exists.
+  static void block_signals();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tapwire::sensor
