@@ -165,6 +165,65 @@ static __always_inline int port_pass(struct tw_pkt *p, __u32 flags)
 	return rules_pass(a, b, flags & TW_SET_PORT_ALLOWLIST);
 }
 
+_Static_assert(TW_CHUNK_MAX == 0x4000, "emit_chunk's mask assumes 16 KiB chunks");
+
+struct chunk_ctx {
+	struct __sk_buff *skb;
+	struct tw_scratch *s;
+	struct tw_counters *cnt;
+	void *ring;
+	__u32 payload_off;
+	__u32 cap_total;
+	__u32 failed;
+};
+
+/* One record: chunk i of the packet's captured payload. A bpf_loop callback,
+ * so the verifier checks it once instead of once per possible chunk. */
+static long emit_chunk(__u64 i, struct chunk_ctx *c)
+{
+	struct tw_pkt *p = &c->s->hdr;
+	__u32 off = (__u32)i * TW_CHUNK_MAX;
+	__u32 len;
+	__u64 n, wake;
+
+	if (i >= TW_MAX_CHUNKS || off >= c->cap_total)
+		return 1;
+	len = c->cap_total - off;
+	if (len > TW_CHUNK_MAX)
+		len = TW_CHUNK_MAX;
+	p->chunk_off = off;
+	p->cap_len = len;
+	if (i > 0)
+		p->flags |= TW_PKT_F_CONTINUATION;
+	if (off + len < c->cap_total)
+		p->flags |= TW_PKT_F_MORE;
+	else
+		p->flags &= ~TW_PKT_F_MORE;
+	/* verifier workaround: the compiler tests a copy of len, so the helpers
+	 * would see it unbounded; ((len - 1) & (TW_CHUNK_MAX - 1)) + 1 is len
+	 * itself for 1 <= len <= TW_CHUNK_MAX and gives the verifier that range
+	 * on the register the helpers get. */
+	n = len;
+	asm volatile("%[n] += -1\n\t%[n] &= 0x3fff\n\t%[n] += 1" : [n] "+r"(n));
+	if (load(c->skb, c->payload_off + off, c->s->data, n) < 0) {
+		count_drop(c->cnt, TW_DROP_LOAD_FAILED);
+		c->failed = 1;
+		return 1;
+	}
+	/* Batched notifications: wake the sensor only once enough is queued;
+	 * its timer drains the rest. */
+	wake = bpf_ringbuf_query(c->ring, BPF_RB_AVAIL_DATA) >= tw_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+										    : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(c->ring, c->s, sizeof(struct tw_pkt) + n, wake) < 0) {
+		count_drop(c->cnt, TW_DROP_RINGBUF_FULL);
+		c->failed = 1;
+		return 1;
+	}
+	c->cnt->stat[TW_STAT_RECORDS]++;
+	c->cnt->stat[TW_STAT_BYTES_CAPTURED] += len;
+	return 0;
+}
+
 static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 {
 	__u32 zero = 0;
@@ -369,53 +428,22 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 		return TC_ACT_UNSPEC;
 	}
 
-	for (__u32 i = 0; i < TW_MAX_CHUNKS; i++) {
-		__u32 off = i * TW_CHUNK_MAX;
-		__u32 len;
-		__u64 wake;
-
-		if (i > 0 && off >= cap_total)
-			break;
-		len = cap_total - off;
-		if (len > TW_CHUNK_MAX)
-			len = TW_CHUNK_MAX;
-		p->chunk_off = off;
-		p->cap_len = len;
-		if (i > 0)
-			p->flags |= TW_PKT_F_CONTINUATION;
-		if (off + len < cap_total)
-			p->flags |= TW_PKT_F_MORE;
-		else
-			p->flags &= ~TW_PKT_F_MORE;
-		if (len == 0) {
-			/* SYN/FIN/RST or an empty datagram: metadata only */
-			if (bpf_ringbuf_output(ring, p, sizeof(*p), BPF_RB_NO_WAKEUP) < 0) {
-				count_drop(cnt, TW_DROP_RINGBUF_FULL);
-				return TC_ACT_UNSPEC;
-			}
-			cnt->stat[TW_STAT_RECORDS]++;
-			break;
-		}
-		/* verifier workaround: the compiler tests a copy of len, so the
-		 * helpers would see it unbounded; (len - 1) & (TW_CHUNK_MAX - 1)
-		 * + 1 is len itself for 1 <= len <= TW_CHUNK_MAX and gives the
-		 * verifier that range on the register the helpers get. */
-		__u64 n = len;
-		asm volatile("%[n] += -1\n\t%[n] &= 0x3fff\n\t%[n] += 1" : [n] "+r"(n));
-		if (load(skb, payload_off + off, s->data, n) < 0) {
-			count_drop(cnt, TW_DROP_LOAD_FAILED);
-			return TC_ACT_UNSPEC;
-		}
-		/* Batched notifications: wake the sensor only once enough is
-		 * queued; its timer drains the rest. */
-		wake = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= tw_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-										   : BPF_RB_NO_WAKEUP;
-		if (bpf_ringbuf_output(ring, s, sizeof(struct tw_pkt) + n, wake) < 0) {
+	if (cap_total == 0) {
+		/* SYN/FIN/RST or an empty datagram: metadata only */
+		if (bpf_ringbuf_output(ring, p, sizeof(*p), BPF_RB_NO_WAKEUP) < 0) {
 			count_drop(cnt, TW_DROP_RINGBUF_FULL);
 			return TC_ACT_UNSPEC;
 		}
 		cnt->stat[TW_STAT_RECORDS]++;
-		cnt->stat[TW_STAT_BYTES_CAPTURED] += len;
+	} else {
+		struct chunk_ctx c = {
+			.skb = skb, .s = s, .cnt = cnt, .ring = ring,
+			.payload_off = payload_off, .cap_total = cap_total,
+		};
+
+		bpf_loop((cap_total + TW_CHUNK_MAX - 1) / TW_CHUNK_MAX, emit_chunk, &c, 0);
+		if (c.failed)
+			return TC_ACT_UNSPEC;
 	}
 	cnt->stat[TW_STAT_PACKETS_CAPTURED]++;
 	return TC_ACT_UNSPEC;

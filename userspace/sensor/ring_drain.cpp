@@ -25,10 +25,18 @@ BpfRingReader::BpfRingReader(int map_fd, uint32_t ring_bytes)
   }
   consumer_ = static_cast<uint8_t*>(c);
   producer_ = static_cast<uint8_t*>(p);
+  cons_ = __atomic_load_n(consumer_pos(), __ATOMIC_ACQUIRE);
 }
 
 BpfRingReader::BpfRingReader(BpfRingReader&& o) noexcept
-    : fd_(o.fd_), mask_(o.mask_), page_(o.page_), consumer_(o.consumer_), producer_(o.producer_) {
+    : fd_(o.fd_),
+      mask_(o.mask_),
+      page_(o.page_),
+      consumer_(o.consumer_),
+      producer_(o.producer_),
+      cons_(o.cons_),
+      prod_(o.prod_),
+      head_next_(o.head_next_) {
   o.consumer_ = nullptr;
   o.producer_ = nullptr;
 }
@@ -41,5 +49,29 @@ BpfRingReader::~BpfRingReader() {
 uint64_t BpfRingReader::pending() const {
   return __atomic_load_n(producer_pos(), __ATOMIC_ACQUIRE) - __atomic_load_n(consumer_pos(), __ATOMIC_ACQUIRE);
 }
+
+std::span<const uint8_t> BpfRingReader::peek() {
+  for (;;) {
+    if (cons_ >= prod_) {
+      prod_ = __atomic_load_n(producer_pos(), __ATOMIC_ACQUIRE);
+      if (cons_ >= prod_) return {};
+    }
+    const uint8_t* hdr = data() + (cons_ & mask_);
+    uint32_t len = __atomic_load_n(reinterpret_cast<const uint32_t*>(hdr), __ATOMIC_ACQUIRE);
+    if (len & kRingBusyBit) return {};  // reserved, not committed yet: records after it wait
+    uint32_t sample = len & ~(kRingBusyBit | kRingDiscardBit);
+    uint64_t next = cons_ + ((static_cast<uint64_t>(sample) + kRingHeaderSize + 7) & ~uint64_t{7});
+    if (len & kRingDiscardBit) {
+      cons_ = next;
+      continue;
+    }
+    head_next_ = next;
+    return {hdr + kRingHeaderSize, sample};
+  }
+}
+
+void BpfRingReader::advance() { cons_ = head_next_; }
+
+void BpfRingReader::release() { __atomic_store_n(consumer_pos(), cons_, __ATOMIC_RELEASE); }
 
 }  // namespace tapwire::sensor
