@@ -5,7 +5,7 @@ JOBS      ?= $(shell nproc)
 DATA_DIR  ?= /var/lib/tapwire
 RUN_ARGS  ?=
 
-.PHONY: all deps configure build run test unit-test integration-test bench clean
+.PHONY: all deps configure build asan run test unit-test integration-test bench clean
 
 all: build
 
@@ -24,8 +24,17 @@ build: configure
 run: deps build
 	$(BUILD_DIR)/tapwire-sensor --data-dir $(DATA_DIR) --print $(RUN_ARGS)
 
-test: deps build
+# Unit tests under ASan/UBSan first (fast, catch memory errors), then every
+# test, the network-namespace integration tests included, on the normal build.
+test: deps build asan
+	cd $(ASAN_DIR) && ctest --output-on-failure -L unit
 	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600
+
+$(ASAN_DIR)/CMakeCache.txt:
+	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DTAPWIRE_SANITIZE=ON
+
+asan: $(ASAN_DIR)/CMakeCache.txt
+	cmake --build $(ASAN_DIR) -j $(JOBS) --target tapwire-unit-tests
 
 unit-test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit

@@ -1,0 +1,36 @@
+// The `tapwire` CLI's subcommands. Each lives in its own file and registers
+// itself from main.cpp through one of the functions below: it adds its
+// CLI::App (options bound to its own state) and, when the user picks it,
+// stores in `action` what to run once the command line is fully parsed.
+#pragma once
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace tapwire::cli {
+
+inline constexpr const char* kDefaultDataDir = "/var/lib/tapwire";
+
+// An error a user sees as one line: "tapwire: <what>: <input>: <hint>".
+// Thrown by actions; main prints it and exits with 1.
+class CliError : public std::runtime_error {
+ public:
+  CliError(const std::string& what, const std::string& input, const std::string& hint)
+      : std::runtime_error(what + ": " + input + ": " + hint) {}
+};
+
+// What to run after parsing; returns the process exit code.
+using Action = std::function<int()>;
+
+// Adds the common --data-dir option (default /var/lib/tapwire) to `sub`.
+void add_data_dir_option(CLI::App& sub, std::string& data_dir);
+
+// `tapwire status`
+void register_status(CLI::App& app, Action& action);
+// `tapwire export pcap` (registered under the `export` subcommand)
+void register_export_pcap(CLI::App& export_app, Action& action);
+
+}  // namespace tapwire::cli

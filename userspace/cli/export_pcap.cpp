@@ -1,0 +1,211 @@
+// tapwire export pcap: stored segments -> one pcapng file.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "commands.hpp"
+#include "pcapng_writer.hpp"
+#include "segment.hpp"
+#include "timefmt.hpp"
+
+namespace tapwire::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ExportPcapOptions {
+  std::string data_dir;
+  std::string from;
+  std::string to;
+  std::string output;
+};
+
+uint64_t parse_time_option(const std::string& name, const std::string& text, uint64_t now_ns) {
+  const TimeParseResult r = parse_time_arg(text, now_ns);
+  if (!r.ns)
+    throw CliError("invalid " + name + " time", "'" + text + "'", r.error);
+  return *r.ns;
+}
+
+// The output is written to FILE.tmp and renamed over FILE only once complete,
+// so an error never leaves a half-written FILE behind.
+class OutputFile {
+ public:
+  explicit OutputFile(const std::string& path) : path_(path) {
+    if (path_ == "-") {
+      fp_ = stdout;
+      return;
+    }
+    struct stat st {};
+    if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      if (S_ISDIR(st.st_mode))
+        throw CliError("cannot write the output file", path_, "it is a directory; name a file to write");
+      // A device or FIFO (/dev/null, /dev/stdout, a pipe): written directly,
+      // never replaced by a rename.
+      fp_ = std::fopen(path_.c_str(), "wb");
+      if (!fp_) throw CliError("cannot open the output", path_, std::strerror(errno));
+      return;
+    }
+    tmp_ = path_ + ".tmp";
+    fp_ = std::fopen(tmp_.c_str(), "wb");
+    if (!fp_)
+      throw CliError("cannot create the output file", tmp_,
+                     std::string(std::strerror(errno)) + "; check that its directory exists and is writable");
+  }
+  ~OutputFile() {
+    if (fp_ && fp_ != stdout) std::fclose(fp_);
+    if (!tmp_.empty() && !committed_) ::unlink(tmp_.c_str());
+  }
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+
+  std::FILE* fp() const { return fp_; }
+  const std::string& writing_path() const { return tmp_.empty() ? path_ : tmp_; }
+
+  // Flushes, closes and renames; throws CliError on failure.
+  void commit() {
+    const bool flushed = std::fflush(fp_) == 0 && !std::ferror(fp_);
+    const int flush_errno = errno;
+    if (tmp_.empty()) {
+      const bool closed = fp_ == stdout || std::fclose(fp_) == 0;
+      if (fp_ != stdout) fp_ = nullptr;
+      if (!flushed || !closed)
+        throw CliError("cannot write the output", path_ == "-" ? "standard output" : path_,
+                       std::strerror(flushed ? errno : flush_errno));
+      return;
+    }
+    const bool closed = std::fclose(fp_) == 0;
+    fp_ = nullptr;
+    if (!flushed || !closed)
+      throw CliError("cannot write the output file", tmp_,
+                     std::string(std::strerror(flushed ? errno : flush_errno)) + "; check free space");
+    if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
+      throw CliError("cannot rename the output file", tmp_ + " -> " + path_, std::strerror(errno));
+    committed_ = true;
+  }
+
+ private:
+  std::string path_;
+  std::string tmp_;
+  std::FILE* fp_ = nullptr;
+  bool committed_ = false;
+};
+
+bool file_exists(const std::string& path) {
+  std::error_code ec;
+  return fs::exists(path, ec);
+}
+
+int run_export_pcap(const ExportPcapOptions& o) {
+  const auto started = std::chrono::steady_clock::now();
+  const uint64_t now = realtime_now_ns();
+  const uint64_t from = o.from.empty() ? 0 : parse_time_option("--from", o.from, now);
+  const uint64_t to = o.to.empty() ? UINT64_MAX : parse_time_option("--to", o.to, now);
+  if (from > to)
+    throw CliError("empty time window", "--from " + format_rfc3339_ns(from) + " is after --to " + format_rfc3339_ns(to),
+                   "swap or correct the times");
+
+  std::error_code ec;
+  if (!fs::is_directory(o.data_dir, ec))
+    throw CliError("data directory not found", o.data_dir, "pass the --data-dir that tapwire-sensor uses");
+  const std::string seg_dir = o.data_dir + "/segments";
+  if (!fs::is_directory(seg_dir, ec))
+    throw CliError("no segments directory", seg_dir,
+                   "tapwire-sensor has not stored traffic in this data directory; check --data-dir and 'tapwire status'");
+
+  std::vector<shm::SegmentInfo> segments;
+  try {
+    segments = shm::list_segments(seg_dir);
+  } catch (const shm::SegmentError& e) {
+    throw CliError("cannot list segments", e.what(), "check the permissions of " + seg_dir);
+  }
+  if (segments.empty())
+    throw CliError("no segments to export", seg_dir,
+                   "tapwire-sensor has not stored any traffic yet; check 'tapwire status'");
+
+  OutputFile out(o.output);
+  PcapngWriter writer(out.fp(), std::string("tapwire ") + TAPWIRE_VERSION);
+  uint64_t read = 0, skipped = 0, vanished = 0, corrupt = 0;
+
+  for (const auto& seg : segments) {
+    std::optional<shm::SegmentReader> reader;
+    try {
+      reader.emplace(shm::SegmentReader::open(seg.path));
+    } catch (const shm::SegmentError& e) {
+      // Retention may delete the oldest segments while we read: not an error.
+      if (!file_exists(seg.path)) {
+        ++vanished;
+        continue;
+      }
+      throw CliError("cannot read segment", e.what(), "move that file out of " + seg_dir + " and retry");
+    }
+    const tw_seg_header& h = reader->header();
+    if (h.record_count > 0 && (h.last_ts_ns < from || h.first_ts_ns > to)) {
+      ++skipped;
+      continue;
+    }
+    ++read;
+    while (auto rec = reader->next()) {
+      if (rec->type == TW_REC_IFACE) {
+        writer.add_iface_record(rec->body);
+      } else if (rec->type == TW_REC_PACKET) {
+        if (rec->body.size() >= sizeof(tw_pkt)) {
+          uint64_t ts;
+          std::memcpy(&ts, rec->body.data() + offsetof(tw_pkt, ts_ns), sizeof ts);
+          if (ts < from || ts > to) continue;
+        }
+        writer.add_packet_record(rec->body);
+      }
+    }
+    if (reader->corrupt()) {
+      ++corrupt;
+      std::fprintf(stderr, "tapwire: warning: %s: a record failed validation; exported the records before it\n",
+                   seg.path.c_str());
+    }
+    if (!writer.ok()) break;
+  }
+  if (!writer.finish())
+    throw CliError("cannot write the output file", out.writing_path(),
+                   std::string(std::strerror(errno)) + "; check free space");
+  out.commit();
+
+  const PcapngStats& s = writer.stats();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  std::string extra;
+  if (skipped) extra += ", " + std::to_string(skipped) + " outside the time window";
+  if (vanished) extra += ", " + std::to_string(vanished) + " deleted by retention meanwhile";
+  if (corrupt) extra += ", " + std::to_string(corrupt) + " with corrupt records";
+  if (s.truncated) extra += "; " + std::to_string(s.truncated) + " packets cut at capture";
+  if (s.malformed_records) extra += "; " + std::to_string(s.malformed_records) + " malformed records skipped";
+  if (s.orphan_chunks) extra += "; " + std::to_string(s.orphan_chunks) + " UDP chunks without their first chunk skipped";
+  std::fprintf(stderr,
+               "tapwire: exported %" PRIu64 " packets (%" PRIu64 " payload bytes, %" PRIu64
+               " file bytes) from %" PRIu64 " of %zu segments%s to %s in %.2f s\n",
+               s.packets, s.payload_bytes, s.file_bytes, read, segments.size(), extra.c_str(),
+               o.output == "-" ? "standard output" : o.output.c_str(), secs);
+  return 0;
+}
+
+}  // namespace
+
+void register_export_pcap(CLI::App& export_app, Action& action) {
+  auto opts = std::make_shared<ExportPcapOptions>();
+  CLI::App* sub = export_app.add_subcommand(
+      "pcap", "Write stored packets as pcapng (headers are synthesized from the capture metadata)");
+  add_data_dir_option(*sub, opts->data_dir);
+  sub->add_option("--from", opts->from,
+                  "First packet time: RFC 3339 (2026-11-23T01:52:00Z), Unix seconds, or relative (-5m)");
+  sub->add_option("--to", opts->to, "Last packet time, same forms as --from");
+  sub->add_option("-o,--output", opts->output, "pcapng file to write ('-' for standard output)")->required();
+  sub->callback([opts, &action] { action = [opts] { return run_export_pcap(*opts); }; });
+}
+
+}  // namespace tapwire::cli
