@@ -404,7 +404,8 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	}
 
 	/* Filters: nothing filtered out is ever copied. */
-	if (!cidr_pass(p, set_flags) || !port_pass(p, set_flags)) {
+	if (((set_flags & TW_SET_CIDR_RULES) && !cidr_pass(p, set_flags)) ||
+	    ((set_flags & TW_SET_PORT_RULES) && !port_pass(p, set_flags))) {
 		cnt->stat[TW_STAT_FILTERED]++;
 		return TC_ACT_UNSPEC;
 	}

@@ -122,6 +122,8 @@ enum tw_setting_flag {
 	TW_SET_CIDR_ALLOWLIST = 1u << 0, /* only addresses matching an allow rule */
 	TW_SET_PORT_ALLOWLIST = 1u << 1, /* only ports matching an allow rule */
 	TW_SET_IFACE_ALLOWLIST = 1u << 2, /* only ifindexes with TW_IF_CAPTURE in tw_ifaces */
+	TW_SET_CIDR_RULES = 1u << 3, /* tw_cidr4/tw_cidr6 hold rules: look them up */
+	TW_SET_PORT_RULES = 1u << 4, /* tw_ports holds rules: look it up */
 };
 
 /* Values of the tw_ifaces map (per ifindex). */

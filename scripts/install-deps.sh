@@ -9,7 +9,7 @@ PACKAGES=(
   libbpf-dev bpftool liburing-dev libmimalloc-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev libpcap-dev libsqlite3-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libnghttp2-dev libzstd-dev
-  libsystemd-dev linux-libc-dev
+  libsystemd-dev linux-libc-dev libisal-dev
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
   tcpdump tshark

@@ -178,7 +178,9 @@ void BpfCapture::set_filters(const CaptureFilters& f) {
   for (auto p : f.deny_ports) put_port(p, TW_RULE_DENY);
 
   settings_flags_ = (f.allow_cidrs.empty() ? 0 : TW_SET_CIDR_ALLOWLIST) |
-                    (f.allow_ports.empty() ? 0 : TW_SET_PORT_ALLOWLIST);
+                    (f.allow_ports.empty() ? 0 : TW_SET_PORT_ALLOWLIST) |
+                    (cidrs.empty() ? 0 : TW_SET_CIDR_RULES) |
+                    (f.allow_ports.empty() && f.deny_ports.empty() ? 0 : TW_SET_PORT_RULES);
   snaplen_ = f.snaplen;
   write_settings();
 }
