@@ -82,8 +82,10 @@ struct tw_pkt {
 	__u8 l4_proto; /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 tcp_flags; /* enum tw_tcp_flag */
 	__u8 ttl; /* IPv4 TTL or IPv6 hop limit */
-	__u8 reserved;
+	__u8 tcp_wscale; /* SYN only: the window scale option's shift, TW_WSCALE_NONE without one */
 };
+
+#define TW_WSCALE_NONE 0xffu
 
 /*
  * Why a packet that should have been captured was not, or only partly.
@@ -163,6 +165,7 @@ TW_STATIC_ASSERT(offsetof(struct tw_pkt, saddr) == 32, "tw_pkt layout");
 TW_STATIC_ASSERT(offsetof(struct tw_pkt, sport) == 64, "tw_pkt layout");
 TW_STATIC_ASSERT(offsetof(struct tw_pkt, flags) == 72, "tw_pkt layout");
 TW_STATIC_ASSERT(offsetof(struct tw_pkt, ttl) == 78, "tw_pkt layout");
+TW_STATIC_ASSERT(offsetof(struct tw_pkt, tcp_wscale) == 79, "tw_pkt layout");
 TW_STATIC_ASSERT(sizeof(struct tw_counters) == 8 * ((int)TW_STAT__MAX + (int)TW_DROP__MAX), "tw_counters layout");
 TW_STATIC_ASSERT(sizeof(struct tw_settings) == 8, "tw_settings layout");
 TW_STATIC_ASSERT(sizeof(struct tw_cidr4_key) == 8, "tw_cidr4_key layout");

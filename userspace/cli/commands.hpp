@@ -30,6 +30,9 @@ void add_data_dir_option(CLI::App& sub, std::string& data_dir);
 
 // `tapwire status`
 void register_status(CLI::App& app, Action& action);
+// `tapwire calls` (query a dissection DB) and `tapwire tail` (follow it live)
+void register_calls(CLI::App& app, Action& action);
+void register_tail(CLI::App& app, Action& action);
 // `tapwire export pcap` (registered under the `export` subcommand)
 void register_export_pcap(CLI::App& export_app, Action& action);
 

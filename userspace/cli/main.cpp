@@ -34,6 +34,8 @@ int main(int argc, char** argv) {
 
   Action action;
   register_status(app, action);
+  register_calls(app, action);
+  register_tail(app, action);
   CLI::App* export_app = app.add_subcommand("export", "Write stored traffic to a file");
   export_app->require_subcommand(1);
   register_export_pcap(*export_app, action);

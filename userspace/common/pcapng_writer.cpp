@@ -233,15 +233,25 @@ void PcapngWriter::write_tcp(const tw_pkt& pkt, std::span<const uint8_t> payload
   if (pkt.flags & TW_PKT_F_CONTINUATION) flags &= static_cast<uint8_t>(~TW_TCP_SYN);
   if (more) flags &= static_cast<uint8_t>(~(TW_TCP_FIN | TW_TCP_PSH | TW_TCP_RST));
 
-  uint8_t th[20] = {};
+  // A SYN carries its window scale option (NOP + WS), so that tools scale
+  // the windows of the packets that follow as the endpoints did.
+  const bool wscale = (flags & TW_TCP_SYN) && pkt.tcp_wscale != TW_WSCALE_NONE;
+  uint8_t th[24] = {};
+  const size_t th_len = wscale ? 24 : 20;
   store_be16(th + 0, pkt.sport);
   store_be16(th + 2, pkt.dport);
   store_be32(th + 4, pkt.seq + pkt.chunk_off);
   store_be32(th + 8, pkt.ack);
-  th[12] = 5 << 4;
+  th[12] = static_cast<uint8_t>((th_len / 4) << 4);
   th[13] = flags;
   store_be16(th + 14, pkt.window);
-  write_frame(pkt, th, sizeof th, payload, wire_len);
+  if (wscale) {
+    th[20] = 1;  // NOP
+    th[21] = 3;  // window scale
+    th[22] = 3;
+    th[23] = pkt.tcp_wscale;
+  }
+  write_frame(pkt, th, th_len, payload, wire_len);
 }
 
 void PcapngWriter::write_udp(const tw_pkt& pkt, std::span<const uint8_t> payload, uint32_t wire_payload_len) {

@@ -1,0 +1,216 @@
+// tapwire calls: query the dissection DB. tapwire tail: follow it live.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <sqlite3.h>
+
+#include "call_db.hpp"
+#include "commands.hpp"
+#include "timefmt.hpp"
+
+namespace tapwire::cli {
+namespace {
+
+using nlohmann::json;
+
+std::string str(const json& j, const char* k) {
+  auto it = j.find(k);
+  if (it == j.end() || it->is_null()) return "";
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+// One readable line per call.
+std::string call_line(const json& c) {
+  std::string ts = str(c, "ts");
+  if (ts.size() > 23) ts = ts.substr(11, 12);  // HH:MM:SS.mmm
+  const json& req = c["request"];
+  const json& resp = c["response"];
+  std::string what, result;
+  if (str(c, "protocol") == "http") {
+    if (req.is_object()) what = str(req, "method") + " " + str(req, "path");
+    result = resp.is_object() ? str(resp, "status") : "-";
+  } else {
+    const json& q = req.is_object() ? req : resp;
+    if (q.is_object()) what = str(q, "qtype") + " " + str(q, "qname");
+    result = resp.is_object() ? str(resp, "rcode") : "-";
+    if (resp.is_object() && resp.contains("answers") && resp["answers"].is_array() && !resp["answers"].empty())
+      result += " " + resp["answers"][0].get<std::string>() +
+                (resp["answers"].size() > 1 ? " (+" + std::to_string(resp["answers"].size() - 1) + ")" : "");
+  }
+  std::string dur = c["duration_us"].is_number() ? std::to_string(c["duration_us"].get<int64_t>()) + "us" : "-";
+  std::string flags;
+  for (auto& f : c["flags"]) flags += (flags.empty() ? " [" : ",") + f.get<std::string>();
+  if (!flags.empty()) flags += "]";
+  char buf[1024];
+  std::snprintf(buf, sizeof buf, "%s %-4s %s:%s -> %s:%s  %s  %s  %s%s", ts.c_str(), str(c, "protocol").c_str(),
+                str(c["src"], "ip").c_str(), str(c["src"], "port").c_str(), str(c["dst"], "ip").c_str(),
+                str(c["dst"], "port").c_str(), what.c_str(), result.c_str(), dur.c_str(), flags.c_str());
+  return buf;
+}
+
+std::unique_ptr<dissect::CallDb> open_db(const std::string& path) {
+  if (access(path.c_str(), R_OK) != 0)
+    throw CliError("cannot read the dissection DB", path, "give the --db that tapwire-dissector or tapwire dissect wrote");
+  try {
+    return std::make_unique<dissect::CallDb>(path, true);
+  } catch (const std::exception& e) {
+    throw CliError("cannot open the dissection DB", path, "is it a tapwire dissection DB?");
+  }
+}
+
+struct CallsOptions {
+  std::string db;
+  std::string protocol;
+  std::string status;
+  std::string from, to;
+  size_t limit = 0;
+  bool json = false;
+};
+
+int run_calls(const CallsOptions& o) {
+  dissect::CallDb::Query q;
+  q.protocol = o.protocol;
+  q.limit = o.limit;
+  if (!o.status.empty()) {
+    const std::string& s = o.status;
+    if (s.size() == 3 && s[0] >= '1' && s[0] <= '5' && (s.substr(1) == "xx" || s.substr(1) == "XX")) {
+      q.status_class = s[0] - '0';
+    } else {
+      char* end = nullptr;
+      long v = std::strtol(s.c_str(), &end, 10);
+      if (s.empty() || *end || v < 100 || v > 999)
+        throw CliError("bad --status", s, "give a status code such as 404 or a class such as 5xx");
+      q.status = static_cast<int>(v);
+    }
+  }
+  if (!o.from.empty()) {
+    auto t = parse_time_arg(o.from, realtime_now_ns());
+    if (!t.ns) throw CliError("bad --from", o.from, t.error);
+    q.from_ns = *t.ns;
+  }
+  if (!o.to.empty()) {
+    auto t = parse_time_arg(o.to, realtime_now_ns());
+    if (!t.ns) throw CliError("bad --to", o.to, t.error);
+    q.to_ns = *t.ns;
+  }
+  auto db = open_db(o.db);
+  for (auto& c : db->query(q)) std::printf("%s\n", o.json ? c.dump().c_str() : call_line(c).c_str());
+  return 0;
+}
+
+std::atomic<bool> g_stop{false};
+void on_stop(int) { g_stop = true; }
+
+struct TailOptions {
+  std::string data_dir, db;
+  bool json = false;
+  double seconds = 0;  // stop after this long (0: until interrupted)
+};
+
+int run_tail(const TailOptions& o) {
+  std::string path = o.db.empty() ? o.data_dir + "/dissection.db" : o.db;
+  signal(SIGINT, on_stop);
+  signal(SIGTERM, on_stop);
+  sqlite3* db = nullptr;
+  // Wait for the DB to appear: the dissector creates it when it starts.
+  auto start = std::chrono::steady_clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  bool said = false;
+  while (!g_stop && (o.seconds <= 0 || elapsed() < o.seconds)) {
+    if (access(path.c_str(), R_OK) == 0 &&
+        sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK)
+      break;
+    if (db) sqlite3_close(db);
+    db = nullptr;
+    if (!said) {
+      std::fprintf(stderr, "tapwire: waiting for %s (is dissection running?)\n", path.c_str());
+      said = true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (!db) return 0;
+  sqlite3_busy_timeout(db, 2000);
+  // Start at the end: tail shows what comes from now on.
+  sqlite3_int64 last = 0;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT coalesce(max(rowid), 0) FROM calls", -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    last = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  st = nullptr;
+  const char* sql =
+      "SELECT rowid, id, protocol, ts, duration_us, src_ip, src_port, dst_ip, dst_port, request, response, flags "
+      "FROM calls WHERE rowid > ? ORDER BY rowid LIMIT 1000";
+  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) {
+    std::string err = sqlite3_errmsg(db);
+    sqlite3_close(db);
+    throw CliError("cannot read the dissection DB", path, err);
+  }
+  auto text = [&](int col) -> std::string {
+    auto* t = sqlite3_column_text(st, col);
+    return t ? reinterpret_cast<const char*>(t) : "";
+  };
+  auto parsed = [&](int col) -> json {
+    if (sqlite3_column_type(st, col) == SQLITE_NULL) return nullptr;
+    return json::parse(text(col), nullptr, false);
+  };
+  while (!g_stop && (o.seconds <= 0 || elapsed() < o.seconds)) {
+    sqlite3_reset(st);
+    sqlite3_bind_int64(st, 1, last);
+    int rows = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      rows++;
+      last = sqlite3_column_int64(st, 0);
+      json c = {{"id", text(1)},
+                {"protocol", text(2)},
+                {"ts", text(3)},
+                {"duration_us", sqlite3_column_type(st, 4) == SQLITE_NULL ? json(nullptr) : json(sqlite3_column_int64(st, 4))},
+                {"src", {{"ip", text(5)}, {"port", sqlite3_column_int(st, 6)}}},
+                {"dst", {{"ip", text(7)}, {"port", sqlite3_column_int(st, 8)}}},
+                {"request", parsed(9)},
+                {"response", parsed(10)},
+                {"flags", parsed(11)}};
+      std::printf("%s\n", o.json ? c.dump().c_str() : call_line(c).c_str());
+    }
+    std::fflush(stdout);
+    if (rows < 1000) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return 0;
+}
+
+}  // namespace
+
+void register_calls(CLI::App& app, Action& action) {
+  auto o = std::make_shared<CallsOptions>();
+  CLI::App* sub = app.add_subcommand("calls", "Query the calls in a dissection DB");
+  sub->add_option("--db", o->db, "the dissection DB")->required();
+  sub->add_option("--protocol", o->protocol, "only this protocol (http, dns)");
+  sub->add_option("--status", o->status, "only this HTTP status (404) or class (5xx)");
+  sub->add_option("--from", o->from, "only calls at or after this time (RFC 3339, Unix seconds, -5m)");
+  sub->add_option("--to", o->to, "only calls at or before this time");
+  sub->add_option("--limit", o->limit, "at most this many calls");
+  sub->add_flag("--json", o->json, "one call record (JSON) per line");
+  sub->callback([o, &action] { action = [o] { return run_calls(*o); }; });
+}
+
+void register_tail(CLI::App& app, Action& action) {
+  auto o = std::make_shared<TailOptions>();
+  CLI::App* sub = app.add_subcommand("tail", "Show calls live as they are dissected");
+  add_data_dir_option(*sub, o->data_dir);
+  sub->add_option("--db", o->db, "follow this dissection DB instead of DATA_DIR/dissection.db");
+  sub->add_flag("--json", o->json, "one call record (JSON) per line");
+  sub->add_option("--seconds", o->seconds, "stop after this many seconds");
+  sub->callback([o, &action] { action = [o] { return run_tail(*o); }; });
+}
+
+}  // namespace tapwire::cli

@@ -1,0 +1,125 @@
+#include "call.hpp"
+
+#include <arpa/inet.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+
+namespace tapwire::dissect {
+
+const char* protocol_name(Protocol p) {
+  switch (p) {
+    case Protocol::Http:
+      return "http";
+    case Protocol::Dns:
+      return "dns";
+  }
+  return "unknown";
+}
+
+std::vector<std::string> flag_names(uint32_t flags) {
+  static const std::pair<uint32_t, const char*> kNames[] = {
+      {kFlagGap, "gap"},           {kFlagTruncated, "truncated"}, {kFlagOrphanResponse, "orphan_response"},
+      {kFlagTimeout, "timeout"},   {kFlagClosed, "closed"},       {kFlagUpgrade, "upgrade"},
+      {kFlagBodyTruncated, "body_truncated"},
+  };
+  std::vector<std::string> out;
+  for (auto& [bit, name] : kNames)
+    if (flags & bit) out.emplace_back(name);
+  return out;
+}
+
+std::string Endpoint::ip() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  inet_ntop(ip_version == 6 ? AF_INET6 : AF_INET, addr, buf, sizeof buf);
+  return buf;
+}
+
+std::string Call::id() const {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, key);
+  return buf;
+}
+
+int64_t Call::duration_us() const {
+  if (!has_response() || !has_request() || end_ns < ts_ns) return -1;
+  return static_cast<int64_t>((end_ns - ts_ns) / 1000);
+}
+
+std::string format_ts(uint64_t ns) {
+  time_t sec = static_cast<time_t>(ns / 1000000000ull);
+  tm t{};
+  gmtime_r(&sec, &t);
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%09uZ", t.tm_year + 1900, t.tm_mon + 1, t.tm_mday,
+                t.tm_hour, t.tm_min, t.tm_sec, static_cast<unsigned>(ns % 1000000000ull));
+  return buf;
+}
+
+namespace {
+
+nlohmann::json headers_json(const std::vector<proto::Header>& hs) {
+  nlohmann::json j = nlohmann::json::object();
+  for (auto& h : hs) {
+    auto it = j.find(h.name);
+    if (it == j.end())
+      j[h.name] = h.value;
+    else  // repeated fields join with ", " as RFC 9110 allows (Set-Cookie aside, good enough to read)
+      *it = it->get<std::string>() + ", " + h.value;
+  }
+  return j;
+}
+
+nlohmann::json endpoint_json(const Endpoint& e) { return {{"ip", e.ip()}, {"port", e.port}}; }
+
+}  // namespace
+
+nlohmann::json to_json(const Call& c) {
+  nlohmann::json j;
+  j["id"] = c.id();
+  j["protocol"] = protocol_name(c.protocol);
+  j["ts"] = format_ts(c.ts_ns);
+  int64_t d = c.duration_us();
+  j["duration_us"] = d < 0 ? nlohmann::json(nullptr) : nlohmann::json(d);
+  j["src"] = endpoint_json(c.src);
+  j["dst"] = endpoint_json(c.dst);
+  nlohmann::json req = nullptr, resp = nullptr;
+  if (c.http_request) {
+    auto& m = *c.http_request;
+    req = {{"method", m.method},
+           {"path", m.target},
+           {"version", m.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1"},
+           {"headers", headers_json(m.headers)},
+           {"body_size", m.body_size}};
+  }
+  if (c.http_response) {
+    auto& m = *c.http_response;
+    resp = {{"status", m.status},
+            {"reason", m.reason},
+            {"headers", headers_json(m.headers)},
+            {"body_size", m.body_size}};
+  }
+  if (c.dns_query) {
+    auto& q = *c.dns_query;
+    req = {{"id", q.id},
+           {"qname", q.questions.empty() ? std::string() : q.questions[0].name},
+           {"qtype", q.questions.empty() ? std::string() : proto::dns_type_name(q.questions[0].qtype)}};
+  }
+  if (c.dns_response) {
+    auto& r = *c.dns_response;
+    nlohmann::json answers = nlohmann::json::array();
+    for (auto& a : r.answers) answers.push_back(proto::dns_type_name(a.type) + " " + a.data);
+    resp = {{"rcode", proto::dns_rcode_name(r.rcode)}, {"answers", answers}};
+    if (!c.dns_query) {  // orphan: say what it answered
+      resp["qname"] = r.questions.empty() ? std::string() : r.questions[0].name;
+      resp["qtype"] = r.questions.empty() ? std::string() : proto::dns_type_name(r.questions[0].qtype);
+    }
+  }
+  j["request"] = req;
+  j["response"] = resp;
+  j["flags"] = flag_names(c.flags);
+  return j;
+}
+
+}  // namespace tapwire::dissect

@@ -1,0 +1,79 @@
+// The dissection engine: packets in, calls out. Flows are keyed by 5-tuple;
+// TCP flows are reassembled per direction, their protocol detected from
+// content (the port is only a hint), parsed, and requests paired with
+// responses. Time is packet time, so a pcap, a snapshot and the live tail
+// of the same traffic dissect to the same calls.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "call.hpp"
+#include "packet_source.hpp"
+#include "tcp_reassembly.hpp"
+
+namespace tapwire::dissect {
+
+struct DissectorOptions {
+  proto::HttpLimits http;
+  proto::DnsLimits dns;
+  ReassemblyLimits reassembly;
+  size_t max_flows = 200000;  // TCP flows tracked at once; the least recently active go first
+  size_t max_detect_bytes = 4096;  // bytes looked at to detect a protocol before a flow is ignored
+  uint64_t flow_idle_ns = 120ull * 1000000000ull;  // a TCP flow without packets this long is closed
+  uint64_t request_timeout_ns = 60ull * 1000000000ull;  // a request without response this long expires
+  uint64_t dns_timeout_ns = 10ull * 1000000000ull;
+  size_t max_dns_pending = 100000;  // DNS queries waiting for an answer, all flows together
+  bool enable_http = true;
+  bool enable_dns = true;
+};
+
+struct DissectorMetrics {
+  uint64_t packets = 0, bytes = 0;
+  uint64_t tcp_flows = 0, udp_datagrams = 0;
+  uint64_t flows_active = 0;
+  uint64_t flows_evicted = 0;  // dropped because max_flows was reached
+  uint64_t flows_ignored = 0;  // no supported protocol detected
+  uint64_t reassembly_gaps = 0, reassembly_gap_bytes = 0;
+  uint64_t parse_errors_http = 0, parse_errors_dns = 0;
+  uint64_t calls_http = 0, calls_dns = 0;
+  uint64_t calls_without_response = 0, orphan_responses = 0;
+  uint64_t buffered_bytes = 0;  // reassembly + parser buffers now (memory in use)
+  uint64_t dns_pending = 0, dns_pending_overflow = 0;
+};
+
+using CallSink = std::function<void(Call&&)>;
+
+class Dissector {
+ public:
+  Dissector(DissectorOptions opts, CallSink sink);
+  ~Dissector();
+  Dissector(const Dissector&) = delete;
+  Dissector& operator=(const Dissector&) = delete;
+
+  void packet(const Packet& p);
+  // Expires idle flows and requests older than the timeouts relative to
+  // packet time `now_ns` (called periodically; packet() calls it as time moves).
+  void advance_time(uint64_t now_ns);
+  // End of input: closes every flow, reporting what is pending.
+  void finish();
+  const DissectorMetrics& metrics() const;
+
+  // Live resume. The position of the first packet of the oldest flow or
+  // query still in progress (or `current` if none): a dissector restarted
+  // there rebuilds exactly the state this one has now.
+  SourcePosition resume_position(SourcePosition current) const;
+  // Calls completed by packets at or before `pos` were reported by an
+  // earlier run: drop them instead of reporting them again.
+  void suppress_through(SourcePosition pos);
+  uint64_t suppressed() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tapwire::dissect

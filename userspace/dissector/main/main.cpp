@@ -1,0 +1,252 @@
+// tapwire-dissector: turns captured packets into API calls. Reads the
+// sensor's segments live (--data-dir), a snapshot (--snapshot) or a pcap
+// (--pcap); writes the dissection DB (--db) and/or JSON lines (--jsonl).
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "call_db.hpp"
+#include "dissector.hpp"
+#include "packet_source.hpp"
+
+using namespace tapwire::dissect;
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+// Lowers this process to the least it can be: nice 19, SCHED_IDLE, idle I/O,
+// and no capabilities at all (reading segments needs none). Returns what it
+// could not do, for a warning; none of it is fatal.
+std::string lower_priority() {
+  std::string warn;
+  if (setpriority(PRIO_PROCESS, 0, 19) != 0) warn += " nice";
+  sched_param sp{};
+  if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0) warn += " sched_idle";
+  constexpr int kIoprioClassIdle = 3, kIoprioWhoProcess = 1, kIoprioClassShift = 13;
+  if (syscall(SYS_ioprio_set, kIoprioWhoProcess, 0, kIoprioClassIdle << kIoprioClassShift) != 0) warn += " ioprio";
+  prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+  for (int cap = 0; cap <= 63; cap++) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct data[2] = {};
+  if (syscall(SYS_capset, &hdr, data) != 0) warn += " capabilities";
+  return warn;
+}
+
+struct Outputs {
+  std::unique_ptr<CallDb> db;
+  std::FILE* jsonl = nullptr;
+  bool jsonl_owned = false;
+  uint64_t calls = 0;
+
+  void add(Call&& c) {
+    calls++;
+    if (db) db->insert(c);
+    if (jsonl) {
+      std::string line = to_json(c).dump();
+      line += '\n';
+      std::fwrite(line.data(), 1, line.size(), jsonl);
+    }
+  }
+  void flush() {
+    if (db) db->commit();
+    if (jsonl) std::fflush(jsonl);
+  }
+  ~Outputs() {
+    flush();
+    if (jsonl_owned) std::fclose(jsonl);
+  }
+};
+
+std::string checkpoint_text(SourcePosition resume, SourcePosition done) {
+  nlohmann::json j = {{"resume", {resume.segment, resume.offset}}, {"done", {done.segment, done.offset}}};
+  return j.dump();
+}
+
+bool parse_checkpoint(const std::string& text, SourcePosition& resume, SourcePosition& done) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  try {
+    resume = {j.at("resume").at(0).get<uint64_t>(), j.at("resume").at(1).get<uint64_t>()};
+    done = {j.at("done").at(0).get<uint64_t>(), j.at("done").at(1).get<uint64_t>()};
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string data_dir, snapshot, pcap, db_path, jsonl_path, checkpoint_path;
+  bool keep_priority = false, quiet = false;
+  size_t body_kept = 64 * 1024, header_bytes = 64 * 1024;
+  CLI::App app{"tapwire-dissector: dissects captured traffic into API calls (HTTP, DNS)"};
+  app.set_version_flag("--version", std::string("tapwire-dissector ") + TAPWIRE_VERSION);
+  auto* src = app.add_option_group("source", "where the packets come from (one of)");
+  src->add_option("--data-dir", data_dir, "a sensor's data dir, followed live");
+  src->add_option("--snapshot", snapshot, "a snapshot or segment directory, read once");
+  src->add_option("--pcap", pcap, "a pcap or pcapng file");
+  src->require_option(1);
+  app.add_option("--db", db_path, "the dissection DB (SQLite) to write");
+  app.add_option("--jsonl", jsonl_path, "write call records as JSON lines to FILE, or - for stdout");
+  app.add_option("--checkpoint", checkpoint_path,
+                 "live mode: where to keep the resume point (default: in the DB, else DATA_DIR/dissector.checkpoint)");
+  app.add_option("--max-body", body_kept, "body bytes kept per message")->capture_default_str();
+  app.add_option("--max-header", header_bytes, "header bytes allowed per message")->capture_default_str();
+  app.add_flag("--keep-priority", keep_priority, "do not lower priority or drop capabilities (tests, benchmarks)");
+  app.add_flag("-q,--quiet", quiet, "no summary line at the end");
+  try {
+    app.parse(argc, argv);
+    if (db_path.empty() && jsonl_path.empty()) throw CLI::ValidationError("output", "give --db FILE, --jsonl FILE|- or both");
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "tapwire-dissector: %s (see --help)\n", e.what());
+    return 2;
+  }
+
+  if (!keep_priority) {
+    std::string warn = lower_priority();
+    if (!warn.empty() && !quiet) std::fprintf(stderr, "tapwire-dissector: could not lower:%s\n", warn.c_str());
+  }
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  try {
+    Outputs out;
+    if (!db_path.empty()) out.db = std::make_unique<CallDb>(db_path);
+    if (jsonl_path == "-") {
+      out.jsonl = stdout;
+    } else if (!jsonl_path.empty()) {
+      out.jsonl = std::fopen(jsonl_path.c_str(), data_dir.empty() ? "w" : "a");
+      if (!out.jsonl) throw std::runtime_error(jsonl_path + ": cannot open for writing: " + std::strerror(errno));
+      out.jsonl_owned = true;
+    }
+
+    const bool live = !data_dir.empty();
+    std::unique_ptr<PacketSource> source;
+    SourcePosition resume, done;
+    bool have_checkpoint = false;
+    if (live && checkpoint_path.empty() && !out.db) checkpoint_path = data_dir + "/dissector.checkpoint";
+    auto load_checkpoint = [&]() -> std::optional<std::string> {
+      if (!checkpoint_path.empty()) {
+        std::ifstream in(checkpoint_path);
+        if (!in) return std::nullopt;
+        return std::string(std::istreambuf_iterator<char>(in), {});
+      }
+      return out.db->meta("checkpoint");
+    };
+    auto save_checkpoint = [&](const std::string& text) {
+      if (!checkpoint_path.empty()) {
+        std::string tmp = checkpoint_path + ".tmp";
+        {
+          std::ofstream o(tmp, std::ios::trunc);
+          o << text << "\n";
+        }
+        std::rename(tmp.c_str(), checkpoint_path.c_str());
+      } else {
+        out.db->set_meta("checkpoint", text);  // in the same transaction as the calls it covers
+      }
+    };
+
+    if (live) {
+      if (auto text = load_checkpoint(); text && parse_checkpoint(*text, resume, done)) have_checkpoint = true;
+      source = open_segment_source(data_dir + "/segments", true, resume);
+    } else if (!snapshot.empty()) {
+      std::string dir = is_dir(snapshot + "/segments") ? snapshot + "/segments" : snapshot;
+      source = open_segment_source(dir, false);
+    } else {
+      source = open_pcap_source(pcap);
+    }
+
+    DissectorOptions opts;
+    opts.http.max_body_kept = body_kept;
+    opts.http.max_header_bytes = header_bytes;
+    Dissector d(opts, [&](Call&& c) { out.add(std::move(c)); });
+    if (have_checkpoint) d.suppress_through(done);
+
+    Packet p;
+    SourcePosition last = done;
+    auto last_flush = std::chrono::steady_clock::now();
+    // The checkpoint and the calls it covers go out together: in the DB, in
+    // one transaction; with a checkpoint file, the calls first (a crash in
+    // between then repeats nothing: the old checkpoint suppresses them).
+    // While replaying up to an earlier run's `done`, the old one stays.
+    auto checkpoint = [&]() {
+      bool save = live && !(have_checkpoint && last < done);
+      std::string text = save ? checkpoint_text(d.resume_position(last), last) : std::string();
+      if (save && checkpoint_path.empty()) save_checkpoint(text);
+      out.flush();
+      if (save && !checkpoint_path.empty()) save_checkpoint(text);
+      last_flush = std::chrono::steady_clock::now();
+    };
+    while (!g_stop) {
+      auto r = source->next(p);
+      if (r == PacketSource::Next::Packet) {
+        d.packet(p);
+        last = p.pos;
+        if ((d.metrics().packets & 4095) == 0 && std::chrono::steady_clock::now() - last_flush > std::chrono::milliseconds(500))
+          checkpoint();
+        continue;
+      }
+      if (r == PacketSource::Next::End) break;
+      // Nothing new: let time move on for expiries, save, and wait a little.
+      timespec now{};
+      clock_gettime(CLOCK_REALTIME, &now);
+      d.advance_time(static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec) -
+                     2'000'000'000ull);
+      checkpoint();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (live) {
+      checkpoint();  // a restart continues from here; pending calls are not closed
+    } else {
+      d.finish();
+      out.flush();
+    }
+    const auto& m = d.metrics();
+    const auto& ss = source->stats();
+    if (!quiet)
+      std::fprintf(stderr,
+                   "tapwire-dissector: %llu packets, %llu calls (%llu http, %llu dns), %llu without response, "
+                   "%llu gaps, %llu parse errors, %llu skipped%s\n",
+                   (unsigned long long)m.packets, (unsigned long long)out.calls, (unsigned long long)m.calls_http,
+                   (unsigned long long)m.calls_dns, (unsigned long long)m.calls_without_response,
+                   (unsigned long long)m.reassembly_gaps, (unsigned long long)(m.parse_errors_http + m.parse_errors_dns),
+                   (unsigned long long)ss.skipped, d.suppressed() ? " (resumed)" : "");
+    if (!source->error().empty()) {
+      std::fprintf(stderr, "tapwire-dissector: %s; the calls before it are kept\n", source->error().c_str());
+      return 1;
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tapwire-dissector: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,101 @@
+// Puts one direction of a TCP connection back in order by sequence number:
+// out-of-order segments wait (bounded), retransmissions and overlaps are
+// delivered once, and bytes that never came are declared as a gap so the
+// protocol parser can resynchronise.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <set>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace tapwire::dissect {
+
+struct ReassemblyLimits {
+  size_t max_buffered_bytes = 1 << 20;  // out-of-order payload held per direction
+  size_t max_buffered_segments = 2048;  // out-of-order segments held per direction
+  uint64_t max_hole_wait_ns = 2'000'000'000;  // a hole older than this (by packet time) is declared a gap
+};
+
+// Receives the stream in order.
+class StreamSink {
+ public:
+  virtual ~StreamSink() = default;
+  // Contiguous bytes at stream offset `offset` (bytes since the first one).
+  virtual void on_data(uint64_t offset, std::span<const uint8_t> data, uint64_t ts_ns) = 0;
+  // `len` bytes at `offset` are missing; the next on_data starts at offset + len.
+  virtual void on_gap(uint64_t offset, uint64_t len) = 0;
+};
+
+struct ReassemblyStats {
+  uint64_t bytes_delivered = 0;
+  uint64_t gaps = 0;
+  uint64_t gap_bytes = 0;
+  uint64_t retransmitted_bytes = 0;  // bytes seen again (duplicates and overlaps), delivered once
+  uint64_t out_of_order_segments = 0;
+  uint64_t overflow_gaps = 0;  // gaps declared because a buffering cap was hit
+};
+
+class TcpReassembler {
+ public:
+  explicit TcpReassembler(ReassemblyLimits limits = {});
+
+  // One captured segment of this direction. `seq` is the sequence number of
+  // its first payload byte; `payload` holds the captured bytes, which may be
+  // fewer than `wire_len` (the payload length on the wire) when capture cut
+  // the packet: the missing tail is a gap. `chunk_off` is the offset of
+  // `payload` within the segment's payload (large packets arrive in chunks).
+  // SYN fixes the initial sequence number (data starts at seq + 1); without
+  // one, the first segment seen starts the stream. FIN/RST are noted.
+  void segment(uint32_t seq, uint8_t tcp_flags, std::span<const uint8_t> payload, uint32_t chunk_off,
+               uint32_t wire_len, uint64_t ts_ns, StreamSink& sink);
+
+  // Gives up waiting: delivers everything buffered, declaring the holes as
+  // gaps (on FIN/RST of the connection, idle timeout, or shutdown).
+  void flush(StreamSink& sink);
+
+  bool syn_seen() const;
+  bool fin_seen() const;  // FIN or RST seen in this direction
+  bool started() const;  // initial sequence number known
+  uint64_t next_offset() const;  // stream offset of the next byte expected
+  size_t buffered_bytes() const;  // out-of-order bytes held (memory accounting)
+  const ReassemblyStats& stats() const;
+
+ private:
+  // A held range of the stream, [key, end). Ranges never overlap and all lie
+  // beyond next_. Empty `bytes` marks bytes known never to come (the uncaptured
+  // tail of a truncated segment): a gap once the stream reaches them.
+  struct Held {
+    uint64_t end = 0;
+    uint64_t ts_ns = 0;
+    std::vector<uint8_t> bytes;
+  };
+  using HeldMap = std::map<uint64_t, Held>;
+
+  int64_t offset_of(uint32_t seq) const;
+  void deliver(std::span<const uint8_t> data, uint64_t ts_ns, StreamSink& sink);
+  void skip(uint64_t len);
+  void report_gap(StreamSink& sink);
+  void hold(uint64_t begin, uint64_t end, const uint8_t* data, uint64_t ts_ns);
+  void drain(StreamSink& sink);
+  bool give_up_front_hole(StreamSink& sink);
+  void commit_tail(StreamSink& sink);
+  void enforce_limits(StreamSink& sink);
+
+  ReassemblyLimits limits_;
+  ReassemblyStats stats_;
+  HeldMap held_;  // out-of-order ranges by stream offset
+  std::set<std::pair<uint64_t, uint64_t>> held_by_age_;  // (ts_ns, offset) of each held range
+  size_t held_bytes_ = 0;
+  uint64_t next_ = 0;  // stream offset of the next byte to deliver
+  uint32_t next_seq_ = 0;  // its sequence number
+  uint64_t newest_ts_ = 0;  // newest packet time seen while anything was held
+  uint64_t gap_len_ = 0;  // bytes given up just before next_, not yet reported
+  uint32_t tail_begin_ = 0, tail_end_ = 0;  // uncaptured tail of the last record (seq)
+  bool tail_pending_ = false;
+  bool started_ = false, syn_ = false, fin_ = false;
+};
+
+}  // namespace tapwire::dissect
