@@ -123,17 +123,15 @@ struct SegmentStore::Impl {
     remove_stale_temporaries(opts.dir);
     for (const auto& info : list_segments(opts.dir)) {
       next_seq = std::max(next_seq, info.seq + 1);
-      try {
-        bool is_open = false;
-        {
-          SegmentReader r = SegmentReader::open(info.path);
-          is_open = !r.sealed();
-        }
-        if (is_open) recover_segment(info.path);
-      } catch (const SegmentError&) {
-        // Not a readable segment: it stays in the ring, counted in its size,
-        // and goes when retention reaches it. Readers report it themselves.
+      // A file named like a segment that is not one means this is not the
+      // directory the user thinks it is (or it was tampered with): refuse it
+      // rather than write next to it or delete it by retention.
+      bool is_open = false;
+      {
+        SegmentReader r = SegmentReader::open(info.path);  // throws with the file and the reason
+        is_open = !r.sealed();
       }
+      if (is_open) recover_segment(info.path);
       const uint64_t size = file_size(info.path);
       sealed.push_back({info.seq, info.path, size});
       sealed_bytes += size;

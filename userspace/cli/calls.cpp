@@ -10,7 +10,6 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
-#include <sqlite3.h>
 
 #include "call_db.hpp"
 #include "commands.hpp"
@@ -119,17 +118,22 @@ int run_tail(const TailOptions& o) {
   std::string path = o.db.empty() ? o.data_dir + "/dissection.db" : o.db;
   signal(SIGINT, on_stop);
   signal(SIGTERM, on_stop);
-  sqlite3* db = nullptr;
-  // Wait for the DB to appear: the dissector creates it when it starts.
   auto start = std::chrono::steady_clock::now();
-  auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  auto running = [&] {
+    return !g_stop && (o.seconds <= 0 ||
+                       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < o.seconds);
+  };
+  // Wait for the DB: the dissector creates it when it starts.
+  std::unique_ptr<dissect::CallDb> db;
   bool said = false;
-  while (!g_stop && (o.seconds <= 0 || elapsed() < o.seconds)) {
-    if (access(path.c_str(), R_OK) == 0 &&
-        sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK)
-      break;
-    if (db) sqlite3_close(db);
-    db = nullptr;
+  while (running() && !db) {
+    if (access(path.c_str(), R_OK) == 0) {
+      try {
+        db = std::make_unique<dissect::CallDb>(path, true);
+        break;
+      } catch (const std::exception&) {
+      }
+    }
     if (!said) {
       std::fprintf(stderr, "tapwire: waiting for %s (is dissection running?)\n", path.c_str());
       said = true;
@@ -137,54 +141,16 @@ int run_tail(const TailOptions& o) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   if (!db) return 0;
-  sqlite3_busy_timeout(db, 2000);
-  // Start at the end: tail shows what comes from now on.
-  sqlite3_int64 last = 0;
-  sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db, "SELECT coalesce(max(rowid), 0) FROM calls", -1, &st, nullptr) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
-    last = sqlite3_column_int64(st, 0);
-  sqlite3_finalize(st);
-  st = nullptr;
-  const char* sql =
-      "SELECT rowid, id, protocol, ts, duration_us, src_ip, src_port, dst_ip, dst_port, request, response, flags "
-      "FROM calls WHERE rowid > ? ORDER BY rowid LIMIT 1000";
-  if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) {
-    std::string err = sqlite3_errmsg(db);
-    sqlite3_close(db);
-    throw CliError("cannot read the dissection DB", path, err);
-  }
-  auto text = [&](int col) -> std::string {
-    auto* t = sqlite3_column_text(st, col);
-    return t ? reinterpret_cast<const char*>(t) : "";
-  };
-  auto parsed = [&](int col) -> json {
-    if (sqlite3_column_type(st, col) == SQLITE_NULL) return nullptr;
-    return json::parse(text(col), nullptr, false);
-  };
-  while (!g_stop && (o.seconds <= 0 || elapsed() < o.seconds)) {
-    sqlite3_reset(st);
-    sqlite3_bind_int64(st, 1, last);
-    int rows = 0;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-      rows++;
-      last = sqlite3_column_int64(st, 0);
-      json c = {{"id", text(1)},
-                {"protocol", text(2)},
-                {"ts", text(3)},
-                {"duration_us", sqlite3_column_type(st, 4) == SQLITE_NULL ? json(nullptr) : json(sqlite3_column_int64(st, 4))},
-                {"src", {{"ip", text(5)}, {"port", sqlite3_column_int(st, 6)}}},
-                {"dst", {{"ip", text(7)}, {"port", sqlite3_column_int(st, 8)}}},
-                {"request", parsed(9)},
-                {"response", parsed(10)},
-                {"flags", parsed(11)}};
-      std::printf("%s\n", o.json ? c.dump().c_str() : call_line(c).c_str());
-    }
+  // From the end: tail shows what is dissected from now on.
+  dissect::CallDb::Query q;
+  q.after_rowid = db->max_rowid();
+  q.limit = 1000;
+  while (running()) {
+    auto rows = db->query(q, &q.after_rowid);
+    for (auto& c : rows) std::printf("%s\n", o.json ? c.dump().c_str() : call_line(c).c_str());
     std::fflush(stdout);
-    if (rows < 1000) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (rows.size() < q.limit) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  sqlite3_finalize(st);
-  sqlite3_close(db);
   return 0;
 }
 

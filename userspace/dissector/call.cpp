@@ -57,8 +57,6 @@ std::string format_ts(uint64_t ns) {
   return buf;
 }
 
-namespace {
-
 nlohmann::json headers_json(const std::vector<proto::Header>& hs) {
   nlohmann::json j = nlohmann::json::object();
   for (auto& h : hs) {
@@ -70,6 +68,8 @@ nlohmann::json headers_json(const std::vector<proto::Header>& hs) {
   }
   return j;
 }
+
+namespace {
 
 nlohmann::json endpoint_json(const Endpoint& e) { return {{"ip", e.ip()}, {"port", e.port}}; }
 

@@ -58,6 +58,9 @@ struct Call {
 
 // The call record (DESIGN.md) as JSON.
 nlohmann::json to_json(const Call& c);
+// HTTP headers as the record shows them: an object, repeated names joined
+// with ", ".
+nlohmann::json headers_json(const std::vector<proto::Header>& hs);
 // RFC 3339 UTC with nanoseconds.
 std::string format_ts(uint64_t ns);
 

@@ -1,7 +1,7 @@
 // The dissection DB: calls in SQLite, one row per call, the same fields as
 // the JSON call record (DESIGN.md). Schema in docs/DISSECTION_DB.md.
-// Inserts are batched in transactions; a call already present (same id) is
-// ignored, so re-dissecting the same traffic never counts a call twice.
+// Inserts are batched in transactions. A live dissector that restarts does
+// not insert a call twice: it suppresses what its checkpoint says it reported.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +24,7 @@ class CallDb {
  public:
   // Opens or creates FILE. Throws std::runtime_error (one line) if it cannot,
   // or if FILE is not a tapwire dissection DB of this schema.
-  explicit CallDb(const std::string& path, bool read_only = false);
+  explicit CallDb(const std::string& path, bool read_only = false, bool bulk = false);
   ~CallDb();  // commits
   CallDb(const CallDb&) = delete;
   CallDb& operator=(const CallDb&) = delete;
@@ -33,7 +33,6 @@ class CallDb {
   // Commits the open transaction (called every batch and at exit).
   void commit();
   uint64_t inserted() const { return inserted_; }
-  uint64_t duplicates() const { return duplicates_; }
 
   // Key/value metadata kept with the calls (committed with them).
   void set_meta(const std::string& key, const std::string& value);
@@ -45,17 +44,23 @@ class CallDb {
     int status_class = 0;  // 5 for 5xx, 0 = any
     uint64_t from_ns = 0, to_ns = 0;  // 0 = unbounded
     size_t limit = 0;  // 0 = all
+    int64_t after_rowid = 0;  // only rows added after this one, in insertion order (tail)
+    bool by_rowid = false;  // insertion order instead of time order
   };
-  // Calls as call-record JSON objects, oldest first.
-  std::vector<nlohmann::json> query(const Query& q);
+  // Calls as call-record JSON objects, oldest first; `last_rowid`, if given,
+  // gets the rowid of the last one returned.
+  std::vector<nlohmann::json> query(const Query& q, int64_t* last_rowid = nullptr);
   uint64_t count();
+  int64_t max_rowid();  // the last row added (0 if none)
 
  private:
   sqlite3* db_ = nullptr;
   sqlite3_stmt* insert_ = nullptr;
   bool in_tx_ = false;
   size_t batch_ = 0;
-  uint64_t inserted_ = 0, duplicates_ = 0;
+  uint64_t inserted_ = 0;
+  std::string scratch_;
+  static nlohmann::json row_json(sqlite3_stmt* st);
   void exec(const char* sql);
   void begin();
 };

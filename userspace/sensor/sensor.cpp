@@ -41,6 +41,10 @@ uint64_t clock_ns(clockid_t c) {
 // Bounds one drain pass so that signals and timers are still served under
 // a flood; the rest waits for the next pass (a few microseconds later).
 constexpr uint64_t kMaxRecordsPerDrain = 1u << 16;
+// How long a record waits in its ring so that records of other CPUs stamped
+// before it get there first (the time between stamping and committing a
+// record is microseconds; softirq processing can stretch it).
+constexpr uint64_t kHoldbackNs = 2'000'000;
 
 enum UserDrop { kRecordInvalid = 0, kStorageWriteFailed = 1, kUserDropMax };
 constexpr std::array<const char*, kUserDropMax> kUserDropNames = {"record_invalid", "storage_write_failed"};
@@ -115,7 +119,14 @@ struct Sensor::Impl {
     so.storage_size = opts.storage_size;
     so.segment_size = opts.segment_size;
     so.max_segment_age_ns = opts.segment_max_age_s * 1000000000ull;
-    store = std::make_unique<shm::SegmentStore>(so);
+    try {
+      store = std::make_unique<shm::SegmentStore>(so);
+    } catch (const shm::SegmentError& e) {
+      std::string what = e.what();
+      if (what.find(TW_SEG_FILE_SUFFIX ":") != std::string::npos)  // about one file in the ring
+        what += ": move that file out of " + so.dir + " (or choose another --data-dir) and start again";
+      throw std::runtime_error(what);
+    }
     store->on_open([this](shm::SegmentWriter& w) { write_iface_records(w); });
 
     bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 4);
@@ -245,8 +256,13 @@ struct Sensor::Impl {
   // in time order (as far as they have arrived): a flow's two directions are
   // often handled by different CPUs.
   // Returns true if it stopped at kMaxRecordsPerDrain with more waiting.
-  bool drain_all() {
+  // Records younger than kHoldbackNs stay in their ring until the next pass:
+  // a packet stamped earlier on another CPU may still be on its way into
+  // that CPU's ring, and taking the younger one first would put the segment
+  // out of time order. `everything` (at shutdown) takes all.
+  bool drain_all(bool everything = false) {
     const size_t n = rings.size();
+    const uint64_t watermark = everything ? UINT64_MAX : clock_ns(CLOCK_MONOTONIC) - kHoldbackNs;
     std::vector<std::span<const uint8_t>> heads(n);
     for (size_t i = 0; i < n; i++) heads[i] = rings[i].peek();
     bool more = true;
@@ -262,7 +278,7 @@ struct Sensor::Impl {
           best_ts = ts;
         }
       }
-      if (best == n) {
+      if (best == n || best_ts > watermark) {
         more = false;
         break;
       }
@@ -533,7 +549,7 @@ struct Sensor::Impl {
     // Detach first so nothing new arrives, then take everything in flight.
     tc->detach_all();
     attached.clear();
-    for (int i = 0; i < 1024 && drain_all(); i++) {
+    for (int i = 0; i < 1024 && drain_all(true); i++) {
     }
     write_loss_records(clock_ns(CLOCK_REALTIME));
     write_status("stopped");

@@ -23,6 +23,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#ifdef TW_WITH_MIMALLOC
+#include <mimalloc.h>
+#endif
+
 #include "call_db.hpp"
 #include "dissector.hpp"
 #include "packet_source.hpp"
@@ -105,7 +109,13 @@ int main(int argc, char** argv) {
   bool keep_priority = false, quiet = false;
   size_t body_kept = 64 * 1024, header_bytes = 64 * 1024;
   CLI::App app{"tapwire-dissector: dissects captured traffic into API calls (HTTP, DNS)"};
-  app.set_version_flag("--version", std::string("tapwire-dissector ") + TAPWIRE_VERSION);
+  std::string version = std::string("tapwire-dissector ") + TAPWIRE_VERSION;
+#ifdef TW_WITH_MIMALLOC
+  version += " (mimalloc " + std::to_string(mi_version()) + ")";  // also keeps the library linked in
+#else
+  version += " (glibc malloc)";
+#endif
+  app.set_version_flag("--version", version);
   auto* src = app.add_option_group("source", "where the packets come from (one of)");
   src->add_option("--data-dir", data_dir, "a sensor's data dir, followed live");
   src->add_option("--snapshot", snapshot, "a snapshot or segment directory, read once");
@@ -140,7 +150,7 @@ int main(int argc, char** argv) {
 
   try {
     Outputs out;
-    if (!db_path.empty()) out.db = std::make_unique<CallDb>(db_path);
+    if (!db_path.empty()) out.db = std::make_unique<CallDb>(db_path, false, /*bulk=*/data_dir.empty());
     if (jsonl_path == "-") {
       out.jsonl = stdout;
     } else if (!jsonl_path.empty()) {
