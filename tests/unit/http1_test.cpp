@@ -801,12 +801,12 @@ TEST(Http1Caps, HeaderScanIsLinearByteByByte) {
   std::string req = "GET / HTTP/1.1\r\n";
   while (req.size() < 60000) req += "X-Filler: 0123456789abcdef0123456789abcdef0123456789\r\n";
   req += "\r\n";
-  const auto t0 = std::chrono::steady_clock::now();
+  // No timing assertion (machine time is noisy): a quadratic scan here is
+  // ~1.8e9 byte visits, which the test's ctest timeout catches.
   Driver d(kReq);
   for (size_t i = 0; i < req.size(); i++) d.push(std::string_view(req).substr(i, 1), i);
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   ASSERT_EQ(d.out.size(), 1u);
-  EXPECT_LT(s, 2.0);  // quadratic: ~1.8e9 byte visits; linear: milliseconds
+  EXPECT_EQ(d.out[0].headers.size(), std::min<size_t>(HttpLimits{}.max_headers, (req.size() - 20) / 55));
 }
 
 // ---------------------------------------------------------------- gaps ---

@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
   src->add_option("--snapshot", snapshot, "a snapshot or segment directory, read once");
   src->add_option("--pcap", pcap, "a pcap or pcapng file");
   src->require_option(1);
-  app.add_option("--db", db_path, "the dissection DB (SQLite) to write");
+  app.add_option("--db", db_path, "the dissection DB (SQLite) to write (live default: DATA_DIR/dissection.db)");
   app.add_option("--jsonl", jsonl_path, "write call records as JSON lines to FILE, or - for stdout");
   app.add_option("--checkpoint", checkpoint_path,
                  "live mode: where to keep the resume point (default: in the DB, else DATA_DIR/dissector.checkpoint)");
@@ -131,7 +131,11 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "no summary line at the end");
   try {
     app.parse(argc, argv);
-    if (db_path.empty() && jsonl_path.empty()) throw CLI::ValidationError("output", "give --db FILE, --jsonl FILE|- or both");
+    if (db_path.empty() && jsonl_path.empty()) {
+      // Live, the DB in the data dir is what `tapwire tail` and `tapwire calls` find.
+      if (data_dir.empty()) throw CLI::ValidationError("output", "give --db FILE, --jsonl FILE|- or both");
+      db_path = data_dir + "/dissection.db";
+    }
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::fprintf(stderr, "tapwire-dissector: %s (see --help)\n", e.what());
