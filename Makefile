@@ -20,9 +20,10 @@ configure: $(BUILD_DIR)/CMakeCache.txt
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-# Raw capture on every non-loopback interface of this host, in the foreground.
+# Raw capture on every non-loopback interface of this host, live dissection,
+# and the API calls shown as they are dissected, in the foreground.
 run: deps build
-	$(BUILD_DIR)/tapwire-sensor --data-dir $(DATA_DIR) --print $(RUN_ARGS)
+	BUILD_DIR=$(BUILD_DIR) DATA_DIR=$(DATA_DIR) RUN_ARGS="$(RUN_ARGS)" bash scripts/run.sh
 
 # Unit tests under ASan/UBSan first (fast, catch memory errors), then every
 # test, the network-namespace integration tests included, on the normal build.
