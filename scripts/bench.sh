@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# tapwire benchmark (`make bench`): wrk against nginx over a veth pair with no
+# capture, with tapwire-sensor and with `tcpdump -w`, side by side in one run;
+# prints a markdown table. Needs root. Durations are bounded; everything it
+# creates (namespaces, processes, files) is removed on exit.
+#   TW_BENCH_SECONDS=10 TW_BENCH_ROUNDS=1 TW_BENCH_CONNS=8 TW_BENCH_FILES=10k.bin,100b.bin
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TW_BUILD_DIR="${TW_BUILD_DIR:-$PWD/build}"
+export PYTHONDONTWRITEBYTECODE=1
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo -E "$0" "$@"
+fi
+# A hard ceiling so that a hung run cannot block forever (3 configs x files x rounds).
+timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_run.py "$@"
+# Dissection (issue 3): tapwire-dissector vs tshark on one large wrk capture.
+timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_dissect.py
