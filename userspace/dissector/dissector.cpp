@@ -80,6 +80,46 @@ bool is_interim(const proto::HttpMessage& m) { return !m.is_request && m.status 
 
 }  // namespace
 
+void DissectorMetrics::Histogram::observe(double seconds) {
+  size_t i = 0;
+  while (i + 1 < kDurationBucketCount && seconds > kDurationBuckets[i]) i++;
+  buckets[i]++;
+  sum_seconds += seconds;
+  count++;
+}
+
+nlohmann::json metrics_json(const DissectorMetrics& m) {
+  auto hist = [](const DissectorMetrics::Histogram& h) {
+    nlohmann::json b = nlohmann::json::array();
+    for (size_t i = 0; i < kDurationBucketCount; i++)
+      b.push_back({{"le", i + 1 < kDurationBucketCount ? nlohmann::json(kDurationBuckets[i]) : nlohmann::json("+Inf")},
+                   {"count", h.buckets[i]}});
+    return nlohmann::json{{"buckets", b}, {"sum_seconds", h.sum_seconds}, {"count", h.count}};
+  };
+  nlohmann::json classes = nlohmann::json::object();
+  for (int i = 0; i < 6; i++) classes[i == 0 ? "none" : std::to_string(i) + "xx"] = m.http_status_class[i];
+  return {{"packets", m.packets},
+          {"bytes", m.bytes},
+          {"tcp_flows", m.tcp_flows},
+          {"udp_datagrams", m.udp_datagrams},
+          {"flows_active", m.flows_active},
+          {"flows_evicted", m.flows_evicted},
+          {"flows_ignored", m.flows_ignored},
+          {"reassembly_gaps", m.reassembly_gaps},
+          {"reassembly_gap_bytes", m.reassembly_gap_bytes},
+          {"parse_errors", {{"http", m.parse_errors_http}, {"dns", m.parse_errors_dns}}},
+          {"calls", {{"http", m.calls_http}, {"dns", m.calls_dns}}},
+          {"calls_without_response", m.calls_without_response},
+          {"orphan_responses", m.orphan_responses},
+          {"http_methods", m.http_methods},
+          {"http_status_class", classes},
+          {"dns_rcodes", m.dns_rcodes},
+          {"duration_seconds", {{"http", hist(m.http_duration)}, {"dns", hist(m.dns_duration)}}},
+          {"buffered_bytes", m.buffered_bytes},
+          {"dns_pending", m.dns_pending},
+          {"dns_pending_overflow", m.dns_pending_overflow}};
+}
+
 // ------------------------------------------------------------ the engine ---
 
 struct Dissector::Impl {
@@ -158,6 +198,27 @@ struct Dissector::Impl {
 
   // ----------------------------------------------------------- emitting --
 
+  void count(const Call& c) {
+    const int64_t us = c.duration_us();
+    if (c.protocol == Protocol::Http) {
+      m.calls_http++;
+      if (c.http_request) {
+        static const char* kMethods[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE"};
+        const char* name = "OTHER";
+        for (const char* k : kMethods)
+          if (c.http_request->method == k) name = k;
+        m.http_methods[name]++;
+      }
+      int cls = c.http_response ? c.http_response->status / 100 : 0;
+      m.http_status_class[cls >= 1 && cls <= 5 ? cls : 0]++;
+      if (us >= 0) m.http_duration.observe(static_cast<double>(us) / 1e6);
+    } else {
+      m.calls_dns++;
+      m.dns_rcodes[c.dns_response ? proto::dns_rcode_name(c.dns_response->rcode) : "none"]++;
+      if (us >= 0) m.dns_duration.observe(static_cast<double>(us) / 1e6);
+    }
+  }
+
   void emit(Call&& c) {
     if (suppressing) {
       if (cur_pos <= suppress_pos) {
@@ -166,10 +227,7 @@ struct Dissector::Impl {
       }
       suppressing = false;
     }
-    if (c.protocol == Protocol::Http)
-      m.calls_http++;
-    else
-      m.calls_dns++;
+    count(c);
     if (c.has_request() && !c.has_response()) m.calls_without_response++;
     if (c.flags & kFlagOrphanResponse) m.orphan_responses++;
     sink(std::move(c));

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,6 +32,12 @@ struct DissectorOptions {
   bool enable_dns = true;
 };
 
+// Upper bounds (seconds) of the call duration histogram buckets; the last
+// bucket is +Inf. Prometheus-style cumulative counts are derived on export.
+inline constexpr double kDurationBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                              0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+inline constexpr size_t kDurationBucketCount = sizeof(kDurationBuckets) / sizeof(kDurationBuckets[0]) + 1;
+
 struct DissectorMetrics {
   uint64_t packets = 0, bytes = 0;
   uint64_t tcp_flows = 0, udp_datagrams = 0;
@@ -43,7 +50,26 @@ struct DissectorMetrics {
   uint64_t calls_without_response = 0, orphan_responses = 0;
   uint64_t buffered_bytes = 0;  // reassembly + parser buffers now (memory in use)
   uint64_t dns_pending = 0, dns_pending_overflow = 0;
+  // Calls by HTTP method (the common ones; others count as "OTHER") and by
+  // status class (index 1..5 = 1xx..5xx, 0 = no response), DNS by rcode.
+  std::map<std::string, uint64_t> http_methods;
+  uint64_t http_status_class[6] = {0, 0, 0, 0, 0, 0};
+  std::map<std::string, uint64_t> dns_rcodes;
+  // Call durations (calls with a response), per protocol: bucket counts
+  // (not cumulative), sum and count.
+  struct Histogram {
+    uint64_t buckets[kDurationBucketCount] = {};
+    double sum_seconds = 0;
+    uint64_t count = 0;
+    void observe(double seconds);
+  };
+  Histogram http_duration, dns_duration;
 };
+
+// The metrics as JSON (DATA_DIR/dissector.json, read by the exporter and by
+// people): counters, calls by method / status class / rcode, and duration
+// histograms with bucket upper bounds in seconds.
+nlohmann::json metrics_json(const DissectorMetrics& m);
 
 using CallSink = std::function<void(Call&&)>;
 

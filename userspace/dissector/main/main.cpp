@@ -105,7 +105,7 @@ bool is_dir(const std::string& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string data_dir, snapshot, pcap, db_path, jsonl_path, checkpoint_path;
+  std::string data_dir, snapshot, pcap, db_path, jsonl_path, checkpoint_path, stats_path;
   bool keep_priority = false, quiet = false;
   size_t body_kept = 64 * 1024, header_bytes = 64 * 1024;
   CLI::App app{"tapwire-dissector: dissects captured traffic into API calls (HTTP, DNS)"};
@@ -125,6 +125,7 @@ int main(int argc, char** argv) {
   app.add_option("--jsonl", jsonl_path, "write call records as JSON lines to FILE, or - for stdout");
   app.add_option("--checkpoint", checkpoint_path,
                  "live mode: where to keep the resume point (default: in the DB, else DATA_DIR/dissector.checkpoint)");
+  app.add_option("--stats", stats_path, "write the dissector's metrics as JSON here (live default: DATA_DIR/dissector.json)");
   app.add_option("--max-body", body_kept, "body bytes kept per message")->capture_default_str();
   app.add_option("--max-header", header_bytes, "header bytes allowed per message")->capture_default_str();
   app.add_flag("--keep-priority", keep_priority, "do not lower priority or drop capabilities (tests, benchmarks)");
@@ -136,6 +137,7 @@ int main(int argc, char** argv) {
       if (data_dir.empty()) throw CLI::ValidationError("output", "give --db FILE, --jsonl FILE|- or both");
       db_path = data_dir + "/dissection.db";
     }
+    if (stats_path.empty() && !data_dir.empty()) stats_path = data_dir + "/dissector.json";
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::fprintf(stderr, "tapwire-dissector: %s (see --help)\n", e.what());
@@ -212,7 +214,21 @@ int main(int argc, char** argv) {
     // one transaction; with a checkpoint file, the calls first (a crash in
     // between then repeats nothing: the old checkpoint suppresses them).
     // While replaying up to an earlier run's `done`, the old one stays.
+    auto write_metrics = [&]() {
+      if (stats_path.empty()) return;
+      nlohmann::json j = metrics_json(d.metrics());
+      j["source"] = {{"packets", source->stats().packets}, {"skipped", source->stats().skipped},
+                     {"loss_records", source->stats().loss_records}, {"segments_missed", source->stats().segments_missed}};
+      j["pid"] = getpid();
+      std::string tmp = stats_path + ".tmp";
+      {
+        std::ofstream o(tmp, std::ios::trunc);
+        o << j.dump(2) << "\n";
+      }
+      std::rename(tmp.c_str(), stats_path.c_str());
+    };
     auto checkpoint = [&]() {
+      write_metrics();
       bool save = live && !(have_checkpoint && last < done);
       std::string text = save ? checkpoint_text(d.resume_position(last), last) : std::string();
       if (save && checkpoint_path.empty()) save_checkpoint(text);
@@ -243,6 +259,7 @@ int main(int argc, char** argv) {
     } else {
       d.finish();
       out.flush();
+      write_metrics();
     }
     const auto& m = d.metrics();
     const auto& ss = source->stats();
