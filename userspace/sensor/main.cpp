@@ -1,4 +1,7 @@
 // tapwire-sensor: raw capture daemon. See README.md and ../shared DESIGN.md.
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -23,7 +26,7 @@ uint64_t size_option(const std::string& flag, const std::string& text) {
 int main(int argc, char** argv) {
   tapwire::sensor::Sensor::block_signals();
   tapwire::sensor::SensorOptions o;
-  std::string storage = "1GiB", segment = "64MiB", ring = "8MiB";
+  std::string storage = "1GiB", segment = "64MiB", ring = "auto";
   std::vector<std::string> allow_ports, deny_ports;
 
   CLI::App app{"tapwire-sensor: captures the L4 payloads crossing this host's interfaces into segment files"};
@@ -36,7 +39,9 @@ int main(int argc, char** argv) {
   app.add_option("--segment-max-age", o.segment_max_age_s, "seconds after which a segment is sealed even if not full")
       ->capture_default_str()
       ->check(CLI::Range(1, 86400));
-  app.add_option("--ring-size", ring, "BPF ring buffer size per CPU")->capture_default_str();
+  app.add_option("--ring-size", ring,
+                 "BPF ring buffer size per CPU (auto: 64MiB shared by the CPUs, 8MiB to 32MiB each)")
+      ->capture_default_str();
   app.add_option("--snaplen", o.filters.snaplen, "payload bytes kept per packet (0: all)")->capture_default_str();
   app.add_option("--allow-cidr", o.filters.allow_cidrs, "capture only traffic to or from these CIDRs (repeatable)");
   app.add_option("--deny-cidr", o.filters.deny_cidrs, "never capture traffic to or from these CIDRs (repeatable)");
@@ -50,7 +55,13 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     o.storage_size = size_option("--storage-size", storage);
     o.segment_size = size_option("--segment-size", segment);
-    uint64_t rb = size_option("--ring-size", ring);
+    uint64_t rb = ring == "auto" ? 0 : size_option("--ring-size", ring);
+    if (ring == "auto") {
+      // Enough for ~50 ms of a 1 GB/s burst on a small node without costing a
+      // big node gigabytes: 64 MiB in all, 8 to 32 MiB per CPU.
+      long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+      rb = std::clamp<uint64_t>((64ull << 20) / static_cast<uint64_t>(ncpu > 0 ? ncpu : 1), 8ull << 20, 32ull << 20);
+    }
     if (rb < 4096 || rb > (1ull << 30)) throw CLI::ValidationError("--ring-size", "must be between 4KiB and 1GiB");
     o.ring_bytes = static_cast<uint32_t>(rb);
     if (o.storage_size < (1ull << 20)) throw CLI::ValidationError("--storage-size", "must be at least 1MiB");

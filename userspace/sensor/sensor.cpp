@@ -129,7 +129,7 @@ struct Sensor::Impl {
     }
     store->on_open([this](shm::SegmentWriter& w) { write_iface_records(w); });
 
-    bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 4);
+    bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 8);
     bpf->set_filters(opts.filters);
     const std::string state = opts.data_dir + "/tc-state.json";
     if (int n = TcAttacher::cleanup_leftovers(state); n > 0)

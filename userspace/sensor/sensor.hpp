@@ -19,7 +19,7 @@ struct SensorOptions {
   uint64_t segment_size = 64ull << 20;
   uint64_t segment_max_age_s = 60;
   uint32_t ring_bytes = 8u << 20;  // per CPU
-  uint32_t drain_interval_ms = 20;  // timer that drains rings below the wakeup threshold
+  uint32_t drain_interval_ms = 10;  // timer that drains rings below the wakeup threshold
   CaptureFilters filters;
   bool print = false;  // human-readable activity on stdout
 };
