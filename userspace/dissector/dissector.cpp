@@ -142,6 +142,11 @@ struct Dissector::Impl {
     proto::Http1Parser requests, responses;
     std::vector<uint8_t> buf[2];  // unconsumed bytes: [0] requests, [1] responses
     std::deque<proto::HttpMessage> pending;
+    // Responses that completed while no request was waiting: a server may
+    // answer (413, 401, or 200 after 100-continue) before the request body
+    // has all arrived. Paired with the next request that started before
+    // them; orphans otherwise.
+    std::deque<proto::HttpMessage> early;
     std::vector<proto::HttpMessage> out;
     bool gap_pending[2] = {false, false};  // a gap hit this direction: flag its next message
     HttpState(const proto::HttpLimits& l)
@@ -159,6 +164,7 @@ struct Dissector::Impl {
     DirSink sink[2];
     FlowState state = FlowState::Detecting;
     int client = -1;  // side of the client once known
+    uint32_t calls = 0;  // calls reported on this flow: part of each call's id
     int syn_client = -1;  // side that sent a bare SYN
     bool fin[2] = {false, false};
     uint64_t first_ts = 0, last_ts = 0;
@@ -265,8 +271,15 @@ struct Dissector::Impl {
       if (resp->upgrade) c.flags |= kFlagUpgrade;
       c.http_response = std::move(*resp);
     }
-    c.key = call_key(f.key, f.client, c.ts_ns, 0);
+    c.key = call_key(f.key, f.client, c.ts_ns, ++f.calls);
     emit(std::move(c));
+  }
+
+  void http_flush_early(Flow& f, HttpState& h, uint64_t older_than) {
+    while (!h.early.empty() && h.early.front().ts_last_ns < older_than) {
+      http_emit_pair(f, nullptr, &h.early.front(), 0);
+      h.early.pop_front();
+    }
   }
 
   void http_take(Flow& f, HttpState& h, int role) {
@@ -276,6 +289,17 @@ struct Dissector::Impl {
         h.gap_pending[role] = false;
       }
       if (role == 0) {
+        // Responses that came before this request was complete, oldest
+        // first: those that began before it started answer nothing we saw.
+        while (!h.early.empty() && h.early.front().ts_first_ns < msg.ts_first_ns) {
+          http_emit_pair(f, nullptr, &h.early.front(), 0);
+          h.early.pop_front();
+        }
+        if (!h.early.empty() && h.pending.empty()) {
+          http_emit_pair(f, &msg, &h.early.front(), 0);
+          h.early.pop_front();
+          continue;
+        }
         h.responses.expect_response_to(msg.method);
         if (h.pending.size() >= opts.http.max_pending) {  // the oldest will never be answered in order
           http_emit_pair(f, &h.pending.front(), nullptr, kFlagTimeout);
@@ -288,7 +312,11 @@ struct Dissector::Impl {
         http_emit_pair(f, &h.pending.front(), &msg, 0);
         h.pending.pop_front();
       } else {
-        http_emit_pair(f, nullptr, &msg, 0);
+        if (h.early.size() >= opts.http.max_pending) {
+          http_emit_pair(f, nullptr, &h.early.front(), 0);
+          h.early.pop_front();
+        }
+        h.early.push_back(std::move(msg));
       }
     }
     h.out.clear();
@@ -337,6 +365,7 @@ struct Dissector::Impl {
     if (!h.out.empty()) http_take(f, h, 0);
     h.responses.on_close(f.last_ts, h.out);
     if (!h.out.empty()) http_take(f, h, 1);
+    http_flush_early(f, h, UINT64_MAX);
     while (!h.pending.empty()) {
       http_emit_pair(f, &h.pending.front(), nullptr, why);
       h.pending.pop_front();
@@ -345,6 +374,7 @@ struct Dissector::Impl {
 
   void http_expire(Flow& f) {
     HttpState& h = *f.http;
+    if (now > opts.request_timeout_ns) http_flush_early(f, h, now - opts.request_timeout_ns);
     while (!h.pending.empty() && h.pending.front().ts_last_ns + opts.request_timeout_ns < now) {
       http_emit_pair(f, &h.pending.front(), nullptr, kFlagTimeout);
       h.pending.pop_front();
@@ -384,7 +414,7 @@ struct Dissector::Impl {
     if (!msg.is_response) {
       Call c = new_call(f, Protocol::Dns);
       c.ts_ns = f.last_ts;
-      c.key = call_key(f.key, f.client, c.ts_ns, msg.id);
+      c.key = call_key(f.key, f.client, c.ts_ns, (++f.calls << 16) | msg.id);
       c.dns_query = std::move(msg);
       if (d.pending.size() >= 256) {
         emit(std::move(d.pending.front()));
@@ -405,7 +435,7 @@ struct Dissector::Impl {
     Call c = new_call(f, Protocol::Dns);
     c.ts_ns = c.end_ns = f.last_ts;
     c.flags |= kFlagOrphanResponse;
-    c.key = call_key(f.key, f.client, c.ts_ns, msg.id);
+    c.key = call_key(f.key, f.client, c.ts_ns, (++f.calls << 16) | msg.id);
     c.dns_response = std::move(msg);
     emit(std::move(c));
   }
