@@ -35,7 +35,7 @@ $(ASAN_DIR)/CMakeCache.txt:
 	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DTAPWIRE_SANITIZE=ON
 
 asan: $(ASAN_DIR)/CMakeCache.txt
-	cmake --build $(ASAN_DIR) -j $(JOBS) --target tapwire-unit-tests
+	cmake --build $(ASAN_DIR) -j $(JOBS) --target tapwire-unit-tests tapwire
 
 unit-test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit
