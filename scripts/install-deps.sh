@@ -13,6 +13,8 @@ PACKAGES=(
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
   tcpdump tshark
+  # packaging checks (tests/integration/test_packaging.py)
+  python3-yaml systemd
 )
 
 missing=()

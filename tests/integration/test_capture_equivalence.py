@@ -118,7 +118,11 @@ class CaptureEquivalence(unittest.TestCase):
             self.assertEqual(fc.malformed, 0, f"{fc.malformed} malformed packets in the export")
             self.assertEqual(dict(fc.errors), {}, f"expert errors in the export: {dict(fc.errors)} "
                              f"(first frames: { {m: fc.first_frame.get(m) for m in fc.errors} })")
-            new_warnings = set(fc.warnings) - set(rc_ref.warnings)
+            # Payload-less ACKs are not recorded (by design: the flows' bytes and lifecycle are), and
+            # they carry most of the receivers' window updates: tshark's window tracking then sees
+            # stale windows and may call a window "full". The bytes are compared exactly above.
+            window_artifacts = {"TCP window specified by the receiver is now completely full"}
+            new_warnings = set(fc.warnings) - set(rc_ref.warnings) - window_artifacts
             self.assertEqual(new_warnings, set(),
                              f"expert warnings in the export that the reference does not have: "
                              f"{ {w: f'{fc.warnings[w]}x, first in frame {fc.first_frame.get(w)}' for w in new_warnings} }")

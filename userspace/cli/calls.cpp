@@ -145,7 +145,15 @@ int run_tail(const TailOptions& o) {
   dissect::CallDb::Query q;
   q.after_rowid = db->max_rowid();
   q.limit = 1000;
+  // While it watches, it counts as activity: dissection does not stop by
+  // itself under a connected tail.
+  const std::string sock = o.data_dir + "/control.sock";
+  auto last_ping = std::chrono::steady_clock::now() - std::chrono::hours(1);
   while (running()) {
+    if (std::chrono::steady_clock::now() - last_ping > std::chrono::seconds(10)) {
+      control_call(sock, {{"cmd", "activity"}});
+      last_ping = std::chrono::steady_clock::now();
+    }
     auto rows = db->query(q, &q.after_rowid);
     for (auto& c : rows) std::printf("%s\n", o.json ? c.dump().c_str() : call_line(c).c_str());
     std::fflush(stdout);

@@ -5,10 +5,12 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 namespace tapwire::cli {
 
@@ -30,6 +32,13 @@ void add_data_dir_option(CLI::App& sub, std::string& data_dir);
 
 // `tapwire status`
 void register_status(CLI::App& app, Action& action);
+// `tapwire dissection enable|disable|status`, `tapwire config reload`
+void register_control(CLI::App& app, Action& action);
+// One request on the sensor's control socket; nullopt (and *err) if it
+// cannot be reached or replies nonsense.
+std::optional<nlohmann::json> control_call(const std::string& socket_path, const nlohmann::json& request,
+                                           std::string* err = nullptr);
+
 // `tapwire calls` (query a dissection DB) and `tapwire tail` (follow it live)
 void register_calls(CLI::App& app, Action& action);
 void register_tail(CLI::App& app, Action& action);

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   register_status(app, action);
   register_calls(app, action);
   register_tail(app, action);
+  register_control(app, action);
   CLI::App* export_app = app.add_subcommand("export", "Write stored traffic to a file");
   export_app->require_subcommand(1);
   register_export_pcap(*export_app, action);

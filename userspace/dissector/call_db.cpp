@@ -206,7 +206,7 @@ void CallDb::insert(const Call& c) {
   if (sqlite3_step(st) != SQLITE_DONE)
     throw std::runtime_error(std::string("dissection DB insert: ") + sqlite3_errmsg(db_));
   inserted_++;
-  if (++batch_ >= kBatch) commit();
+  if (++batch_ >= kBatch && auto_commit_) commit();
 }
 
 void CallDb::set_meta(const std::string& key, const std::string& value) {

@@ -30,6 +30,10 @@ class CallDb {
   CallDb& operator=(const CallDb&) = delete;
 
   void insert(const Call& c);
+  // Off: insert() never commits by itself; commit() alone ends transactions
+  // (live dissection commits calls together with the checkpoint that covers
+  // them). On by default: a transaction every 16384 calls.
+  void set_auto_commit(bool on) { auto_commit_ = on; }
   // Commits the open transaction (called every batch and at exit).
   void commit();
   uint64_t inserted() const { return inserted_; }
@@ -57,6 +61,7 @@ class CallDb {
   sqlite3* db_ = nullptr;
   sqlite3_stmt* insert_ = nullptr;
   bool in_tx_ = false;
+  bool auto_commit_ = true;
   size_t batch_ = 0;
   uint64_t inserted_ = 0;
   std::string scratch_;

@@ -49,10 +49,23 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 65535));
   app.add_option("--deny-port", o.filters.deny_ports, "never capture traffic to or from these ports (repeatable)")
       ->check(CLI::Range(1, 65535));
+  auto* metrics_opt = app.add_option("--metrics-address", o.metrics_address,
+                                     "serve Prometheus metrics at HOST:PORT/metrics (empty: off)")
+                          ->capture_default_str();
+  app.add_option("--control-socket", o.control_socket, "the control socket (default: DATA_DIR/control.sock)");
+  app.add_flag("--dissection", o.dissection, "start with L7 dissection enabled (tapwire-dissector as a child)");
+  double stop_after_s = 300;
+  app.add_option("--dissection-stop-after", stop_after_s,
+                 "seconds without activity after which dissection stops by itself (0: never)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1e7));
+  app.add_option("--dissector", o.dissector_path, "the tapwire-dissector binary (default: next to this one)");
   app.add_flag("--print", o.print, "print captured packets (rate-limited) and a summary every second");
 
   try {
     app.parse(argc, argv);
+    o.metrics_address_explicit = metrics_opt->count() > 0;
+    o.dissection_stop_after_ns = static_cast<uint64_t>(stop_after_s * 1e9);
     o.storage_size = size_option("--storage-size", storage);
     o.segment_size = size_option("--segment-size", segment);
     uint64_t rb = ring == "auto" ? 0 : size_option("--ring-size", ring);

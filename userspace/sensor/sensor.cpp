@@ -14,13 +14,17 @@
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
+#include "control_socket.hpp"
+#include "dissector_supervisor.hpp"
 #include "interfaces.hpp"
+#include "metrics_exporter.hpp"
 #include "ring_drain.hpp"
 #include "segment.hpp"
 #include "status_file.hpp"
@@ -50,7 +54,7 @@ enum UserDrop { kRecordInvalid = 0, kStorageWriteFailed = 1, kUserDropMax };
 constexpr std::array<const char*, kUserDropMax> kUserDropNames = {"record_invalid", "storage_write_failed"};
 
 // io_uring user_data: what completed.
-enum Event : uint64_t { kEvRing = 1, kEvSignal = 2, kEvNetlink = 3, kEvTimer = 4 };
+enum Event : uint64_t { kEvRing = 1, kEvSignal = 2, kEvNetlink = 3, kEvTimer = 4, kEvControl = 5, kEvClient = 6 };
 uint64_t tag(Event e, uint32_t index = 0) { return (static_cast<uint64_t>(e) << 32) | index; }
 
 void mkdir_p(const std::string& dir) {
@@ -86,6 +90,9 @@ struct Sensor::Impl {
   std::unique_ptr<BpfCapture> bpf;
   std::unique_ptr<TcAttacher> tc;
   std::unique_ptr<LinkMonitor> links;
+  std::unique_ptr<MetricsExporter> exporter;
+  std::unique_ptr<DissectorSupervisor> supervisor;
+  std::unique_ptr<ControlServer> control;
   std::vector<BpfRingReader> rings;
   std::map<uint32_t, Interface> attached;  // ifindex -> interface
   std::map<uint32_t, IfaceCounters> per_iface;  // node-based: pointers stay valid
@@ -138,6 +145,30 @@ struct Sensor::Impl {
     for (int fd : bpf->ring_fds()) rings.emplace_back(fd, bpf->ring_bytes());
     links = std::make_unique<LinkMonitor>();
 
+    if (!opts.metrics_address.empty()) {
+      try {
+        exporter = std::make_unique<MetricsExporter>(opts.metrics_address);
+      } catch (const std::exception& e) {
+        if (opts.metrics_address_explicit) throw;
+        std::fprintf(stderr, "tapwire-sensor: %s; capturing without metrics\n", e.what());
+      }
+    }
+
+    SupervisorOptions sup;
+    sup.data_dir = opts.data_dir;
+    sup.stop_after_ns = opts.dissection_stop_after_ns;
+    sup.dissector_path = opts.dissector_path;
+    if (sup.dissector_path.empty()) {
+      char self[4096] = {};
+      ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+      std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string(".");
+      sup.dissector_path = dir.substr(0, dir.rfind('/')) + "/tapwire-dissector";
+    }
+    supervisor = std::make_unique<DissectorSupervisor>(sup);
+    control = std::make_unique<ControlServer>(
+        opts.control_socket.empty() ? opts.data_dir + "/control.sock" : opts.control_socket,
+        [this](const nlohmann::json& req) { return control_request(req); });
+
     sigfd = signalfd(-1, &blocked_set(), SFD_CLOEXEC | SFD_NONBLOCK);
     if (sigfd < 0) throw std::runtime_error(std::string("cannot create a signalfd: ") + std::strerror(errno));
     if (int rc = io_uring_queue_init(64, &uring, 0); rc < 0)
@@ -155,7 +186,7 @@ struct Sensor::Impl {
     static sigset_t set = [] {
       sigset_t s;
       sigemptyset(&s);
-      for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2}) sigaddset(&s, sig);
+      for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD}) sigaddset(&s, sig);
       return s;
     }();
     return set;
@@ -324,10 +355,58 @@ struct Sensor::Impl {
 
   void handle_signals() {
     signalfd_siginfo si{};
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
     while (read(sigfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
-      if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM) stop = true;
-      // SIGHUP, SIGUSR1, SIGUSR2: reserved for the control plane; ignored.
+      switch (si.ssi_signo) {
+        case SIGINT:
+        case SIGTERM:
+          stop = true;
+          break;
+        case SIGUSR1:
+          supervisor->enable(now, "SIGUSR1");
+          break;
+        case SIGUSR2:
+          supervisor->disable("SIGUSR2");
+          break;
+        case SIGCHLD:
+          supervisor->on_child_exit(now);
+          break;
+        case SIGHUP:
+          std::fprintf(stderr, "tapwire-sensor: SIGHUP: %s\n", reload_config().dump().c_str());
+          break;
+      }
     }
+  }
+
+  // Configuration files arrive with the control-plane configuration loader;
+  // until then there is nothing to reload, and saying so is the honest reply.
+  nlohmann::json reload_config() {
+    return {{"ok", false}, {"error", "no configuration file to reload: the sensor was started with flags only"}};
+  }
+
+  nlohmann::json control_request(const nlohmann::json& req) {
+    const std::string cmd = req["cmd"].get<std::string>();
+    const std::string action = req.value("action", "");
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+    if (cmd == "status") return {{"ok", true}, {"status", status_json("capturing")}};
+    if (cmd == "activity") {
+      supervisor->activity(now);
+      return {{"ok", true}, {"dissection", supervisor->status(now)}};
+    }
+    if (cmd == "dissection") {
+      if (action == "enable")
+        supervisor->enable(now, "control socket");
+      else if (action == "disable")
+        supervisor->disable("control socket");
+      else if (action != "status")
+        return {{"ok", false}, {"error", "dissection: action must be enable, disable or status"}};
+      return {{"ok", true}, {"dissection", supervisor->status(now)}};
+    }
+    if (cmd == "config") {
+      if (action != "reload") return {{"ok", false}, {"error", "config: action must be reload"}};
+      return reload_config();
+    }
+    return {{"ok", false}, {"error", "unknown cmd '" + cmd + "': status, dissection, activity or config"}};
   }
 
   void handle_links() {
@@ -347,6 +426,7 @@ struct Sensor::Impl {
     uint64_t now_real = now_mono + mono_to_real;
     write_loss_records(now_real);
     store->tick(now_real);
+    supervisor->tick(now_mono);
     if (now_mono - last_rescan_mono >= 5000000000ull) {  // netlink can lose events (ENOBUFS)
       rescan_interfaces();
       last_rescan_mono = now_mono;
@@ -423,11 +503,28 @@ struct Sensor::Impl {
             {"drops", drops},
             {"drops_by_cpu", by_cpu},
             {"rings", ring},
-            {"storage", storage}};
+            {"storage", storage},
+            {"dissection", supervisor ? supervisor->status(clock_ns(CLOCK_MONOTONIC)) : nlohmann::json(nullptr)},
+            {"control_socket", control ? control->path() : std::string()}};
+  }
+
+  // The dissector's metrics file, if a dissector is writing one now.
+  nlohmann::json dissector_metrics() const {
+    const std::string path = opts.data_dir + "/dissector.json";
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0 || time(nullptr) - st.st_mtime > 10) return nullptr;
+    std::ifstream in(path);
+    return nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false, true);
   }
 
   void write_status(const char* state) {
-    if (!write_status_file(opts.data_dir, status_json(state)))
+    nlohmann::json status = status_json(state);
+    if (exporter) {
+      exporter->set_sensor_status(status);
+      auto dm = dissector_metrics();
+      exporter->set_dissector_metrics(dm.is_discarded() ? nlohmann::json(nullptr) : dm);
+    }
+    if (!write_status_file(opts.data_dir, status))
       std::fprintf(stderr, "tapwire-sensor: cannot write %s: %s\n", status_file_path(opts.data_dir).c_str(),
                    std::strerror(errno));
   }
@@ -499,7 +596,9 @@ struct Sensor::Impl {
     for (uint32_t i = 0; i < rings.size(); i++) arm_poll(rings[i].fd(), tag(kEvRing, i), true);
     arm_poll(sigfd, tag(kEvSignal), false);
     arm_poll(links->fd(), tag(kEvNetlink), false);
+    arm_poll(control->listen_fd(), tag(kEvControl), false);
     arm_timer();
+    if (opts.dissection) supervisor->enable(clock_ns(CLOCK_MONOTONIC), "--dissection at start");
     last_tick_mono = last_rescan_mono = clock_ns(CLOCK_MONOTONIC);
     write_status("capturing");
 
@@ -531,6 +630,15 @@ struct Sensor::Impl {
           case kEvTimer:
             arm_timer();
             break;
+          case kEvControl:
+            for (int fd : control->accept_pending()) arm_poll(fd, tag(kEvClient, static_cast<uint32_t>(fd)), false);
+            arm_poll(control->listen_fd(), data, false);
+            break;
+          case kEvClient: {
+            int fd = static_cast<int>(data & 0xffffffff);
+            if (control->serve(fd)) arm_poll(fd, data, false);
+            break;
+          }
         }
       }
       io_uring_cq_advance(&uring, seen);
@@ -546,6 +654,8 @@ struct Sensor::Impl {
   }
 
   void shutdown() {
+    supervisor.reset();  // stops the dissector (it checkpoints; a restart resumes)
+    control.reset();
     // Detach first so nothing new arrives, then take everything in flight.
     tc->detach_all();
     attached.clear();

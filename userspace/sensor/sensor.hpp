@@ -22,6 +22,15 @@ struct SensorOptions {
   uint32_t drain_interval_ms = 10;  // timer that drains rings below the wakeup threshold
   CaptureFilters filters;
   bool print = false;  // human-readable activity on stdout
+  // Prometheus endpoint (HOST:PORT or :PORT; empty: none). If the default
+  // address is taken the sensor warns and captures without it; an address
+  // the user chose must work.
+  std::string metrics_address = ":9100";
+  bool metrics_address_explicit = false;
+  std::string control_socket;  // default DATA_DIR/control.sock
+  bool dissection = false;  // L7 dissection enabled at start
+  uint64_t dissection_stop_after_ns = 5ull * 60 * 1000000000ull;  // 0: never stops by itself
+  std::string dissector_path;  // default: tapwire-dissector next to this binary
 };
 
 class Sensor {

@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -56,28 +58,42 @@ std::string lower_priority() {
   return warn;
 }
 
+// Call records go to the DB and/or as JSON lines. Lines are written whole
+// (one write() of complete lines at a time), so a dissector killed at any
+// moment never leaves half a record in the file.
 struct Outputs {
   std::unique_ptr<CallDb> db;
-  std::FILE* jsonl = nullptr;
+  int jsonl_fd = -1;
   bool jsonl_owned = false;
+  std::string pending;  // complete lines not yet written
   uint64_t calls = 0;
 
   void add(Call&& c) {
     calls++;
     if (db) db->insert(c);
-    if (jsonl) {
-      std::string line = to_json(c).dump();
-      line += '\n';
-      std::fwrite(line.data(), 1, line.size(), jsonl);
+    if (jsonl_fd >= 0) {
+      pending += to_json(c).dump();
+      pending += '\n';
+      if (pending.size() >= (1u << 16)) write_pending();
     }
+  }
+  void write_pending() {
+    size_t off = 0;
+    while (off < pending.size()) {
+      ssize_t n = ::write(jsonl_fd, pending.data() + off, pending.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // EPIPE (stdout closed) and the like: the DB, if any, still gets everything
+      off += static_cast<size_t>(n);
+    }
+    pending.clear();
   }
   void flush() {
     if (db) db->commit();
-    if (jsonl) std::fflush(jsonl);
+    if (jsonl_fd >= 0) write_pending();
   }
   ~Outputs() {
     flush();
-    if (jsonl_owned) std::fclose(jsonl);
+    if (jsonl_owned) close(jsonl_fd);
   }
 };
 
@@ -156,12 +172,19 @@ int main(int argc, char** argv) {
 
   try {
     Outputs out;
-    if (!db_path.empty()) out.db = std::make_unique<CallDb>(db_path, false, /*bulk=*/data_dir.empty());
+    if (!db_path.empty()) {
+      out.db = std::make_unique<CallDb>(db_path, false, /*bulk=*/data_dir.empty());
+      // Live, calls are committed only with the checkpoint that covers them:
+      // a dissector killed at any moment neither loses nor repeats a call.
+      if (!data_dir.empty()) out.db->set_auto_commit(false);
+    }
     if (jsonl_path == "-") {
-      out.jsonl = stdout;
+      out.jsonl_fd = STDOUT_FILENO;
     } else if (!jsonl_path.empty()) {
-      out.jsonl = std::fopen(jsonl_path.c_str(), data_dir.empty() ? "w" : "a");
-      if (!out.jsonl) throw std::runtime_error(jsonl_path + ": cannot open for writing: " + std::strerror(errno));
+      // Live, a restarted dissector appends to what the previous run wrote.
+      int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (data_dir.empty() ? O_TRUNC : O_APPEND);
+      out.jsonl_fd = ::open(jsonl_path.c_str(), flags, 0640);
+      if (out.jsonl_fd < 0) throw std::runtime_error(jsonl_path + ": cannot open for writing: " + std::strerror(errno));
       out.jsonl_owned = true;
     }
 

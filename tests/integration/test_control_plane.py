@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""The sensor's control plane (issue 4, first part): dissection switched on
+and off through the control socket and through SIGUSR1/SIGUSR2, the
+dissector process appearing and disappearing accordingly; the idle stop
+(raw capture goes on); kill -9 of the dissector (restarted, no call lost or
+counted twice, against tcpdump's capture dissected offline); the socket's
+mode and SO_PEERCRED check; malformed requests; /metrics served."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dissectref  # noqa: E402
+import lab  # noqa: E402
+
+
+def request(sock_path, obj, raw: bytes | None = None, timeout=10) -> dict:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(str(sock_path))
+    s.sendall(raw if raw is not None else (json.dumps(obj) + "\n").encode())
+    buf = b""
+    while b"\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return json.loads(buf.split(b"\n")[0])
+
+
+def dissector_pids(data_dir) -> list[int]:
+    r = subprocess.run(["pgrep", "-f", f"tapwire-dissector --data-dir {data_dir}"], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ControlPlane(unittest.TestCase):
+    maxDiff = None
+
+    def test_enable_disable_signals_idle_stop(self):
+        with lab.Lab(dnsmasq=False) as L:
+            data = L.dir / "data"
+            # the socket where another uid can reach it (the lab's directory is private)
+            sock = f"/tmp/tw-ctl-{os.getpid()}.sock"
+            self.addCleanup(lambda: os.path.exists(sock) and os.unlink(sock))
+            s = L.start_sensor(data, extra=["--dissection-stop-after", "2", "--metrics-address", "127.0.0.1:9100",
+                                            "--control-socket", sock])
+            st = os.stat(sock)
+            self.assertEqual(st.st_mode & 0o777, 0o600, "the control socket is for its owner only")
+            self.assertEqual(dissector_pids(data), [], "dissection is off at start")
+
+            r = request(sock, {"cmd": "dissection", "action": "enable"})
+            self.assertTrue(r["ok"], r)
+            wait_for(lambda: dissector_pids(data), 10, "the dissector to start (control socket)")
+            # disabled through the CLI
+            subprocess.run([lab.cli_bin(), "dissection", "disable", "--control-socket", sock], check=True, timeout=20)
+            wait_for(lambda: not dissector_pids(data), 10, "the dissector to stop (control socket)")
+
+            s.send(signal.SIGUSR1)
+            wait_for(lambda: dissector_pids(data), 10, "the dissector to start (SIGUSR1)")
+            s.send(signal.SIGUSR2)
+            wait_for(lambda: not dissector_pids(data), 10, "the dissector to stop (SIGUSR2)")
+
+            # idle stop after 2 s without activity; raw capture continues
+            s.send(signal.SIGUSR1)
+            wait_for(lambda: dissector_pids(data), 10, "the dissector to start again")
+            wait_for(lambda: not dissector_pids(data), 15, "dissection to stop by itself (stopAfter 2s)")
+            before = (s.wait_status_update() or {})["counters"]["packets_captured"]
+            L.curl(L.url("/f/10k.bin"))
+            after = wait_for(lambda: (s.wait_status_update() or {})["counters"]["packets_captured"] > before and
+                             s.status(), 10, "raw capture to go on")
+            self.assertFalse(after["dissection"]["enabled"], after["dissection"])
+            self.assertTrue(s.alive())
+
+            # malformed requests get an error reply; the daemon stays up
+            for raw in (b"{not json\n", b"[1,2,3]\n", b'{"cmd": 7}\n', b'{"cmd": "reboot"}\n',
+                        b'{"cmd": "dissection", "action": "sideways"}\n'):
+                r = request(sock, None, raw=raw)
+                self.assertFalse(r["ok"], raw)
+                self.assertTrue(r["error"], raw)
+            r = request(sock, {"cmd": "status"})
+            self.assertTrue(r["ok"])
+            self.assertEqual(r["status"]["state"], "capturing")
+
+            # another uid: even with the socket opened up, SO_PEERCRED refuses it
+            os.chmod(sock, 0o666)
+            # (the server answers a refused client at once and hangs up: its request may meet a closed socket)
+            code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+                    "try:\n  s.sendall(b'{\"cmd\": \"status\"}\\n')\nexcept OSError:\n  pass\n"
+                    "print(s.recv(4096).decode())")
+            out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+                                  code, str(sock)], capture_output=True, text=True, timeout=20)
+            self.assertTrue(out.stdout.strip(), f"no reply to another uid: {out.stderr[-500:]}")
+            reply = json.loads(out.stdout.strip().splitlines()[0])
+            self.assertFalse(reply["ok"], reply)
+            self.assertIn("permission denied", reply["error"])
+
+            # metrics are served
+            out = L.srv(["curl", "-sS", "-m", "5", "http://127.0.0.1:9100/metrics"]).stdout
+            self.assertIn('tapwire_packets_captured_total{interface="', out)
+            self.assertIn("tapwire_dissection_enabled 0", out)
+            self.assertRegex(out, r'tapwire_drops_total\{reason="ringbuf_full",cpu="0"\} 0')
+            self.assertEqual(s.stop(), 0)
+            self.assertEqual(dissector_pids(data), [])
+
+    def test_dissector_killed_is_restarted_without_losing_or_repeating_calls(self):
+        dissectref.require()
+        with lab.Lab() as L:
+            data = L.dir / "data"
+            ref = L.start_tcpdump(L.srv_veth, L.dir / "reference.pcap")
+            s = L.start_sensor(data, extra=["--dissection", "--dissection-stop-after", "0",
+                                            "--metrics-address", ""])
+            wait_for(lambda: dissector_pids(data), 10, "the dissector to start")
+            for six in (False, True):
+                L.curl(*([L.url("/f/10k.bin", v6=six)] * 5))
+            first = dissector_pids(data)[0]
+            wrk = L.spawn("wrk", L.cli_ns, ["wrk", "-t1", "-c2", "-d3s", L.url("/f/100b.bin")])
+            time.sleep(1.5)
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: [p for p in dissector_pids(data) if p != first], 15, "the dissector to be restarted")
+            wrk.stop(timeout=20)
+            for six in (False, True):
+                L.curl(*([L.url("/f/100b.bin", v6=six)] * 5))
+            cap = dissectref.stop_capture(ref)
+            self.assertTrue(dissectref.capture_complete(cap), cap)
+            st = s.wait_status_update()
+            self.assertGreaterEqual(st["dissection"]["restarts"], 1, st["dissection"])
+            time.sleep(3)  # the dissector catches up with the segments
+            self.assertEqual(s.stop(), 0)  # stops the dissector too (it checkpoints)
+            got = dissectref.db_calls(data / "dissection.db")
+            want = dissectref.read_jsonl(self._offline(L))
+            key = dissectref.full_key
+            self.assertEqual(len(got), len(want), "calls lost or counted twice")
+            diff = dissectref.diff_multisets([key(c) for c in want], [key(c) for c in got], "offline", "live")
+            self.assertEqual(diff, "", diff)
+
+    def _offline(self, L):
+        out = L.dir / "offline.jsonl"
+        r = dissectref.run_dissector(["--pcap", L.dir / "reference.pcap", "--jsonl", out, "-q"])
+        self.assertEqual(r["rc"], 0, r)
+        return out
+
+
+if __name__ == "__main__":
+    lab.require()
+    unittest.main()

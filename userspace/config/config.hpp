@@ -1,0 +1,124 @@
+// tapwire.yaml: the configuration file of tapwire-sensor and tapwire-dissector.
+//
+// Keys mirror Kubeshark's `tap.*` values (DESIGN.md) so that its users feel at
+// home; configs/README.md documents each one, configs/tapwire.yaml holds every
+// key with its default. The defaults below equal the sensor's and the
+// dissector's flag defaults: an empty file, or no file, changes nothing.
+//
+// Flags override the file. The pattern for main() is in config_flags.hpp
+// (FlagOverrides): parse the command line, remember which flags were given,
+// load the file, apply those flags on top; on SIGHUP load again and apply the
+// same flags again, keeping the old config when the new file is rejected.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tapwire::config {
+
+// tap.filters.*: in-kernel capture filters; deny wins (see the sensor's --allow-cidr...).
+struct FilterConfig {
+  std::vector<std::string> allow_cidrs;  // tap.filters.cidrs.allow: "10.0.0.0/8", "fd00::/8", "1.2.3.4"
+  std::vector<std::string> deny_cidrs;   // tap.filters.cidrs.deny
+  std::vector<uint16_t> allow_ports;     // tap.filters.ports.allow: 1-65535
+  std::vector<uint16_t> deny_ports;      // tap.filters.ports.deny
+  bool operator==(const FilterConfig&) const = default;
+};
+
+// tap.capture.raw.*: the always-on raw capture into segment files.
+struct RawCaptureConfig {
+  bool enabled = true;                                  // tap.capture.raw.enabled
+  uint64_t storage_size = 1ull << 30;                   // tap.capture.raw.storageSize (--storage-size), >= 1MiB
+  uint64_t segment_size = 64ull << 20;                  // tap.capture.raw.segmentSize (--segment-size), >= 64KiB
+  std::chrono::seconds segment_max_age{60};             // tap.capture.raw.segmentMaxAge (--segment-max-age), 1s-24h
+  uint32_t ring_size = 8u << 20;                        // tap.capture.raw.ringSize (--ring-size), per CPU, 4KiB-1GiB
+  bool operator==(const RawCaptureConfig&) const = default;
+};
+
+// tap.capture.dissection.*: the dissection lifecycle run by the sensor.
+struct DissectionLifecycleConfig {
+  // Dissection stops by itself after this long without activity; 0 = never.
+  std::chrono::nanoseconds stop_after = std::chrono::minutes(5);  // tap.capture.dissection.stopAfter
+  bool operator==(const DissectionLifecycleConfig&) const = default;
+};
+
+struct CaptureConfig {
+  bool stopped = false;  // tap.capture.stopped: true = L7 dissection off at start (raw capture unaffected)
+  RawCaptureConfig raw;
+  DissectionLifecycleConfig dissection;
+  bool operator==(const CaptureConfig&) const = default;
+};
+
+// tap.dissection.*: what the dissector keeps of each message (--max-body, --max-header).
+struct DissectionLimitsConfig {
+  uint64_t max_body = 64u << 10;    // tap.dissection.maxBody: body bytes kept per message; 0 = none
+  uint64_t max_header = 64u << 10;  // tap.dissection.maxHeader: header bytes allowed per message, > 0
+  bool operator==(const DissectionLimitsConfig&) const = default;
+};
+
+struct SnapshotsConfig {
+  uint64_t storage_size = 20ull << 30;  // tap.snapshots.storageSize: room for snapshots under DATA_DIR
+  bool operator==(const SnapshotsConfig&) const = default;
+};
+
+struct MetricsConfig {
+  std::string address = ":9100";  // tap.metrics.address (--metrics-address): HOST:PORT, ":PORT" = all addresses
+  bool operator==(const MetricsConfig&) const = default;
+};
+
+struct TapwireConfig {
+  std::string data_dir = "/var/lib/tapwire";  // tap.dataDir (--data-dir)
+  std::string control_socket;                 // tap.controlSocket (--control-socket); "" = DATA_DIR/control.sock
+  std::vector<std::string> interfaces;        // tap.interfaces (--interface): names or regexes; empty = all but lo
+  uint32_t snaplen = 0;                       // tap.snaplen (--snaplen): payload bytes kept per packet; 0 = all
+  FilterConfig filters;
+  CaptureConfig capture;
+  std::vector<std::string> enabled_dissectors = {"http", "dns"};  // tap.enabledDissectors
+  DissectionLimitsConfig dissection;
+  SnapshotsConfig snapshots;
+  MetricsConfig metrics;
+
+  // The control socket to use: control_socket, or DATA_DIR/control.sock when
+  // empty (so that --data-dir alone moves the socket along with the data).
+  std::string control_socket_path() const;
+
+  bool operator==(const TapwireConfig&) const = default;
+};
+
+// A rejected configuration. what() is one line for the user:
+//   "/etc/tapwire/tapwire.yaml:12: tap.capture.raw.storageSize: must be positive, got '-1Gi'"
+class ConfigError : public std::runtime_error {
+ public:
+  ConfigError(std::string file, int line, std::string key, std::string problem);
+  const std::string& file() const { return file_; }
+  int line() const { return line_; }  // 1-based; 0 when no line applies (unreadable file)
+  const std::string& key() const { return key_; }  // dotted path; "" when no key applies (YAML syntax)
+  const std::string& problem() const { return problem_; }
+
+ private:
+  std::string file_, key_, problem_;
+  int line_;
+};
+
+// Reads and checks a tapwire.yaml. An empty file (or one with comments only)
+// yields the defaults. Throws ConfigError on an unreadable file, bad YAML, an
+// unknown key (with the closest known key as a suggestion), a value of the
+// wrong type, or a bad value (size <= 0, bad duration, unknown dissector, bad
+// CIDR, port out of range, bad interface regex, ...).
+TapwireConfig load_config(const std::string& path);
+// The same on text already in memory; `source` names it in errors.
+TapwireConfig load_config_text(const std::string& text, const std::string& source);
+
+// Every key the file accepts, as dotted paths ("tap.capture.raw.storageSize"),
+// leaves only, in file order. configs/tapwire.yaml and configs/README.md list
+// each of them (a unit test checks that).
+const std::vector<std::string>& known_keys();
+
+// The dissectors this build has ("http", "dns").
+const std::vector<std::string>& known_dissectors();
+
+}  // namespace tapwire::config

@@ -1,0 +1,146 @@
+#include "dissector_supervisor.hpp"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace tapwire::sensor {
+namespace {
+
+constexpr uint64_t kSecond = 1'000'000'000ull;
+constexpr uint64_t kMaxBackoff = 30 * kSecond;
+constexpr uint64_t kStopGrace = 5 * kSecond;
+
+std::string describe_exit(int status) {
+  if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
+  return "ended";
+}
+
+uint64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * kSecond + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace
+
+DissectorSupervisor::DissectorSupervisor(SupervisorOptions opts) : opts_(std::move(opts)) {}
+
+DissectorSupervisor::~DissectorSupervisor() {
+  enabled_ = false;
+  if (pid_ <= 0) return;
+  if (!stopping_) kill(pid_, SIGTERM);
+  const uint64_t deadline = mono_ns() + kStopGrace;
+  int status;
+  while (waitpid(pid_, &status, WNOHANG) == 0) {
+    if (mono_ns() > deadline) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, &status, 0);
+      break;
+    }
+    usleep(20000);
+  }
+  pid_ = -1;
+}
+
+void DissectorSupervisor::start(uint64_t now_ns) {
+  pid_t pid = fork();
+  if (pid < 0) {
+    last_exit_ = std::string("cannot start: ") + std::strerror(errno);
+    restart_at_ = now_ns + backoff_ns_;
+    return;
+  }
+  if (pid == 0) {
+    // The child: die with the sensor, take signals again, become the dissector.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    const char* argv[] = {opts_.dissector_path.c_str(), "--data-dir", opts_.data_dir.c_str(), "-q", nullptr};
+    execv(argv[0], const_cast<char* const*>(argv));
+    std::fprintf(stderr, "tapwire-sensor: cannot run %s: %s\n", argv[0], std::strerror(errno));
+    _exit(127);
+  }
+  pid_ = pid;
+  stopping_ = false;
+  started_at_ = now_ns;
+  starts_++;
+  std::fprintf(stderr, "tapwire-sensor: dissector started (pid %d)\n", pid);
+}
+
+void DissectorSupervisor::stop() {
+  if (pid_ <= 0 || stopping_) return;
+  kill(pid_, SIGTERM);  // it checkpoints and exits; on_child_exit reaps it
+  stopping_ = true;
+  stop_deadline_ = mono_ns() + kStopGrace;
+}
+
+void DissectorSupervisor::enable(uint64_t now_ns, const char* why) {
+  last_activity_ = now_ns;
+  if (enabled_) return;
+  enabled_ = true;
+  last_change_ = std::string("enabled by ") + why;
+  backoff_ns_ = kSecond;
+  std::fprintf(stderr, "tapwire-sensor: dissection %s\n", last_change_.c_str());
+  if (pid_ <= 0) start(now_ns);
+}
+
+void DissectorSupervisor::disable(const char* why) {
+  if (!enabled_) return;
+  enabled_ = false;
+  last_change_ = std::string("disabled by ") + why;
+  std::fprintf(stderr, "tapwire-sensor: dissection %s\n", last_change_.c_str());
+  stop();
+}
+
+void DissectorSupervisor::activity(uint64_t now_ns) { last_activity_ = now_ns; }
+
+void DissectorSupervisor::on_child_exit(uint64_t now_ns) {
+  if (pid_ <= 0) return;
+  int status;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r != pid_) return;
+  pid_ = -1;
+  last_exit_ = describe_exit(status);
+  if (stopping_) {
+    stopping_ = false;
+    if (enabled_) start(now_ns);  // re-enabled while it was stopping
+    return;
+  }
+  if (!enabled_) return;
+  // It died on its own: restart, backing off if it keeps dying quickly.
+  if (now_ns - started_at_ > 60 * kSecond) backoff_ns_ = kSecond;
+  restart_at_ = now_ns + backoff_ns_;
+  backoff_ns_ = std::min(backoff_ns_ * 2, kMaxBackoff);
+  std::fprintf(stderr, "tapwire-sensor: dissector %s; restarting in %.0f s\n", last_exit_.c_str(),
+               static_cast<double>(restart_at_ - now_ns) / 1e9);
+}
+
+void DissectorSupervisor::tick(uint64_t now_ns) {
+  if (stopping_ && pid_ > 0 && mono_ns() > stop_deadline_) kill(pid_, SIGKILL);
+  if (enabled_ && pid_ <= 0 && !stopping_ && now_ns >= restart_at_) {
+    if (starts_ > 0) restarts_++;
+    start(now_ns);
+  }
+  if (enabled_ && opts_.stop_after_ns && now_ns - last_activity_ > opts_.stop_after_ns)
+    disable("idle timeout (no activity for tap.capture.dissection.stopAfter)");
+}
+
+nlohmann::json DissectorSupervisor::status(uint64_t now_ns) const {
+  return {{"enabled", enabled_},
+          {"running", pid_ > 0 && !stopping_},
+          {"pid", pid_ > 0 ? pid_ : 0},
+          {"restarts", restarts_},
+          {"stop_after_s", static_cast<double>(opts_.stop_after_ns) / 1e9},
+          {"idle_s", enabled_ ? static_cast<double>(now_ns - last_activity_) / 1e9 : 0.0},
+          {"last_exit", last_exit_},
+          {"last_change", last_change_}};
+}
+
+}  // namespace tapwire::sensor
