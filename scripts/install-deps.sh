@@ -12,7 +12,7 @@ PACKAGES=(
   libsystemd-dev linux-libc-dev libisal-dev
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
-  tcpdump tshark
+  tcpdump tshark prometheus
   # packaging checks (tests/integration/test_packaging.py)
   python3-yaml systemd
 )

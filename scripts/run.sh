@@ -21,8 +21,10 @@ stop() {
 }
 trap stop INT TERM EXIT
 
+# The sensor runs the dissector as its child (dissection on, no idle stop).
 # shellcheck disable=SC2086
-"$BUILD_DIR/tapwire-sensor" --data-dir "$DATA_DIR" ${RUN_ARGS:-} >"$sensor_log" 2>&1 &
+"$BUILD_DIR/tapwire-sensor" --data-dir "$DATA_DIR" --dissection --dissection-stop-after 0 ${RUN_ARGS:-} \
+  >"$sensor_log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
   grep -q '"state": "capturing"' "$DATA_DIR/status.json" 2>/dev/null && break
@@ -30,8 +32,6 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 grep 'capturing on' "$sensor_log" || true
-"$BUILD_DIR/tapwire-dissector" --data-dir "$DATA_DIR" -q &
-pids+=($!)
 echo "tapwire: capturing; API calls appear below as they are dissected (Ctrl-C stops)."
 echo "         in another terminal: $BUILD_DIR/tapwire status --data-dir $DATA_DIR"
 "$BUILD_DIR/tapwire" tail --data-dir "$DATA_DIR"

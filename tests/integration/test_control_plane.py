@@ -150,6 +150,81 @@ class ControlPlane(unittest.TestCase):
             diff = dissectref.diff_multisets([key(c) for c in want], [key(c) for c in got], "offline", "live")
             self.assertEqual(diff, "", diff)
 
+    def test_config_file_reload_and_metrics(self):
+        with lab.Lab(dnsmasq=False) as L:
+            data = L.dir / "data"
+            cfg = L.dir / "tapwire.yaml"
+
+            # bad configs: each rejected at start, naming the key and its line, nothing attached
+            bad = {"unknown key": ("tap:\n  capture:\n    stoped: true\n", "tap.capture.stoped"),
+                   "wrong type": ("tap:\n  snaplen: [1, 2]\n", "tap.snaplen"),
+                   "negative size": ("tap:\n  capture:\n    raw:\n      storageSize: -5Gi\n",
+                                     "tap.capture.raw.storageSize"),
+                   "unknown dissector": ("tap:\n  enabledDissectors: [http, gopher]\n", "tap.enabledDissectors"),
+                   "bad duration": ("tap:\n  capture:\n    dissection:\n      stopAfter: soon\n",
+                                    "tap.capture.dissection.stopAfter")}
+            for what, (text, key) in bad.items():
+                cfg.write_text(text)
+                r = L.srv([lab.sensor_bin(), "--config", cfg, "--data-dir", data, "--interface", L.srv_veth],
+                          check=False, timeout=30)
+                lines = r.stderr.strip().splitlines()
+                self.assertNotEqual(r.returncode, 0, what)
+                self.assertEqual(len(lines), 1, f"{what}: {r.stderr}")
+                self.assertIn(key, lines[0], what)
+                self.assertRegex(lines[0], r"tapwire\.yaml:\d+: ", f"{what}: the line number")
+                self.assertTrue(lab.nothing_attached(lab.attachments(L.srv_ns, L.srv_veth)), what)
+
+            good = ("tap:\n  filters:\n    ports:\n      deny: [{port}]\n"
+                    "  metrics:\n    address: 127.0.0.1:9100\n  capture:\n    dissection:\n      stopAfter: 0\n")
+            cfg.write_text(good.format(port=12345))
+            s = L.start_sensor(data, extra=["--config", cfg])
+
+            def scrape():
+                return L.srv(["curl", "-sS", "-m", "5", "http://127.0.0.1:9100/metrics"]).stdout
+
+            def value(text, name):
+                total = 0.0
+                for line in text.splitlines():
+                    if line.startswith(name + "{") or line.startswith(name + " "):
+                        total += float(line.rsplit(" ", 1)[1])
+                return total
+
+            L.curl(L.url("/f/10k.bin"))
+            time.sleep(1.5)
+            m1 = scrape()
+            L.curl(*([L.url("/f/1m.bin")] * 3))
+            time.sleep(1.5)
+            m2 = scrape()
+            check = subprocess.run(["promtool", "check", "metrics"], input=m2, capture_output=True, text=True,
+                                   timeout=30)
+            self.assertEqual(check.returncode, 0, f"promtool check metrics:\n{check.stdout}{check.stderr}")
+            for name in ("tapwire_packets_captured_total", "tapwire_captured_bytes_total"):
+                self.assertGreater(value(m2, name), value(m1, name), f"{name} did not rise with the traffic")
+            self.assertGreaterEqual(value(m2, "tapwire_captured_bytes_total"), 3 * 1024 * 1024)
+
+            # a SIGHUP with a bad file keeps the old configuration (and the daemon)
+            cfg.write_text("tap:\n  filters:\n    ports:\n      deny: [99999]\n")
+            s.send(signal.SIGHUP)
+            time.sleep(1)
+            self.assertTrue(s.alive())
+            self.assertIn("config reload rejected", s.output())
+            before = s.wait_status_update()["counters"]
+            L.curl(L.url("/f/10k.bin"))
+            after = s.wait_status_update()["counters"]
+            self.assertGreater(after["packets_captured"], before["packets_captured"], "the old filters stay")
+
+            # a good file through `tapwire config reload`: port 80 is now filtered out in the kernel
+            cfg.write_text(good.format(port=80))
+            r = subprocess.run([lab.cli_bin(), "config", "reload", "--data-dir", data], capture_output=True,
+                               text=True, timeout=20)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            before = s.wait_status_update()["counters"]
+            L.curl(L.url("/f/10k.bin"))
+            after = s.wait_status_update()["counters"]
+            self.assertEqual(after["packets_captured"], before["packets_captured"], "port 80 still captured")
+            self.assertGreater(after["filtered"], before["filtered"])
+            self.assertEqual(s.stop(), 0)
+
     def _offline(self, L):
         out = L.dir / "offline.jsonl"
         r = dissectref.run_dissector(["--pcap", L.dir / "reference.pcap", "--jsonl", out, "-q"])

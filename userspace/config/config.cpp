@@ -224,7 +224,8 @@ std::vector<std::string> read_dissectors(const Value& v) {
 
 // HOST:PORT, [V6]:PORT or :PORT.
 std::string read_listen_address(const Value& v) {
-  std::string s = read_string(v, false);
+  std::string s = read_string(v, true);
+  if (s.empty()) return s;  // "": no metrics endpoint
   auto colon = s.rfind(':');
   if (colon == std::string::npos)
     v.fail("expected HOST:PORT or :PORT (like :9100 or 127.0.0.1:9100), got '" + s + "'");
@@ -290,7 +291,9 @@ const Field kFields[] = {
      }},
     {"tap.capture.raw.ringSize",
      [](const Value& v, TapwireConfig& c) {
-       c.capture.raw.ring_size = static_cast<uint32_t>(read_size(v, 4096, 1ull << 30));
+       // "auto": 64 MiB shared by the CPUs, 8 to 32 MiB each (the sensor decides)
+       c.capture.raw.ring_size =
+           v.node.IsScalar() && v.node.Scalar() == "auto" ? 0 : static_cast<uint32_t>(read_size(v, 4096, 1ull << 30));
      }},
     {"tap.capture.dissection.stopAfter",
      [](const Value& v, TapwireConfig& c) { c.capture.dissection.stop_after = read_duration(v); }},

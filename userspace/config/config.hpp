@@ -35,7 +35,7 @@ struct RawCaptureConfig {
   uint64_t storage_size = 1ull << 30;                   // tap.capture.raw.storageSize (--storage-size), >= 1MiB
   uint64_t segment_size = 64ull << 20;                  // tap.capture.raw.segmentSize (--segment-size), >= 64KiB
   std::chrono::seconds segment_max_age{60};             // tap.capture.raw.segmentMaxAge (--segment-max-age), 1s-24h
-  uint32_t ring_size = 8u << 20;                        // tap.capture.raw.ringSize (--ring-size), per CPU, 4KiB-1GiB
+  uint32_t ring_size = 0;  // tap.capture.raw.ringSize (--ring-size), per CPU, 4KiB-1GiB; 0 = "auto"
   bool operator==(const RawCaptureConfig&) const = default;
 };
 
@@ -47,7 +47,10 @@ struct DissectionLifecycleConfig {
 };
 
 struct CaptureConfig {
-  bool stopped = false;  // tap.capture.stopped: true = L7 dissection off at start (raw capture unaffected)
+  // tap.capture.stopped: L7 dissection off at start (raw capture unaffected).
+  // On by default, unlike Kubeshark: dissection is the expensive part, switched
+  // on while someone investigates (tapwire dissection enable, SIGUSR1).
+  bool stopped = true;
   RawCaptureConfig raw;
   DissectionLifecycleConfig dissection;
   bool operator==(const CaptureConfig&) const = default;

@@ -62,8 +62,10 @@ void DissectorSupervisor::start(uint64_t now_ns) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
-    const char* argv[] = {opts_.dissector_path.c_str(), "--data-dir", opts_.data_dir.c_str(), "-q", nullptr};
-    execv(argv[0], const_cast<char* const*>(argv));
+    std::vector<const char*> argv = {opts_.dissector_path.c_str(), "--data-dir", opts_.data_dir.c_str(), "-q"};
+    for (auto& a : opts_.extra_args) argv.push_back(a.c_str());
+    argv.push_back(nullptr);
+    execv(argv[0], const_cast<char* const*>(argv.data()));
     std::fprintf(stderr, "tapwire-sensor: cannot run %s: %s\n", argv[0], std::strerror(errno));
     _exit(127);
   }

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -19,6 +20,7 @@ struct SupervisorOptions {
   std::string dissector_path;  // the tapwire-dissector binary
   std::string data_dir;
   uint64_t stop_after_ns = 5ull * 60 * 1000000000ull;  // 0: never stops by itself
+  std::vector<std::string> extra_args;  // appended to the dissector's command line
 };
 
 class DissectorSupervisor {
@@ -32,6 +34,7 @@ class DissectorSupervisor {
   void on_child_exit(uint64_t now_ns);  // reap; schedule a restart if still enabled
   void tick(uint64_t now_ns);  // restarts due, idle stop, SIGKILL of a child that ignores SIGTERM
   void set_stop_after(uint64_t ns) { opts_.stop_after_ns = ns; }
+  void set_extra_args(std::vector<std::string> args) { opts_.extra_args = std::move(args); }  // from the next start
 
   bool enabled() const { return enabled_; }
   pid_t pid() const { return pid_; }

@@ -10,6 +10,8 @@
 
 #include "segment.hpp"
 #include "sensor.hpp"
+#include "config.hpp"
+#include "config_flags.hpp"
 #include "units.hpp"
 
 namespace {
@@ -21,68 +23,140 @@ uint64_t size_option(const std::string& flag, const std::string& text) {
   return *v;
 }
 
+// The ring size "auto" (0): enough for ~50 ms of a 1 GB/s burst on a small
+// node without costing a big node gigabytes: 64 MiB in all, 8-32 MiB per CPU.
+uint32_t ring_bytes_for(uint32_t configured) {
+  if (configured) return configured;
+  long ncpu = sysconf(_SC_NPROCESSORS_CONF);
+  return static_cast<uint32_t>(
+      std::clamp<uint64_t>((64ull << 20) / static_cast<uint64_t>(ncpu > 0 ? ncpu : 1), 8ull << 20, 32ull << 20));
+}
+
 }  // namespace
 
+namespace tapwire::sensor {
+
+// The effective configuration (file + flags) as the sensor's options.
+void apply_config(const config::TapwireConfig& c, SensorOptions& o) {
+  o.interfaces = c.interfaces;
+  o.data_dir = c.data_dir;
+  o.storage_size = c.capture.raw.storage_size;
+  o.segment_size = c.capture.raw.segment_size;
+  o.segment_max_age_s = static_cast<uint64_t>(c.capture.raw.segment_max_age.count());
+  o.ring_bytes = ring_bytes_for(c.capture.raw.ring_size);
+  o.filters.allow_cidrs = c.filters.allow_cidrs;
+  o.filters.deny_cidrs = c.filters.deny_cidrs;
+  o.filters.allow_ports = c.filters.allow_ports;
+  o.filters.deny_ports = c.filters.deny_ports;
+  o.filters.snaplen = c.snaplen;
+  o.metrics_address = c.metrics.address;
+  o.control_socket = c.control_socket_path();
+  o.dissection = !c.capture.stopped;
+  o.dissection_stop_after_ns = static_cast<uint64_t>(c.capture.dissection.stop_after.count());
+  o.raw_capture = c.capture.raw.enabled;
+  o.dissector_args = {"--max-body", std::to_string(c.dissection.max_body), "--max-header",
+                      std::to_string(c.dissection.max_header)};
+  std::string ds;
+  for (auto& d : c.enabled_dissectors) ds += (ds.empty() ? "" : ",") + d;
+  o.dissector_args.push_back("--dissectors");
+  o.dissector_args.push_back(ds.empty() ? "none" : ds);
+}
+
+}  // namespace tapwire::sensor
+
 int main(int argc, char** argv) {
+  using tapwire::config::TapwireConfig;
   tapwire::sensor::Sensor::block_signals();
   tapwire::sensor::SensorOptions o;
-  std::string storage = "1GiB", segment = "64MiB", ring = "auto";
-  std::vector<std::string> allow_ports, deny_ports;
+  std::string config_path, data_dir, storage, segment, ring, metrics, control, dissector;
+  std::vector<std::string> interfaces, allow_cidrs, deny_cidrs;
+  std::vector<uint16_t> allow_ports, deny_ports;
+  uint64_t segment_max_age = 60;
+  uint32_t snaplen = 0;
+  double stop_after_s = 300;
+  bool dissection = false;
 
   CLI::App app{"tapwire-sensor: captures the L4 payloads crossing this host's interfaces into segment files"};
   app.set_version_flag("--version", std::string("tapwire-sensor ") + TAPWIRE_VERSION);
-  app.add_option("-i,--interface", o.interfaces,
+  app.add_option("--config", config_path, "tapwire.yaml to read (flags override it; SIGHUP reloads it)");
+  app.add_option("-i,--interface", interfaces,
                  "interface name or regular expression (repeatable; default: every interface but loopback)");
-  app.add_option("--data-dir", o.data_dir, "where segment files and state live")->capture_default_str();
-  app.add_option("--storage-size", storage, "total size of the segment ring")->capture_default_str();
-  app.add_option("--segment-size", segment, "size of one segment file")->capture_default_str();
-  app.add_option("--segment-max-age", o.segment_max_age_s, "seconds after which a segment is sealed even if not full")
-      ->capture_default_str()
+  app.add_option("--data-dir", data_dir, "where segment files and state live (default /var/lib/tapwire)");
+  app.add_option("--storage-size", storage, "total size of the segment ring (default 1GiB)");
+  app.add_option("--segment-size", segment, "size of one segment file (default 64MiB)");
+  app.add_option("--segment-max-age", segment_max_age, "seconds after which a segment is sealed even if not full")
       ->check(CLI::Range(1, 86400));
-  app.add_option("--ring-size", ring,
-                 "BPF ring buffer size per CPU (auto: 64MiB shared by the CPUs, 8MiB to 32MiB each)")
-      ->capture_default_str();
-  app.add_option("--snaplen", o.filters.snaplen, "payload bytes kept per packet (0: all)")->capture_default_str();
-  app.add_option("--allow-cidr", o.filters.allow_cidrs, "capture only traffic to or from these CIDRs (repeatable)");
-  app.add_option("--deny-cidr", o.filters.deny_cidrs, "never capture traffic to or from these CIDRs (repeatable)");
-  app.add_option("--allow-port", o.filters.allow_ports, "capture only traffic to or from these ports (repeatable)")
+  app.add_option("--ring-size", ring, "BPF ring buffer per CPU (default auto: 64MiB shared by the CPUs, 8-32MiB each)");
+  app.add_option("--snaplen", snaplen, "payload bytes kept per packet (default 0: all)");
+  app.add_option("--allow-cidr", allow_cidrs, "capture only traffic to or from these CIDRs (repeatable)");
+  app.add_option("--deny-cidr", deny_cidrs, "never capture traffic to or from these CIDRs (repeatable)");
+  app.add_option("--allow-port", allow_ports, "capture only traffic to or from these ports (repeatable)")
       ->check(CLI::Range(1, 65535));
-  app.add_option("--deny-port", o.filters.deny_ports, "never capture traffic to or from these ports (repeatable)")
+  app.add_option("--deny-port", deny_ports, "never capture traffic to or from these ports (repeatable)")
       ->check(CLI::Range(1, 65535));
-  auto* metrics_opt = app.add_option("--metrics-address", o.metrics_address,
-                                     "serve Prometheus metrics at HOST:PORT/metrics (empty: off)")
-                          ->capture_default_str();
-  app.add_option("--control-socket", o.control_socket, "the control socket (default: DATA_DIR/control.sock)");
-  app.add_flag("--dissection", o.dissection, "start with L7 dissection enabled (tapwire-dissector as a child)");
-  double stop_after_s = 300;
+  app.add_option("--metrics-address", metrics, "serve Prometheus metrics at HOST:PORT/metrics (default :9100; empty: off)");
+  app.add_option("--control-socket", control, "the control socket (default: DATA_DIR/control.sock)");
+  app.add_flag("--dissection", dissection, "start with L7 dissection enabled (tap.capture.stopped: false)");
   app.add_option("--dissection-stop-after", stop_after_s,
-                 "seconds without activity after which dissection stops by itself (0: never)")
-      ->capture_default_str()
+                 "seconds without activity after which dissection stops by itself (default 300; 0: never)")
       ->check(CLI::Range(0.0, 1e7));
   app.add_option("--dissector", o.dissector_path, "the tapwire-dissector binary (default: next to this one)");
   app.add_flag("--print", o.print, "print captured packets (rate-limited) and a summary every second");
 
+  tapwire::config::FlagOverrides flags;
+  TapwireConfig cfg;
   try {
     app.parse(argc, argv);
-    o.metrics_address_explicit = metrics_opt->count() > 0;
-    o.dissection_stop_after_ns = static_cast<uint64_t>(stop_after_s * 1e9);
-    o.storage_size = size_option("--storage-size", storage);
-    o.segment_size = size_option("--segment-size", segment);
-    uint64_t rb = ring == "auto" ? 0 : size_option("--ring-size", ring);
-    if (ring == "auto") {
-      // Enough for ~50 ms of a 1 GB/s burst on a small node without costing a
-      // big node gigabytes: 64 MiB in all, 8 to 32 MiB per CPU.
-      long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-      rb = std::clamp<uint64_t>((64ull << 20) / static_cast<uint64_t>(ncpu > 0 ? ncpu : 1), 8ull << 20, 32ull << 20);
+    // Flags are converted and checked here, then layered over the file on
+    // every load (start and reload).
+    auto size_flag = [&](const char* flag, const std::string& text, uint64_t min) {
+      uint64_t v = size_option(flag, text);
+      if (v < min) throw CLI::ValidationError(flag, "'" + text + "' is too small");
+      return v;
+    };
+    flags.when_given(app, "--interface", [v = interfaces](TapwireConfig& c) { c.interfaces = v; });
+    flags.when_given(app, "--data-dir", [v = data_dir](TapwireConfig& c) { c.data_dir = v; });
+    if (app.count("--storage-size"))
+      flags.when_given(app, "--storage-size", [v = size_flag("--storage-size", storage, 1ull << 20)](TapwireConfig& c) {
+        c.capture.raw.storage_size = v;
+      });
+    if (app.count("--segment-size"))
+      flags.when_given(app, "--segment-size", [v = size_flag("--segment-size", segment, 64ull << 10)](TapwireConfig& c) {
+        c.capture.raw.segment_size = v;
+      });
+    flags.when_given(app, "--segment-max-age",
+                     [v = segment_max_age](TapwireConfig& c) { c.capture.raw.segment_max_age = std::chrono::seconds(v); });
+    if (app.count("--ring-size")) {
+      uint64_t rb = ring == "auto" ? 0 : size_flag("--ring-size", ring, 4096);
+      if (rb > (1ull << 30)) throw CLI::ValidationError("--ring-size", "must be at most 1GiB");
+      flags.when_given(app, "--ring-size", [rb](TapwireConfig& c) { c.capture.raw.ring_size = static_cast<uint32_t>(rb); });
     }
-    if (rb < 4096 || rb > (1ull << 30)) throw CLI::ValidationError("--ring-size", "must be between 4KiB and 1GiB");
-    o.ring_bytes = static_cast<uint32_t>(rb);
-    if (o.storage_size < (1ull << 20)) throw CLI::ValidationError("--storage-size", "must be at least 1MiB");
+    flags.when_given(app, "--snaplen", [v = snaplen](TapwireConfig& c) { c.snaplen = v; });
+    flags.when_given(app, "--allow-cidr", [v = allow_cidrs](TapwireConfig& c) { c.filters.allow_cidrs = v; });
+    flags.when_given(app, "--deny-cidr", [v = deny_cidrs](TapwireConfig& c) { c.filters.deny_cidrs = v; });
+    flags.when_given(app, "--allow-port", [v = allow_ports](TapwireConfig& c) { c.filters.allow_ports = v; });
+    flags.when_given(app, "--deny-port", [v = deny_ports](TapwireConfig& c) { c.filters.deny_ports = v; });
+    flags.when_given(app, "--metrics-address", [v = metrics](TapwireConfig& c) { c.metrics.address = v; });
+    flags.when_given(app, "--control-socket", [v = control](TapwireConfig& c) { c.control_socket = v; });
+    flags.when_given(app, "--dissection", [](TapwireConfig& c) { c.capture.stopped = false; });
+    flags.when_given(app, "--dissection-stop-after", [v = stop_after_s](TapwireConfig& c) {
+      c.capture.dissection.stop_after = std::chrono::nanoseconds(static_cast<int64_t>(v * 1e9));
+    });
+    o.metrics_address_explicit = app.count("--metrics-address") > 0 || !config_path.empty();
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);
     std::fprintf(stderr, "tapwire-sensor: %s (see --help)\n", e.what());
     return 2;
   }
+  try {
+    cfg = flags.load(config_path);
+  } catch (const tapwire::config::ConfigError& e) {
+    std::fprintf(stderr, "tapwire-sensor: %s\n", e.what());
+    return 2;
+  }
+  tapwire::sensor::apply_config(cfg, o);
+  o.config_path = config_path;
+  o.reload = [flags, config_path]() { return flags.load(config_path); };
 
   try {
     tapwire::sensor::Sensor sensor(std::move(o));

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <liburing.h>
+#include <systemd/sd-daemon.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -158,6 +159,7 @@ struct Sensor::Impl {
     sup.data_dir = opts.data_dir;
     sup.stop_after_ns = opts.dissection_stop_after_ns;
     sup.dissector_path = opts.dissector_path;
+    sup.extra_args = opts.dissector_args;
     if (sup.dissector_path.empty()) {
       char self[4096] = {};
       ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -178,7 +180,9 @@ struct Sensor::Impl {
     mono_to_real = clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC);
     started_ns = clock_ns(CLOCK_REALTIME);
     rescan_interfaces();
-    if (attached.empty())
+    if (!opts.raw_capture)
+      std::fprintf(stderr, "tapwire-sensor: raw capture disabled (tap.capture.raw.enabled: false): capturing nothing\n");
+    else if (attached.empty())
       std::fprintf(stderr, "tapwire-sensor: no interface matches yet; waiting for one to appear\n");
   }
 
@@ -223,6 +227,7 @@ struct Sensor::Impl {
     for (auto& [idx, i] : attached)
       if (!present.count(idx) || present[idx].name != i.name) gone.push_back(idx);
     for (auto idx : gone) detach(idx, "interface gone or renamed");
+    if (!opts.raw_capture) return;  // tap.capture.raw.enabled: false
     for (auto& i : now) {
       if (!selector->matches(i) || attached.count(i.ifindex)) continue;
       try {
@@ -378,10 +383,64 @@ struct Sensor::Impl {
     }
   }
 
-  // Configuration files arrive with the control-plane configuration loader;
-  // until then there is nothing to reload, and saying so is the honest reply.
+  // Reads the file again (with the same flags on top). A rejected file
+  // changes nothing. Filters, snap length, interfaces, the idle stop and the
+  // dissector's settings apply at once; the rest at the next start.
   nlohmann::json reload_config() {
-    return {{"ok", false}, {"error", "no configuration file to reload: the sensor was started with flags only"}};
+    sd_notify(0, "RELOADING=1");
+    nlohmann::json r = reload_config_now();
+    sd_notify(0, "READY=1");
+    return r;
+  }
+
+  nlohmann::json reload_config_now() {
+    if (!opts.reload || opts.config_path.empty())
+      return {{"ok", false}, {"error", "no configuration file to reload: the sensor was started without --config"}};
+    config::TapwireConfig cfg;
+    try {
+      cfg = opts.reload();
+    } catch (const config::ConfigError& e) {
+      std::fprintf(stderr, "tapwire-sensor: config reload rejected, keeping the current configuration: %s\n", e.what());
+      return {{"ok", false}, {"error", std::string("rejected, the current configuration stays: ") + e.what()}};
+    }
+    SensorOptions next = opts;
+    apply_config(cfg, next);
+    std::optional<InterfaceSelector> sel;
+    try {
+      sel.emplace(next.interfaces);
+      bpf->set_filters(next.filters);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tapwire-sensor: config reload rejected, keeping the current configuration: %s\n", e.what());
+      return {{"ok", false}, {"error", std::string("rejected, the current configuration stays: ") + e.what()}};
+    }
+    nlohmann::json restart = nlohmann::json::array();
+    auto later = [&](bool differs, const char* key) {
+      if (differs) restart.push_back(key);
+    };
+    later(next.data_dir != opts.data_dir, "tap.dataDir");
+    later(next.storage_size != opts.storage_size, "tap.capture.raw.storageSize");
+    later(next.segment_size != opts.segment_size, "tap.capture.raw.segmentSize");
+    later(next.segment_max_age_s != opts.segment_max_age_s, "tap.capture.raw.segmentMaxAge");
+    later(next.ring_bytes != opts.ring_bytes, "tap.capture.raw.ringSize");
+    later(next.metrics_address != opts.metrics_address, "tap.metrics.address");
+    later(next.control_socket != opts.control_socket, "tap.controlSocket");
+    later(next.raw_capture != opts.raw_capture, "tap.capture.raw.enabled");
+    selector = std::move(sel);
+    opts.interfaces = next.interfaces;
+    opts.filters = next.filters;
+    opts.dissection_stop_after_ns = next.dissection_stop_after_ns;
+    opts.dissector_args = next.dissector_args;
+    supervisor->set_stop_after(next.dissection_stop_after_ns);
+    supervisor->set_extra_args(next.dissector_args);
+    // Interfaces that no longer match go, new matches come.
+    std::vector<uint32_t> gone;
+    for (auto& [idx, i] : attached)
+      if (!selector->matches(i)) gone.push_back(idx);
+    for (auto idx : gone) detach(idx, "no longer selected by the configuration");
+    if (opts.raw_capture) rescan_interfaces();
+    std::fprintf(stderr, "tapwire-sensor: configuration reloaded from %s%s\n", opts.config_path.c_str(),
+                 restart.empty() ? "" : (" (at the next start: " + restart.dump() + ")").c_str());
+    return {{"ok", true}, {"reloaded", opts.config_path}, {"restart_needed", restart}};
   }
 
   nlohmann::json control_request(const nlohmann::json& req) {
@@ -598,7 +657,8 @@ struct Sensor::Impl {
     arm_poll(links->fd(), tag(kEvNetlink), false);
     arm_poll(control->listen_fd(), tag(kEvControl), false);
     arm_timer();
-    if (opts.dissection) supervisor->enable(clock_ns(CLOCK_MONOTONIC), "--dissection at start");
+    if (opts.dissection) supervisor->enable(clock_ns(CLOCK_MONOTONIC), "configuration (tap.capture.stopped: false)");
+    sd_notify(0, "READY=1\nSTATUS=capturing");  // systemd Type=notify; a no-op elsewhere
     last_tick_mono = last_rescan_mono = clock_ns(CLOCK_MONOTONIC);
     write_status("capturing");
 
@@ -654,6 +714,7 @@ struct Sensor::Impl {
   }
 
   void shutdown() {
+    sd_notify(0, "STOPPING=1");
     supervisor.reset();  // stops the dissector (it checkpoints; a restart resumes)
     control.reset();
     // Detach first so nothing new arrives, then take everything in flight.

@@ -8,7 +8,10 @@
 #include <string>
 #include <vector>
 
+#include <functional>
+
 #include "bpf_capture.hpp"
+#include "config.hpp"
 
 namespace tapwire::sensor {
 
@@ -31,7 +34,16 @@ struct SensorOptions {
   bool dissection = false;  // L7 dissection enabled at start
   uint64_t dissection_stop_after_ns = 5ull * 60 * 1000000000ull;  // 0: never stops by itself
   std::string dissector_path;  // default: tapwire-dissector next to this binary
+  std::vector<std::string> dissector_args;  // extra flags for the dissector (caps, dissectors)
+  bool raw_capture = true;  // tap.capture.raw.enabled: false = attach nowhere
+  // Reloading (SIGHUP, `tapwire config reload`): the file again, with the
+  // same flags on top. Empty when the sensor was started without --config.
+  std::string config_path;
+  std::function<config::TapwireConfig()> reload;
 };
+
+// The effective configuration (file + flags) as the sensor's options.
+void apply_config(const config::TapwireConfig& c, SensorOptions& o);
 
 class Sensor {
  public:

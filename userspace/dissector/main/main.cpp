@@ -144,6 +144,9 @@ int main(int argc, char** argv) {
   app.add_option("--stats", stats_path, "write the dissector's metrics as JSON here (live default: DATA_DIR/dissector.json)");
   app.add_option("--max-body", body_kept, "body bytes kept per message")->capture_default_str();
   app.add_option("--max-header", header_bytes, "header bytes allowed per message")->capture_default_str();
+  std::string dissectors = "http,dns";
+  app.add_option("--dissectors", dissectors, "protocols to dissect, comma-separated (http, dns), or none")
+      ->capture_default_str();
   app.add_flag("--keep-priority", keep_priority, "do not lower priority or drop capabilities (tests, benchmarks)");
   app.add_flag("-q,--quiet", quiet, "no summary line at the end");
   try {
@@ -225,6 +228,19 @@ int main(int argc, char** argv) {
     }
 
     DissectorOptions opts;
+    opts.enable_http = opts.enable_dns = false;
+    for (size_t pos = 0; pos <= dissectors.size();) {
+      size_t comma = dissectors.find(',', pos);
+      std::string name = dissectors.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+      if (name == "http")
+        opts.enable_http = true;
+      else if (name == "dns")
+        opts.enable_dns = true;
+      else if (name != "none" && !name.empty())
+        throw std::runtime_error("--dissectors: unknown dissector '" + name + "' (known: http, dns)");
+      if (comma == std::string::npos) break;
+      pos = comma + 1;
+    }
     opts.http.max_body_kept = body_kept;
     opts.http.max_header_bytes = header_bytes;
     Dissector d(opts, [&](Call&& c) { out.add(std::move(c)); });
