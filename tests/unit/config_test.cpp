@@ -106,14 +106,21 @@ TEST(Config, DefaultsEqualTheFlagDefaults) {
   EXPECT_EQ(c.capture.raw.storage_size, 1ull << 30);
   EXPECT_EQ(c.capture.raw.segment_size, 64ull << 20);
   EXPECT_EQ(c.capture.raw.segment_max_age, 60s);
-  EXPECT_EQ(c.capture.raw.ring_size, 8u << 20);
+  EXPECT_EQ(c.capture.raw.ring_size, 0u);  // "auto", as --ring-size
   EXPECT_TRUE(c.capture.raw.enabled);
-  EXPECT_FALSE(c.capture.stopped);
+  EXPECT_TRUE(c.capture.stopped);  // dissection off until enabled, as without --dissection
   EXPECT_EQ(c.capture.dissection.stop_after, 5min);
   EXPECT_EQ(c.enabled_dissectors, (std::vector<std::string>{"http", "dns"}));
   EXPECT_EQ(c.dissection.max_body, 64u << 10);
   EXPECT_EQ(c.dissection.max_header, 64u << 10);
   EXPECT_EQ(c.metrics.address, ":9100");
+}
+
+TEST(Config, RingSizeIsAutoOrASize) {
+  EXPECT_EQ(load_config_text("tap:\n  capture:\n    raw:\n      ringSize: auto\n", "t").capture.raw.ring_size, 0u);
+  EXPECT_EQ(load_config_text("tap:\n  capture:\n    raw:\n      ringSize: 16Mi\n", "t").capture.raw.ring_size,
+            16u << 20);
+  EXPECT_THROW(load_config_text("tap:\n  capture:\n    raw:\n      ringSize: 1k\n", "t"), ConfigError);
 }
 
 TEST(Config, ShippedFileEqualsTheDefaults) {
