@@ -141,6 +141,7 @@ class ControlPlane(unittest.TestCase):
             self.assertTrue(dissectref.capture_complete(cap), cap)
             st = s.wait_status_update()
             self.assertGreaterEqual(st["dissection"]["restarts"], 1, st["dissection"])
+            self.assertEqual(lab.all_zero(st["drops"]), [], f"capture lost packets: {st['drops']}")
             time.sleep(3)  # the dissector catches up with the segments
             self.assertEqual(s.stop(), 0)  # stops the dissector too (it checkpoints)
             got = dissectref.db_calls(data / "dissection.db")

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -23,6 +24,7 @@ using nlohmann::json;
 
 struct StatusOptions {
   std::string data_dir;
+  std::string control_socket;
   bool json = false;
 };
 
@@ -123,10 +125,17 @@ void row(const std::string& name, const std::string& value) {
 
 int run_status(const StatusOptions& o) {
   std::error_code ec;
-  if (!std::filesystem::is_directory(o.data_dir, ec))
+  // A running sensor answers on its control socket (the freshest numbers);
+  // without one, its status file says what it last knew.
+  const std::string sock = o.control_socket.empty() ? o.data_dir + "/control.sock" : o.control_socket;
+  std::optional<json> status;
+  if (auto reply = control_call(sock, {{"cmd", "status"}}); reply && reply->value("ok", false) &&
+                                                             (*reply)["status"].is_object())
+    status = (*reply)["status"];
+  if (!status && !std::filesystem::is_directory(o.data_dir, ec))
     throw CliError("data directory not found", o.data_dir, "pass the --data-dir that tapwire-sensor uses");
   const std::string path = status_file_path(o.data_dir);
-  auto status = read_status_file(o.data_dir);
+  if (!status) status = read_status_file(o.data_dir);
   if (!status) {
     if (!std::filesystem::exists(path, ec))
       throw CliError("no status file", path,
@@ -160,6 +169,12 @@ int run_status(const StatusOptions& o) {
     }
   }
   row("interfaces", ifaces.empty() ? "none" : ifaces);
+  if (const json& d = obj_at(st, "dissection"); d.is_object() && !d.empty()) {
+    std::string text = d.value("enabled", false) ? "enabled" : "disabled";
+    if (d.value("running", false)) text += ", dissector running (pid " + std::to_string(d.value("pid", 0)) + ")";
+    if (d.value("restarts", 0) > 0) text += ", " + std::to_string(d.value("restarts", 0)) + " restarts";
+    row("dissection", text);
+  }
 
   const json& counters = obj_at(st, "counters");
   std::printf("\ncapture\n");
@@ -219,6 +234,8 @@ void register_status(CLI::App& app, Action& action) {
   auto opts = std::make_shared<StatusOptions>();
   CLI::App* sub = app.add_subcommand("status", "Show whether the sensor runs, what it captured and dropped");
   add_data_dir_option(*sub, opts->data_dir);
+  sub->add_option("--control-socket", opts->control_socket,
+                  "ask the sensor on this socket (default: DATA_DIR/control.sock; else the status file)");
   sub->add_flag("--json", opts->json, "Print the status as JSON (the status file plus \"running\")");
   sub->callback([opts, &action] { action = [opts] { return run_status(*opts); }; });
 }
