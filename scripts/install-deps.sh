@@ -9,10 +9,12 @@ PACKAGES=(
   libbpf-dev bpftool liburing-dev libmimalloc-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev libpcap-dev libsqlite3-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libnghttp2-dev libzstd-dev
-  libsystemd-dev linux-libc-dev libisal-dev
+  libsystemd-dev linux-libc-dev libisal-dev libssl-dev libarchive-dev
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
   tcpdump tshark prometheus
+  # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator
+  nodejs node-har-validator
   # packaging checks (tests/integration/test_packaging.py)
   python3-yaml systemd
 )

@@ -44,5 +44,15 @@ void register_calls(CLI::App& app, Action& action);
 void register_tail(CLI::App& app, Action& action);
 // `tapwire export pcap` (registered under the `export` subcommand)
 void register_export_pcap(CLI::App& export_app, Action& action);
+// `tapwire export har` and `tapwire export jsonl` (from a dissection DB)
+void register_export_har(CLI::App& export_app, Action& action);
+void register_export_jsonl(CLI::App& export_app, Action& action);
+// `tapwire dissect` (batch dissection of a snapshot)
+void register_dissect(CLI::App& app, Action& action);
+// `tapwire snapshot create|list|verify|delete|pack|unpack`
+void register_snapshot(CLI::App& app, Action& action);
+// The segment directory of --snapshot NAME|DIR: NAME is DATA_DIR/snapshots/NAME,
+// a DIR is used as is; segments are in its segments/ or in it. Throws CliError.
+std::string snapshot_segments_dir(const std::string& arg, const std::string& data_dir);
 
 }  // namespace tapwire::cli

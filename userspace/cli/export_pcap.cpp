@@ -12,6 +12,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "output_file.hpp"
 #include "pcapng_writer.hpp"
 #include "segment.hpp"
 #include "timefmt.hpp"
@@ -23,6 +24,7 @@ namespace fs = std::filesystem;
 
 struct ExportPcapOptions {
   std::string data_dir;
+  std::string snapshot;  // NAME or DIR: export a snapshot instead of the live ring
   std::string from;
   std::string to;
   std::string output;
@@ -34,70 +36,6 @@ uint64_t parse_time_option(const std::string& name, const std::string& text, uin
     throw CliError("invalid " + name + " time", "'" + text + "'", r.error);
   return *r.ns;
 }
-
-// The output is written to FILE.tmp and renamed over FILE only once complete,
-// so an error never leaves a half-written FILE behind.
-class OutputFile {
- public:
-  explicit OutputFile(const std::string& path) : path_(path) {
-    if (path_ == "-") {
-      fp_ = stdout;
-      return;
-    }
-    struct stat st {};
-    if (::stat(path_.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
-      if (S_ISDIR(st.st_mode))
-        throw CliError("cannot write the output file", path_, "it is a directory; name a file to write");
-      // A device or FIFO (/dev/null, /dev/stdout, a pipe): written directly,
-      // never replaced by a rename.
-      fp_ = std::fopen(path_.c_str(), "wb");
-      if (!fp_) throw CliError("cannot open the output", path_, std::strerror(errno));
-      return;
-    }
-    tmp_ = path_ + ".tmp";
-    fp_ = std::fopen(tmp_.c_str(), "wb");
-    if (!fp_)
-      throw CliError("cannot create the output file", tmp_,
-                     std::string(std::strerror(errno)) + "; check that its directory exists and is writable");
-  }
-  ~OutputFile() {
-    if (fp_ && fp_ != stdout) std::fclose(fp_);
-    if (!tmp_.empty() && !committed_) ::unlink(tmp_.c_str());
-  }
-  OutputFile(const OutputFile&) = delete;
-  OutputFile& operator=(const OutputFile&) = delete;
-
-  std::FILE* fp() const { return fp_; }
-  const std::string& writing_path() const { return tmp_.empty() ? path_ : tmp_; }
-
-  // Flushes, closes and renames; throws CliError on failure.
-  void commit() {
-    const bool flushed = std::fflush(fp_) == 0 && !std::ferror(fp_);
-    const int flush_errno = errno;
-    if (tmp_.empty()) {
-      const bool closed = fp_ == stdout || std::fclose(fp_) == 0;
-      if (fp_ != stdout) fp_ = nullptr;
-      if (!flushed || !closed)
-        throw CliError("cannot write the output", path_ == "-" ? "standard output" : path_,
-                       std::strerror(flushed ? errno : flush_errno));
-      return;
-    }
-    const bool closed = std::fclose(fp_) == 0;
-    fp_ = nullptr;
-    if (!flushed || !closed)
-      throw CliError("cannot write the output file", tmp_,
-                     std::string(std::strerror(flushed ? errno : flush_errno)) + "; check free space");
-    if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
-      throw CliError("cannot rename the output file", tmp_ + " -> " + path_, std::strerror(errno));
-    committed_ = true;
-  }
-
- private:
-  std::string path_;
-  std::string tmp_;
-  std::FILE* fp_ = nullptr;
-  bool committed_ = false;
-};
 
 bool file_exists(const std::string& path) {
   std::error_code ec;
@@ -114,9 +52,9 @@ int run_export_pcap(const ExportPcapOptions& o) {
                    "swap or correct the times");
 
   std::error_code ec;
-  if (!fs::is_directory(o.data_dir, ec))
+  if (o.snapshot.empty() && !fs::is_directory(o.data_dir, ec))
     throw CliError("data directory not found", o.data_dir, "pass the --data-dir that tapwire-sensor uses");
-  const std::string seg_dir = o.data_dir + "/segments";
+  const std::string seg_dir = o.snapshot.empty() ? o.data_dir + "/segments" : snapshot_segments_dir(o.snapshot, o.data_dir);
   if (!fs::is_directory(seg_dir, ec))
     throw CliError("no segments directory", seg_dir,
                    "tapwire-sensor has not stored traffic in this data directory; check --data-dir and 'tapwire status'");
@@ -201,6 +139,8 @@ void register_export_pcap(CLI::App& export_app, Action& action) {
   CLI::App* sub = export_app.add_subcommand(
       "pcap", "Write stored packets as pcapng (headers are synthesized from the capture metadata)");
   add_data_dir_option(*sub, opts->data_dir);
+  sub->add_option("--snapshot", opts->snapshot,
+                  "export a snapshot (NAME in DATA_DIR/snapshots/, or a directory) instead of the live ring");
   sub->add_option("--from", opts->from,
                   "First packet time: RFC 3339 (2026-11-23T01:52:00Z), Unix seconds, or relative (-5m)");
   sub->add_option("--to", opts->to, "Last packet time, same forms as --from");

@@ -40,6 +40,10 @@ int main(int argc, char** argv) {
   CLI::App* export_app = app.add_subcommand("export", "Write stored traffic to a file");
   export_app->require_subcommand(1);
   register_export_pcap(*export_app, action);
+  register_export_har(*export_app, action);
+  register_export_jsonl(*export_app, action);
+  register_dissect(app, action);
+  register_snapshot(app, action);
 
   try {
     app.parse(argc, argv);

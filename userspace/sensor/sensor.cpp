@@ -465,7 +465,13 @@ struct Sensor::Impl {
       if (action != "reload") return {{"ok", false}, {"error", "config: action must be reload"}};
       return reload_config();
     }
-    return {{"ok", false}, {"error", "unknown cmd '" + cmd + "': status, dissection, activity or config"}};
+    if (cmd == "segment") {  // `tapwire snapshot create` seals the open segment this way
+      if (action != "rotate") return {{"ok", false}, {"error", "segment: action must be rotate"}};
+      if (!store) return {{"ok", false}, {"error", "segment: no segment store (raw capture disabled)"}};
+      store->rotate();
+      return {{"ok", true}};
+    }
+    return {{"ok", false}, {"error", "unknown cmd '" + cmd + "': status, dissection, activity, config or segment"}};
   }
 
   void handle_links() {

@@ -1,0 +1,231 @@
+// tapwire export har: the HTTP calls of a dissection DB as a HAR 1.2 file
+// (http://www.softwareishard.com/blog/har-12-spec/), which browser dev tools
+// and HAR viewers open. tapwire export jsonl: every call record, one per line.
+#include <unistd.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "call_db.hpp"
+#include "commands.hpp"
+#include "output_file.hpp"
+
+namespace tapwire::cli {
+namespace {
+
+using nlohmann::json;
+
+struct ExportDbOptions {
+  std::string db;
+  std::string output = "-";
+};
+
+std::unique_ptr<dissect::CallDb> open_db(const std::string& path) {
+  if (access(path.c_str(), R_OK) != 0)
+    throw CliError("cannot read the dissection DB", path, "give the --db that tapwire-dissector or tapwire dissect wrote");
+  try {
+    return std::make_unique<dissect::CallDb>(path, true);
+  } catch (const std::exception&) {
+    throw CliError("cannot open the dissection DB", path, "is it a tapwire dissection DB?");
+  }
+}
+
+void write_all(OutputFile& out, const std::string& text) {
+  if (std::fwrite(text.data(), 1, text.size(), out.fp()) != text.size())
+    throw CliError("cannot write the output", out.writing_path(), std::strerror(errno));
+}
+
+std::string str_or(const json& j, const char* key, const std::string& dflt = "") {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : dflt;
+}
+
+// The record's headers (an object, repeated names joined with ", ") as HAR's
+// list of {name, value}.
+json har_headers(const json& hs, std::string* host = nullptr, std::string* content_type = nullptr) {
+  json out = json::array();
+  if (!hs.is_object()) return out;
+  for (auto it = hs.begin(); it != hs.end(); ++it) {
+    std::string v = it.value().is_string() ? it.value().get<std::string>() : it.value().dump();
+    if (host && it.key() == "host") *host = v;
+    if (content_type && it.key() == "content-type") *content_type = v;
+    out.push_back({{"name", it.key()}, {"value", v}});
+  }
+  return out;
+}
+
+json query_string(const std::string& path) {
+  json out = json::array();
+  size_t q = path.find('?');
+  if (q == std::string::npos) return out;
+  std::string qs = path.substr(q + 1);
+  if (size_t hash = qs.find('#'); hash != std::string::npos) qs.resize(hash);
+  for (size_t pos = 0; pos <= qs.size();) {
+    size_t amp = qs.find('&', pos);
+    if (amp == std::string::npos) amp = qs.size();
+    std::string kv = qs.substr(pos, amp - pos);
+    if (!kv.empty()) {
+      size_t eq = kv.find('=');
+      out.push_back({{"name", kv.substr(0, eq)}, {"value", eq == std::string::npos ? "" : kv.substr(eq + 1)}});
+    }
+    pos = amp + 1;
+  }
+  return out;
+}
+
+// RFC 3339 with nanoseconds -> ISO 8601 with milliseconds, as HAR tools expect.
+std::string har_time(const std::string& ts) {
+  size_t dot = ts.find('.');
+  if (dot == std::string::npos || ts.size() < dot + 4) return ts;
+  size_t end = dot + 1;
+  while (end < ts.size() && ts[end] >= '0' && ts[end] <= '9') end++;
+  return ts.substr(0, dot + 4) + ts.substr(end);
+}
+
+json har_entry(const json& c) {
+  const json& req = c["request"];
+  const json& resp = c["response"];
+  std::string host, ctype;
+  json req_headers = har_headers(req["headers"], &host, nullptr);
+  const std::string dst_ip = c["dst"]["ip"].get<std::string>();
+  const int dst_port = c["dst"]["port"].get<int>();
+  if (host.empty())
+    host = (dst_ip.find(':') != std::string::npos ? "[" + dst_ip + "]" : dst_ip) +
+           (dst_port == 80 ? "" : ":" + std::to_string(dst_port));
+  const std::string path = str_or(req, "path", "/");
+  const bool absolute = path.rfind("http://", 0) == 0 || path.rfind("https://", 0) == 0;
+  const std::string url = absolute ? path : "http://" + host + (path.empty() || path[0] != '/' ? "/" : "") + path;
+  const std::string version = str_or(req, "version", "HTTP/1.1");
+
+  json request = {{"method", str_or(req, "method")},
+                  {"url", url},
+                  {"httpVersion", version},
+                  {"cookies", json::array()},
+                  {"headers", req_headers},
+                  {"queryString", query_string(path)},
+                  {"headersSize", -1},
+                  {"bodySize", req.value("body_size", int64_t{0})}};
+  json response;
+  double wait_ms = 0;
+  if (resp.is_object()) {
+    json headers = har_headers(resp["headers"], nullptr, &ctype);
+    std::string location;
+    for (auto& h : headers)
+      if (h["name"] == "location") location = h["value"];
+    const int64_t body = resp.value("body_size", int64_t{0});
+    response = {{"status", resp.value("status", 0)},
+                {"statusText", str_or(resp, "reason")},
+                {"httpVersion", version},
+                {"cookies", json::array()},
+                {"headers", headers},
+                {"content", {{"size", body}, {"mimeType", ctype}}},
+                {"redirectURL", location},
+                {"headersSize", -1},
+                {"bodySize", body}};
+    if (c["duration_us"].is_number()) wait_ms = c["duration_us"].get<int64_t>() / 1000.0;
+  } else {
+    // No response (timeout, closed): what browsers record for a request
+    // that got none.
+    response = {{"status", 0},
+                {"statusText", ""},
+                {"httpVersion", ""},
+                {"cookies", json::array()},
+                {"headers", json::array()},
+                {"content", {{"size", 0}, {"mimeType", ""}}},
+                {"redirectURL", ""},
+                {"headersSize", -1},
+                {"bodySize", -1}};
+  }
+  json entry = {{"startedDateTime", har_time(str_or(c, "ts"))},
+                {"time", wait_ms},
+                {"request", request},
+                {"response", response},
+                {"cache", json::object()},
+                {"timings", {{"send", 0}, {"wait", wait_ms}, {"receive", 0}}},
+                {"serverIPAddress", dst_ip},
+                {"connection", std::to_string(c["src"]["port"].get<int>())}};
+  std::string comment = c["id"].is_string() ? "tapwire call " + c["id"].get<std::string>() : "";
+  if (c["flags"].is_array() && !c["flags"].empty()) {
+    std::string flags;
+    for (auto& f : c["flags"]) flags += (flags.empty() ? "" : ",") + f.get<std::string>();
+    comment += " [" + flags + "]";
+  }
+  if (!comment.empty()) entry["comment"] = comment;
+  return entry;
+}
+
+int run_export_har(const ExportDbOptions& o) {
+  auto db = open_db(o.db);
+  dissect::CallDb::Query q;
+  q.protocol = "http";
+  json entries = json::array();
+  uint64_t orphans = 0;
+  for (auto& c : db->query(q)) {
+    if (!c["request"].is_object()) {
+      orphans++;  // a response without its request has no place in HAR
+      continue;
+    }
+    entries.push_back(har_entry(c));
+  }
+  const size_t n = entries.size();
+  json har = {{"log",
+               {{"version", "1.2"},
+                {"creator", {{"name", "tapwire"}, {"version", TAPWIRE_VERSION}}},
+                {"pages", json::array()},
+                {"entries", std::move(entries)},
+                {"comment", "HTTP calls dissected by tapwire from " + o.db}}}};
+  OutputFile out(o.output);
+  write_all(out, har.dump(1, '\t', false, json::error_handler_t::replace) + "\n");
+  out.commit();
+  std::fprintf(stderr, "tapwire: exported %zu HTTP calls%s as HAR 1.2 to %s\n", n,
+               orphans ? (", skipped " + std::to_string(orphans) + " responses without a request").c_str() : "",
+               o.output == "-" ? "standard output" : o.output.c_str());
+  return 0;
+}
+
+int run_export_jsonl(const ExportDbOptions& o) {
+  auto db = open_db(o.db);
+  OutputFile out(o.output);
+  dissect::CallDb::Query q;
+  uint64_t n = 0;
+  std::string buf;
+  for (auto& c : db->query(q)) {
+    buf += c.dump(-1, ' ', false, json::error_handler_t::replace);
+    buf += '\n';
+    n++;
+    if (buf.size() >= (1u << 16)) {
+      write_all(out, buf);
+      buf.clear();
+    }
+  }
+  write_all(out, buf);
+  out.commit();
+  if (o.output != "-")
+    std::fprintf(stderr, "tapwire: exported %" PRIu64 " call records to %s\n", n, o.output.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void register_export_har(CLI::App& export_app, Action& action) {
+  auto o = std::make_shared<ExportDbOptions>();
+  CLI::App* sub = export_app.add_subcommand("har", "Write the HTTP calls of a dissection DB as HAR 1.2");
+  sub->add_option("--db", o->db, "the dissection DB (tapwire dissect, tapwire-dissector)")->required();
+  sub->add_option("-o,--output", o->output, "HAR file to write ('-' for standard output)")->required();
+  sub->callback([o, &action] { action = [o] { return run_export_har(*o); }; });
+}
+
+void register_export_jsonl(CLI::App& export_app, Action& action) {
+  auto o = std::make_shared<ExportDbOptions>();
+  CLI::App* sub = export_app.add_subcommand("jsonl", "Write the calls of a dissection DB as JSON lines (call records)");
+  sub->add_option("--db", o->db, "the dissection DB (tapwire dissect, tapwire-dissector)")->required();
+  sub->add_option("-o,--output", o->output, "file to write ('-', the default, for standard output)")
+      ->capture_default_str();
+  sub->callback([o, &action] { action = [o] { return run_export_jsonl(*o); }; });
+}
+
+}  // namespace tapwire::cli
