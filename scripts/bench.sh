@@ -15,3 +15,4 @@ fi
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_run.py "$@"
 # Dissection (issue 3): tapwire-dissector vs tshark on one large wrk capture.
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_dissect.py
+timeout --signal=TERM --kill-after=30 1200 python3 scripts/bench_snapshot.py

@@ -191,13 +191,13 @@ class DissectSnapshot(unittest.TestCase):
             self.assertGreater(len(live), 100, "the live DB has too few calls")
             self.assertTrue(any(c["protocol"] == "dns" for c in live), "no DNS call in the live DB")
 
-            # The snapshot, made by hand (hard links, as `tapwire snapshot create` does).
-            snap = L.dir / "snap"
-            (snap / "segments").mkdir(parents=True)
+            # The snapshot of the whole window the ring holds.
             segs = sorted((data / "segments").glob("*.twseg"))
             self.assertGreaterEqual(len(segs), 2, "want several segments")
-            for f in segs:
-                os.link(f, snap / "segments" / f.name)
+            r = tapwire(["snapshot", "create", "--name", "live", "--data-dir", data])
+            self.assertEqual(r.returncode, 0, f"tapwire snapshot create: {r.stderr[-2000:]}")
+            snap = data / "snapshots" / "live"
+            self.assertEqual(len(list((snap / "segments").glob("*.twseg"))), len(segs))
 
             problems = []
             dbs = {}
@@ -215,6 +215,19 @@ class DissectSnapshot(unittest.TestCase):
                                  f"dissect-j{jobs}")
                 if d:
                     problems.append(d)
+            # Packed, unpacked into another data dir (another machine), dissected: the same calls.
+            pack = L.dir / "live.tar.zst"
+            r = tapwire(["snapshot", "pack", "live", "--data-dir", data, "-o", pack])
+            self.assertEqual(r.returncode, 0, f"tapwire snapshot pack: {r.stderr[-2000:]}")
+            other = L.dir / "elsewhere"
+            r = tapwire(["snapshot", "unpack", pack, "--data-dir", other])
+            self.assertEqual(r.returncode, 0, f"tapwire snapshot unpack: {r.stderr[-2000:]}")
+            db = L.dir / "unpacked.db"
+            r = tapwire(["dissect", "--snapshot", "live", "--data-dir", other, "--db", db, "--jobs", 1])
+            self.assertEqual(r.returncode, 0, f"tapwire dissect (unpacked): {r.stderr[-2000:]}")
+            d = self.compare("the unpacked snapshot dissects differently", live, ref.db_calls(db), "unpacked")
+            if d:
+                problems.append(d)
             if problems:
                 self.fail(f"snapshot {snap} (TW_LAB_KEEP=1 keeps it):\n" + "\n".join(problems))
             # ordered by request time
