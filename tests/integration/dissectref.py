@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
+import sqlite3
 import os
 import re
 import signal
@@ -286,6 +287,18 @@ def wait4_run(cmd: list, timeout: float, **kw) -> dict:
 def run_dissector(args: list, timeout: float = 300) -> dict:
     """tapwire-dissector with args (--keep-priority added); see wait4_run."""
     return wait4_run([dissector_bin(), "--keep-priority"] + [str(a) for a in args], timeout)
+
+
+def db_count(path) -> int:
+    """Calls in a dissection DB, read-only; -1 while it cannot be read (not created yet)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM calls").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return -1
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -15,7 +15,6 @@ Needs root, netns, BPF, tshark and the built binaries; skips with 77 otherwise
 import collections
 import os
 import signal
-import sqlite3
 import sys
 import time
 import unittest
@@ -23,17 +22,6 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dissectref as ref  # noqa: E402
 import lab  # noqa: E402
-
-
-def db_count(path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*) FROM calls").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return -1
 
 
 def start_live(L, data, db, jsonl, n):
@@ -49,7 +37,7 @@ def wait_caught_up(db, want: int, proc, timeout: float = 90) -> int:
     deadline = time.monotonic() + timeout
     last, since = -2, time.monotonic()
     while time.monotonic() < deadline and proc.alive():
-        n = db_count(db)
+        n = ref.db_count(db)
         if n != last:
             last, since = n, time.monotonic()
         elif n >= want and time.monotonic() - since >= 2:
@@ -132,11 +120,11 @@ class LiveEquivalence(unittest.TestCase):
             pace.write_text("function delay()\n  return 2\nend\n")
             wrk = L.spawn("wrk", L.cli_ns, ["wrk", "-t1", "-c4", "-d6s", "-s", pace, L.url("/f/100b.bin")])
             deadline = time.monotonic() + 20
-            while db_count(db) < 50 and time.monotonic() < deadline:
+            while ref.db_count(db) < 50 and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(1.5)
             self.assertTrue(d1.alive(), f"live dissector died on its own:\n{d1.output()[-2000:]}")
-            before = db_count(db)
+            before = ref.db_count(db)
             d1.send(signal.SIGKILL)
             d1.p.wait(10)
             lab.log(f"live dissector killed with SIGKILL; the DB held {before} calls")

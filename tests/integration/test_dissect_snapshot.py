@@ -20,7 +20,6 @@ import collections
 import json
 import os
 import shutil
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -42,23 +41,12 @@ def tapwire(args: list, timeout: float = 300) -> subprocess.CompletedProcess:
                           errors="replace", timeout=timeout)
 
 
-def db_count(path) -> int:
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return con.execute("SELECT count(*) FROM calls").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return -1
-
-
 def wait_stable(path, timeout: float = 60) -> int:
     """Until the DB's call count stays the same for 3 s."""
     deadline = time.monotonic() + timeout
     last, since = -2, time.monotonic()
     while time.monotonic() < deadline:
-        n = db_count(path)
+        n = ref.db_count(path)
         if n != last:
             last, since = n, time.monotonic()
         elif n > 0 and time.monotonic() - since >= 3:
@@ -179,9 +167,9 @@ class DissectSnapshot(unittest.TestCase):
                                             "--metrics-address", "", "--segment-size", "4MiB"])
             live_db = data / "dissection.db"
             deadline = time.monotonic() + 15
-            while db_count(live_db) < 0 and time.monotonic() < deadline:
+            while ref.db_count(live_db) < 0 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            self.assertGreaterEqual(db_count(live_db), 0, "the live dissector did not create DATA_DIR/dissection.db")
+            self.assertGreaterEqual(ref.db_count(live_db), 0, "the live dissector did not create DATA_DIR/dissection.db")
             did = ref.make_traffic(L, wrk_seconds=1, wrk_delay_ms=1)
             lab.log(f"traffic: {dict((k, v) for k, v in did.items() if k != 'truth')}")
             n = wait_stable(live_db)
