@@ -111,6 +111,8 @@ enum tw_stat {
 	TW_STAT_NOT_TCP_UDP = 5, /* not IPv4/IPv6 TCP/UDP (by design, not a drop) */
 	TW_STAT_TRUNCATED = 6, /* packets whose payload was cut (flagged) */
 	TW_STAT_EMPTY_ACK = 7, /* payload-less TCP segments without SYN/FIN/RST: not recorded, by design */
+	TW_STAT_NOT_TARGETED = 8, /* neither address belongs to a targeted pod (by design, not a drop) */
+	TW_STAT_DUPLICATE = 9, /* already captured on another interface of this node (by design, not a drop) */
 	TW_STAT__MAX
 };
 
@@ -126,6 +128,7 @@ enum tw_setting_flag {
 	TW_SET_IFACE_ALLOWLIST = 1u << 2, /* only ifindexes with TW_IF_CAPTURE in tw_ifaces */
 	TW_SET_CIDR_RULES = 1u << 3, /* tw_cidr4/tw_cidr6 hold rules: look them up */
 	TW_SET_PORT_RULES = 1u << 4, /* tw_ports holds rules: look it up */
+	TW_SET_TARGETS = 1u << 5, /* pod targeting on: only addresses in tw_targets */
 };
 
 /* Values of the tw_ifaces map (per ifindex). */
@@ -154,6 +157,69 @@ struct tw_cidr6_key {
 	__u8 addr[16];
 };
 
+/*
+ * Identity (bpf/identity.bpf.c): which process and cgroup own the sockets
+ * whose traffic the capture programs see. Events go through one ring buffer
+ * (tw_ident_ring) to the sensor, which stores them in the identity stream
+ * (shm/FORMAT.md, record types TW_REC_SOCKET and TW_REC_PROCESS). In the ring
+ * ts_ns is CLOCK_MONOTONIC; in a segment file it is CLOCK_REALTIME.
+ */
+enum tw_ident_event_type {
+	TW_IDENT_SOCK_OPEN = 1, /* first packet of a socket (or of a socket at a new local address) */
+	TW_IDENT_SOCK_CLOSE = 2, /* the socket was released */
+	TW_IDENT_EXEC = 3, /* a process called execve */
+	TW_IDENT_EXIT = 4, /* a process (thread group) exited */
+};
+
+/* struct tw_sock_event.flags */
+enum tw_sock_flag {
+	TW_SOCK_F_NO_CREATOR = 1u << 0, /* created before the hooks were attached: pid/comm unknown */
+	TW_SOCK_F_ACCEPTED = 1u << 1, /* accepted connection: pid/comm are the listening socket's creator */
+	TW_SOCK_F_UNCONNECTED = 1u << 2, /* raddr/rport are zero: the socket talks to many peers (UDP) */
+	TW_SOCK_F_DUMP = 1u << 3, /* re-announced at the start of an identity segment (state, not an event) */
+};
+
+struct tw_sock_event {
+	__u64 ts_ns;
+	__u64 cookie; /* socket cookie: unique per socket while the machine runs */
+	__u64 cgroup_id; /* cgroup v2 id of the socket (its creator's cgroup) */
+	__u64 netns_cookie;
+	__u32 tgid; /* process (thread group) that created the socket; 0 unknown */
+	__u32 pid; /* thread that created it */
+	__u8 type; /* enum tw_ident_event_type: TW_IDENT_SOCK_OPEN or _CLOSE */
+	__u8 l4_proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 ip_version; /* 4 or 6 */
+	__u8 flags; /* enum tw_sock_flag */
+	__u16 lport; /* local port, host order */
+	__u16 rport; /* remote port, host order; 0 with TW_SOCK_F_UNCONNECTED */
+	__u8 laddr[16]; /* local address as on the wire (IPv4 in the first 4 bytes) */
+	__u8 raddr[16];
+	char comm[16]; /* creator's comm, NUL-padded */
+};
+
+#define TW_EXEC_FILENAME_MAX 256u
+
+struct tw_exec_event {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u32 tgid;
+	__u32 ppid; /* parent's tgid (0 if unknown) */
+	__u8 type; /* TW_IDENT_EXEC or TW_IDENT_EXIT */
+	__u8 reserved[3];
+	__u32 filename_len; /* bytes of filename used (no NUL); 0 for TW_IDENT_EXIT */
+	char comm[16];
+	char filename[TW_EXEC_FILENAME_MAX]; /* the path given to execve */
+};
+
+/* Pod targeting (tap.regex, tap.namespaces, tap.excludedNamespaces): with
+ * TW_SET_TARGETS set, a packet is captured only if its source or destination
+ * address is a key of tw_targets. */
+struct tw_ip_key {
+	__u8 ip_version; /* 4 or 6 */
+	__u8 reserved[3];
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, the rest zero */
+};
+
 #ifndef __BPF__
 #ifdef __cplusplus
 #define TW_STATIC_ASSERT static_assert
@@ -170,6 +236,11 @@ TW_STATIC_ASSERT(sizeof(struct tw_counters) == 8 * ((int)TW_STAT__MAX + (int)TW_
 TW_STATIC_ASSERT(sizeof(struct tw_settings) == 8, "tw_settings layout");
 TW_STATIC_ASSERT(sizeof(struct tw_cidr4_key) == 8, "tw_cidr4_key layout");
 TW_STATIC_ASSERT(sizeof(struct tw_cidr6_key) == 20, "tw_cidr6_key layout");
+TW_STATIC_ASSERT(sizeof(struct tw_sock_event) == 96, "tw_sock_event layout: bump TW_ABI_VERSION");
+TW_STATIC_ASSERT(offsetof(struct tw_sock_event, lport) == 44, "tw_sock_event layout");
+TW_STATIC_ASSERT(offsetof(struct tw_sock_event, comm) == 80, "tw_sock_event layout");
+TW_STATIC_ASSERT(sizeof(struct tw_exec_event) == 304, "tw_exec_event layout: bump TW_ABI_VERSION");
+TW_STATIC_ASSERT(sizeof(struct tw_ip_key) == 20, "tw_ip_key layout");
 #endif
 
 #endif /* TAPWIRE_ABI_H */

@@ -14,7 +14,7 @@ inline constexpr std::array<std::string_view, TW_DROP__MAX> kDropReasonNames = {
 };
 
 inline constexpr std::array<std::string_view, TW_STAT__MAX> kStatNames = {
-    "packets_seen", "packets_captured", "bytes_captured", "records", "filtered", "not_tcp_udp", "truncated", "empty_ack",
+    "packets_seen", "packets_captured", "bytes_captured", "records", "filtered", "not_tcp_udp", "truncated", "empty_ack", "not_targeted", "duplicate",
 };
 
 inline constexpr std::string_view direction_name(unsigned d) {

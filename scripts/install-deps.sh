@@ -9,15 +9,21 @@ PACKAGES=(
   libbpf-dev bpftool liburing-dev libmimalloc-dev prometheus-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev libpcap-dev libsqlite3-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libnghttp2-dev libzstd-dev
-  libsystemd-dev linux-libc-dev libisal-dev libssl-dev libarchive-dev
+  libsystemd-dev linux-libc-dev libisal-dev libssl-dev libarchive-dev libcurl4-openssl-dev
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
   tcpdump tshark prometheus
+  # identity lab (tests/integration/identity_lab.py): pods' servers and clients, the test API server's TLS
+  redis-server redis-tools openssl
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator
   nodejs node-har-validator
   # packaging checks (tests/integration/test_packaging.py)
   python3-yaml systemd
 )
+
+# kubectl checks the test API server's fidelity (tests/integration/kubeapi.py);
+# Debian's is in kubernetes-client. A kubectl already on the PATH is used as is.
+if ! command -v kubectl >/dev/null 2>&1; then PACKAGES+=(kubernetes-client); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -62,6 +62,64 @@ enum tw_seg_rec_type {
 	TW_REC_PACKET = 1, /* body: struct tw_pkt (ts_ns CLOCK_REALTIME) + cap_len bytes */
 	TW_REC_IFACE = 2, /* body: struct tw_seg_iface */
 	TW_REC_LOSS = 3, /* body: struct tw_seg_loss */
+	/* Identity stream (DATA_DIR/identity/, docs/IDENTITY.md): */
+	TW_REC_SOCKET = 4, /* body: struct tw_sock_event (bpf/tapwire_abi.h), ts_ns CLOCK_REALTIME */
+	TW_REC_PROCESS = 5, /* body: struct tw_seg_process + exe_len bytes */
+	TW_REC_CGROUP = 6, /* body: struct tw_seg_cgroup + path_len bytes */
+	TW_REC_WORKLOAD = 7, /* body: struct tw_seg_workload + a JSON object (docs/IDENTITY.md) */
+	TW_REC_DUMP = 8, /* body: struct tw_seg_dump */
+};
+
+/* Flags of identity records (tw_seg_process.flags, tw_seg_cgroup.flags,
+ * tw_seg_workload.flags; tw_sock_event.flags has TW_SOCK_F_DUMP). */
+enum tw_ident_rec_flag {
+	TW_IDENT_REC_F_DUMP = 1u << 0, /* part of the state dump that opens an identity segment */
+};
+
+/* A process: seen at exec (TW_IDENT_EXEC), at exit (TW_IDENT_EXIT), or
+ * found running when the sensor started (TW_PROC_SCAN). */
+#define TW_PROC_SCAN 5u
+struct tw_seg_process {
+	uint64_t ts_ns; /* CLOCK_REALTIME of the event; for a scan or a dump, when it was seen */
+	uint64_t cgroup_id; /* cgroup v2 id, 0 if unknown */
+	uint32_t tgid;
+	uint32_t ppid;
+	uint8_t type; /* TW_IDENT_EXEC, TW_IDENT_EXIT or TW_PROC_SCAN */
+	uint8_t flags; /* enum tw_ident_rec_flag */
+	uint16_t exe_len; /* bytes of executable path following this struct (no NUL) */
+	uint32_t reserved;
+	char comm[16]; /* NUL-padded */
+};
+
+/* A cgroup v2 directory: id (its inode number) and path below the cgroup2
+ * mount ("/kubepods.slice/.../cri-containerd-<id>.scope"). */
+struct tw_seg_cgroup {
+	uint64_t ts_ns;
+	uint64_t cgroup_id;
+	uint16_t path_len; /* bytes of path following this struct (no NUL) */
+	uint8_t flags; /* enum tw_ident_rec_flag */
+	uint8_t reserved[5];
+};
+
+/* A workload object (Pod, Service, EndpointSlice, Node, Self, Sync) as one
+ * compact JSON object, docs/IDENTITY.md. */
+struct tw_seg_workload {
+	uint64_t ts_ns;
+	uint8_t flags; /* enum tw_ident_rec_flag */
+	uint8_t reserved[7];
+};
+
+/* Brackets the state dump that opens every identity segment: the records
+ * between begin and end restate what was known at ts_ns. */
+enum tw_dump_phase {
+	TW_DUMP_BEGIN = 1,
+	TW_DUMP_END = 2,
+};
+struct tw_seg_dump {
+	uint64_t ts_ns;
+	uint32_t phase; /* enum tw_dump_phase */
+	uint32_t reserved;
+	uint64_t records; /* TW_DUMP_END: records in the dump */
 };
 
 /* Names an interface; written at the start of every segment for each
@@ -89,6 +147,10 @@ static_assert(offsetof(struct tw_seg_header, committed) == 56, "tw_seg_header la
 static_assert(sizeof(struct tw_seg_rec_hdr) == 16, "tw_seg_rec_hdr layout");
 static_assert(sizeof(struct tw_seg_iface) == 32, "tw_seg_iface layout");
 static_assert(sizeof(struct tw_seg_loss) == 24, "tw_seg_loss layout");
+static_assert(sizeof(struct tw_seg_process) == 48, "tw_seg_process layout");
+static_assert(sizeof(struct tw_seg_cgroup) == 24, "tw_seg_cgroup layout");
+static_assert(sizeof(struct tw_seg_workload) == 16, "tw_seg_workload layout");
+static_assert(sizeof(struct tw_seg_dump) == 24, "tw_seg_dump layout");
 #endif
 
 #endif /* TAPWIRE_SEGMENT_FORMAT_H */
