@@ -108,6 +108,37 @@ struct {
 	__type(value, __u32); /* enum tw_rule_action */
 } tw_ports SEC(".maps");
 
+/* Pod targeting (tap.regex, tap.namespaces, tap.excludedNamespaces): the
+ * addresses of the targeted pods, kept by the sensor as pods come and go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tw_ip_key);
+	__type(value, __u32);
+} tw_targets SEC(".maps");
+
+/* One packet crossing two interfaces of this node (a pod's veth and the
+ * bridge, or two pods' veths) is captured once: where it is seen first.
+ * The path through the node runs in one softirq on one CPU, so a small
+ * per-CPU memory of the last packets captured recognises the second
+ * sighting (same fingerprint, another interface, within microseconds). */
+#define TW_SEEN_SLOTS 16
+#define TW_SEEN_WINDOW_NS 1000000
+struct tw_seen {
+	__u64 fp[TW_SEEN_SLOTS];
+	__u64 ts[TW_SEEN_SLOTS];
+	__u32 ifindex[TW_SEEN_SLOTS];
+	__u32 next;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tw_seen);
+} tw_seen SEC(".maps");
+
 /* The one accessor for packet bytes: bounds-checked by the kernel, works on
  * non-linear skbs (GRO/GSO super-packets keep most payload in frags). */
 static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
@@ -163,6 +194,60 @@ static __always_inline int port_pass(struct tw_pkt *p, __u32 flags)
 	__u32 *b = bpf_map_lookup_elem(&tw_ports, &dport);
 
 	return rules_pass(a, b, flags & TW_SET_PORT_ALLOWLIST);
+}
+
+static __always_inline int target_pass(struct tw_pkt *p)
+{
+	struct tw_ip_key k = { .ip_version = p->ip_version };
+
+	__builtin_memcpy(k.addr, p->saddr, 16);
+	if (bpf_map_lookup_elem(&tw_targets, &k))
+		return 1;
+	__builtin_memcpy(k.addr, p->daddr, 16);
+	return bpf_map_lookup_elem(&tw_targets, &k) != 0;
+}
+
+/* What tells one packet from another on its way through the node: the
+ * 5-tuple, TCP sequence and acknowledgement numbers, flags, window and
+ * length; for UDP, the IPv4 id or the first payload bytes. */
+static __always_inline __u64 fingerprint(struct tw_pkt *p, __u32 extra)
+{
+	__u64 h = 0xcbf29ce484222325ull;
+	__u64 w[8];
+
+	__builtin_memcpy(&w[0], p->saddr, 16);
+	__builtin_memcpy(&w[2], p->daddr, 16);
+	w[4] = ((__u64)p->sport << 48) | ((__u64)p->dport << 32) | ((__u64)p->l4_proto << 24) | p->tcp_flags;
+	w[5] = ((__u64)p->seq << 32) | p->ack;
+	w[6] = ((__u64)p->payload_len << 32) | p->window;
+	w[7] = extra;
+#pragma unroll
+	for (int i = 0; i < 8; i++)
+		h = (h ^ w[i]) * 0x100000001b3ull;
+	return h;
+}
+
+/* 1 if this packet was captured on another interface of this node just now;
+ * otherwise remembers it and returns 0. */
+static __always_inline int seen_elsewhere(struct tw_pkt *p, __u32 extra, __u64 now)
+{
+	__u32 zero = 0;
+	struct tw_seen *s = bpf_map_lookup_elem(&tw_seen, &zero);
+	__u64 fp = fingerprint(p, extra);
+
+	if (!s)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < TW_SEEN_SLOTS; i++) {
+		if (s->fp[i] == fp && s->ifindex[i] != p->ifindex && now - s->ts[i] < TW_SEEN_WINDOW_NS)
+			return 1;
+	}
+	__u32 slot = s->next & (TW_SEEN_SLOTS - 1);
+	s->fp[slot] = fp;
+	s->ts[slot] = now;
+	s->ifindex[slot] = p->ifindex;
+	s->next = slot + 1;
+	return 0;
 }
 
 _Static_assert(TW_CHUNK_MAX == 0x4000, "emit_chunk's mask assumes 16 KiB chunks");
@@ -263,6 +348,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	struct tw_pkt *p;
 	__u32 ifindex = skb->ifindex;
 	__u32 set_flags = 0, snaplen = 0, if_flags = 0;
+	__u32 fp_extra = 0; /* IPv4 id, or the first UDP payload bytes: see fingerprint() */
 	__u32 l3off = 0, l4off, l3end, payload_off, payload_len, cap_total;
 	__u16 proto;
 	__u8 l4;
@@ -338,6 +424,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 			return TC_ACT_UNSPEC;
 		}
 		l4 = ip.protocol;
+		fp_extra = ip.id;
 		p->ip_version = 4;
 		p->ttl = ip.ttl;
 		__builtin_memcpy(p->saddr, &ip.saddr, 4);
@@ -439,6 +526,31 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	if (((set_flags & TW_SET_CIDR_RULES) && !cidr_pass(p, set_flags)) ||
 	    ((set_flags & TW_SET_PORT_RULES) && !port_pass(p, set_flags))) {
 		cnt->stat[TW_STAT_FILTERED]++;
+		return TC_ACT_UNSPEC;
+	}
+	if ((set_flags & TW_SET_TARGETS) && !target_pass(p)) {
+		cnt->stat[TW_STAT_NOT_TARGETED]++;
+		return TC_ACT_UNSPEC;
+	}
+
+	/* Seen already on this node? Forwarded packets leave through an
+	 * interface after entering through one we capture at ingress; bridged
+	 * ones may pass two ingress hooks (a pod's veth, then the bridge). The
+	 * filters above depend on the packet alone, so both sightings got the
+	 * same verdict and the first one was kept. */
+	if (direction == TW_DIR_EGRESS && skb->ingress_ifindex && skb->ingress_ifindex != ifindex) {
+		__u32 iif = skb->ingress_ifindex;
+		__u32 *iv = bpf_map_lookup_elem(&tw_ifaces, &iif);
+
+		if (iv && (*iv & TW_IF_CAPTURE)) {
+			cnt->stat[TW_STAT_DUPLICATE]++;
+			return TC_ACT_UNSPEC;
+		}
+	}
+	if (l4 == IPPROTO_UDP && p->ip_version == 6 && payload_len)
+		load(skb, payload_off, &fp_extra, payload_len < 4 ? 1 : 4);
+	if (seen_elsewhere(p, fp_extra, bpf_ktime_get_ns())) {
+		cnt->stat[TW_STAT_DUPLICATE]++;
 		return TC_ACT_UNSPEC;
 	}
 

@@ -220,6 +220,30 @@ struct tw_ip_key {
 	__u8 addr[16]; /* IPv4 in the first 4 bytes, the rest zero */
 };
 
+/*
+ * Identity counters (bpf/identity.bpf.c), per CPU in the tw_ident_counters
+ * array map (one entry). Append only.
+ */
+enum tw_ident_drop_reason {
+	/* no room in tw_ident_ring: the event is lost (a SOCK_OPEN is tried
+	 * again on the socket's next packet, so a socket may still be named) */
+	TW_IDENT_DROP_RINGBUF_FULL = 0,
+	/* socket storage could not be allocated (memory): the socket stays unnamed */
+	TW_IDENT_DROP_NO_STORAGE = 1,
+	/* the packet's IP/TCP/UDP header could not be read: the socket is
+	 * announced on a later packet, or never */
+	TW_IDENT_DROP_BAD_HEADER = 2,
+	TW_IDENT_DROP__MAX
+};
+
+/* tw_ident_counters.emitted is indexed by enum tw_ident_event_type (slot 0 unused). */
+#define TW_IDENT_TYPE_SLOTS 8u
+
+struct tw_ident_counters {
+	__u64 emitted[TW_IDENT_TYPE_SLOTS]; /* events written to tw_ident_ring, by type */
+	__u64 drop[TW_IDENT_DROP__MAX];
+};
+
 #ifndef __BPF__
 #ifdef __cplusplus
 #define TW_STATIC_ASSERT static_assert
@@ -241,6 +265,9 @@ TW_STATIC_ASSERT(offsetof(struct tw_sock_event, lport) == 44, "tw_sock_event lay
 TW_STATIC_ASSERT(offsetof(struct tw_sock_event, comm) == 80, "tw_sock_event layout");
 TW_STATIC_ASSERT(sizeof(struct tw_exec_event) == 304, "tw_exec_event layout: bump TW_ABI_VERSION");
 TW_STATIC_ASSERT(sizeof(struct tw_ip_key) == 20, "tw_ip_key layout");
+TW_STATIC_ASSERT(TW_IDENT_EXIT < TW_IDENT_TYPE_SLOTS, "tw_ident_counters.emitted: one slot per event type");
+TW_STATIC_ASSERT(sizeof(struct tw_ident_counters) == 8 * (TW_IDENT_TYPE_SLOTS + (int)TW_IDENT_DROP__MAX),
+		 "tw_ident_counters layout");
 #endif
 
 #endif /* TAPWIRE_ABI_H */

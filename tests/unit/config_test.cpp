@@ -247,7 +247,9 @@ TEST(ConfigRejects, UnknownKeyWithSuggestion) {
                   "did you mean 'tap.enabledDissectors'?");
   expect_rejected("# c\ntapp:\n  dataDir: /x\n", "tapp", 2, "did you mean 'tap'?");
   expect_rejected("tap:\n  frobnicate: 1\n", "tap.frobnicate", 2, "unknown key");
-  expect_rejected("tap:\n  regex: '.*'\n", "tap.regex", 2, "not supported yet");
+  expect_rejected("tap:\n  pods: [a]\n", "tap.pods", 2, "not supported: target pods with tap.regex");
+  expect_rejected("tap:\n  regex: '(a'\n", "tap.regex", 2, "bad regular expression");
+  expect_rejected("tap:\n  namespaces: [Shop]\n", "tap.namespaces", 2, "is not a namespace name");
   expect_rejected("tap:\n  dataDir: /a\n  dataDir: /b\n", "tap.dataDir", 3, "duplicate key");
 }
 

@@ -26,6 +26,45 @@ std::string str(const json& j, const char* k) {
   return it->is_string() ? it->get<std::string>() : it->dump();
 }
 
+// Identity strings come from processes and the API server: escape control
+// bytes so that a call stays one line, and cut what is long (a field is
+// bounded by the source, but not to what fits a line) at a UTF-8 boundary.
+std::string printable(const std::string& s) {
+  constexpr size_t kMax = 96;
+  std::string out;
+  for (size_t i = 0; i < s.size(); i++) {
+    unsigned char ch = static_cast<unsigned char>(s[i]);
+    if (out.size() >= kMax && (ch & 0xC0) != 0x80) {
+      out += "...";
+      break;
+    }
+    if (ch < 0x20 || ch == 0x7f) {
+      char esc[5];
+      std::snprintf(esc, sizeof esc, "\\x%02x", ch);
+      out += esc;
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out;
+}
+
+// An end as namespace/pod when its pod is known, else ip:port; then its
+// process name in parentheses when known.
+std::string endpoint_label(const json& e) {
+  std::string out;
+  if (std::string pod = str(e, "pod"); !pod.empty()) {
+    std::string ns = str(e, "namespace");
+    out = ns.empty() ? printable(pod) : printable(ns) + "/" + printable(pod);
+  } else {
+    out = str(e, "ip") + ":" + str(e, "port");
+  }
+  auto p = e.find("process");
+  if (p != e.end() && p->is_object())
+    if (std::string name = str(*p, "name"); !name.empty()) out += " (" + printable(name) + ")";
+  return out;
+}
+
 // One readable line per call.
 std::string call_line(const json& c) {
   std::string ts = str(c, "ts");
@@ -49,11 +88,16 @@ std::string call_line(const json& c) {
   for (auto& f : c["flags"]) flags += (flags.empty() ? " [" : ",") + f.get<std::string>();
   if (!flags.empty()) flags += "]";
   char buf[1024];
-  std::snprintf(buf, sizeof buf, "%s %-4s %s:%s -> %s:%s  %s  %s  %s%s", ts.c_str(), str(c, "protocol").c_str(),
-                str(c["src"], "ip").c_str(), str(c["src"], "port").c_str(), str(c["dst"], "ip").c_str(),
-                str(c["dst"], "port").c_str(), what.c_str(), result.c_str(), dur.c_str(), flags.c_str());
+  std::snprintf(buf, sizeof buf, "%s %-4s %s -> %s  %s  %s  %s%s", ts.c_str(), str(c, "protocol").c_str(),
+                endpoint_label(c["src"]).c_str(), endpoint_label(c["dst"]).c_str(), what.c_str(), result.c_str(),
+                dur.c_str(), flags.c_str());
   return buf;
 }
+
+// --json: the full record. Identity strings are bytes from the node (a
+// process name need not be UTF-8): replace what is not UTF-8 rather than
+// fail on it.
+std::string record_line(const json& c) { return c.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 std::unique_ptr<dissect::CallDb> open_db(const std::string& path) {
   if (access(path.c_str(), R_OK) != 0)
@@ -70,6 +114,7 @@ struct CallsOptions {
   std::string protocol;
   std::string status;
   std::string from, to;
+  std::string namespace_, pod, service, process, node;
   size_t limit = 0;
   bool json = false;
 };
@@ -100,8 +145,17 @@ int run_calls(const CallsOptions& o) {
     if (!t.ns) throw CliError("bad --to", o.to, t.error);
     q.to_ns = *t.ns;
   }
+  if (!o.pod.empty()) {
+    if (std::string err = dissect::CallDb::regex_error(o.pod); !err.empty())
+      throw CliError("bad --pod", printable(o.pod), "give a POSIX extended regex such as '^api-' (" + err + ")");
+  }
+  q.namespace_ = o.namespace_;
+  q.pod_regex = o.pod;
+  q.service = o.service;
+  q.process = o.process;
+  q.node = o.node;
   auto db = open_db(o.db);
-  for (auto& c : db->query(q)) std::printf("%s\n", o.json ? c.dump().c_str() : call_line(c).c_str());
+  for (auto& c : db->query(q)) std::printf("%s\n", o.json ? record_line(c).c_str() : call_line(c).c_str());
   return 0;
 }
 
@@ -155,7 +209,7 @@ int run_tail(const TailOptions& o) {
       last_ping = std::chrono::steady_clock::now();
     }
     auto rows = db->query(q, &q.after_rowid);
-    for (auto& c : rows) std::printf("%s\n", o.json ? c.dump().c_str() : call_line(c).c_str());
+    for (auto& c : rows) std::printf("%s\n", o.json ? record_line(c).c_str() : call_line(c).c_str());
     std::fflush(stdout);
     if (rows.size() < q.limit) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
@@ -172,6 +226,15 @@ void register_calls(CLI::App& app, Action& action) {
   sub->add_option("--status", o->status, "only this HTTP status (404) or class (5xx)");
   sub->add_option("--from", o->from, "only calls at or after this time (RFC 3339, Unix seconds, -5m)");
   sub->add_option("--to", o->to, "only calls at or before this time");
+  sub->add_option("--namespace", o->namespace_, "only calls with either end in this Kubernetes namespace")
+      ->type_name("NS");
+  sub->add_option("--pod", o->pod, "only calls with either end's pod matching this POSIX extended regex (unanchored)")
+      ->type_name("REGEX");
+  sub->add_option("--service", o->service, "only calls with either end in this Kubernetes service")
+      ->type_name("NAME");
+  sub->add_option("--process", o->process, "only calls with either end's process named so (its comm, e.g. nginx)")
+      ->type_name("NAME");
+  sub->add_option("--node", o->node, "only calls captured on this node or with an end on it")->type_name("NAME");
   sub->add_option("--limit", o->limit, "at most this many calls");
   sub->add_flag("--json", o->json, "one call record (JSON) per line");
   sub->callback([o, &action] { action = [o] { return run_calls(*o); }; });

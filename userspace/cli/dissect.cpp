@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "call_db.hpp"
+#include "call_identity.hpp"
 #include "commands.hpp"
 #include "dissector.hpp"
 #include "packet_source.hpp"
@@ -141,7 +142,9 @@ bool run_engine(const std::string& seg_dir, const std::string& db_path, const Di
   try {
     auto source = open_segment_source(seg_dir, false);
     CallDb db(db_path, false, /*bulk=*/true);
+    CallIdentity identity(identity_dir_for_segments(seg_dir), false);
     Dissector d(opts, [&](Call&& c) {
+      identity.annotate(c);
       db.insert(c);
       slot.calls.fetch_add(1, std::memory_order_relaxed);
       if (!c.has_response()) slot.without_response.fetch_add(1, std::memory_order_relaxed);
@@ -156,6 +159,7 @@ bool run_engine(const std::string& seg_dir, const std::string& db_path, const Di
         seg = p.pos.segment;
       }
       if (jobs <= 1 || flow_hash(p.meta) % jobs == index) {
+        identity.at(p.meta.ts_ns);
         d.packet(p);
         slot.packets.fetch_add(1, std::memory_order_relaxed);
       }

@@ -155,6 +155,12 @@ json har_entry(const json& c) {
     comment += " [" + flags + "]";
   }
   if (!comment.empty()) entry["comment"] = comment;
+  // Who the ends are (HAR 1.2 allows custom fields that start with "_"):
+  // the record's endpoint objects, identity included, and the node that
+  // captured the call when the record names it.
+  entry["_src"] = c["src"];
+  entry["_dst"] = c["dst"];
+  if (auto node = c.find("node"); node != c.end() && node->is_string()) entry["_node"] = *node;
   return entry;
 }
 

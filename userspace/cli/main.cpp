@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   register_export_jsonl(*export_app, action);
   register_dissect(app, action);
   register_snapshot(app, action);
+  register_workloads(app, action);
 
   try {
     app.parse(argc, argv);

@@ -222,6 +222,32 @@ std::vector<std::string> read_dissectors(const Value& v) {
   return out;
 }
 
+// A POSIX extended regex, as the sensor's matcher compiles it.
+std::string read_regex(const Value& v) {
+  std::string s = read_string(v, true);
+  regex_t re;
+  if (int rc = regcomp(&re, s.c_str(), REG_EXTENDED | REG_NOSUB); rc != 0) {
+    char why[128];
+    regerror(rc, &re, why, sizeof why);
+    v.fail("bad regular expression '" + s + "': " + why);
+  }
+  regfree(&re);
+  return s;
+}
+
+// Kubernetes namespace names: DNS labels (RFC 1123), at most 63 characters.
+std::vector<std::string> read_namespaces(const Value& v) {
+  std::vector<std::string> out;
+  for (const auto& item : read_list(v, "namespace names")) {
+    const std::string& s = scalar(v, item, "a namespace name");
+    bool ok = !s.empty() && s.size() <= 63 && s.front() != '-' && s.back() != '-';
+    for (char ch : s) ok = ok && ((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-');
+    if (!ok) v.fail_at(item, "'" + s + "' is not a namespace name (lower-case letters, digits and '-', at most 63)");
+    out.push_back(s);
+  }
+  return out;
+}
+
 // HOST:PORT, [V6]:PORT or :PORT.
 std::string read_listen_address(const Value& v) {
   std::string s = read_string(v, true);
@@ -305,19 +331,35 @@ const Field kFields[] = {
     {"tap.snapshots.storageSize",
      [](const Value& v, TapwireConfig& c) { c.snapshots.storage_size = read_size(v, 1, UINT64_MAX); }},
     {"tap.metrics.address", [](const Value& v, TapwireConfig& c) { c.metrics.address = read_listen_address(v); }},
+    {"tap.nodeName",
+     [](const Value& v, TapwireConfig& c) {
+       c.node_name = read_string(v, true);
+       if (c.node_name.size() > 253) v.fail("a node name is at most 253 characters");
+     }},
+    {"tap.regex", [](const Value& v, TapwireConfig& c) { c.regex = read_regex(v); }},
+    {"tap.namespaces", [](const Value& v, TapwireConfig& c) { c.namespaces = read_namespaces(v); }},
+    {"tap.excludedNamespaces", [](const Value& v, TapwireConfig& c) { c.excluded_namespaces = read_namespaces(v); }},
+    {"tap.kubernetes.enabled",
+     [](const Value& v, TapwireConfig& c) {
+       if (v.node.IsScalar() && v.node.Scalar() == "auto")
+         c.kubernetes.enabled = "auto";
+       else
+         c.kubernetes.enabled = read_bool(v) ? "true" : "false";
+     }},
+    {"tap.kubernetes.kubeconfig", [](const Value& v, TapwireConfig& c) { c.kubernetes.kubeconfig = read_string(v, true); }},
+    {"tap.identity.enabled", [](const Value& v, TapwireConfig& c) { c.identity.enabled = read_bool(v); }},
+    {"tap.identity.storageSize",
+     [](const Value& v, TapwireConfig& c) { c.identity.storage_size = read_size(v, 4 * kMiB, UINT64_MAX); }},
 };
 
 // Kubeshark keys that a Kubeshark user may bring along but that tapwire cannot
-// honour yet: said plainly instead of "unknown key".
+// honour: said plainly instead of "unknown key".
 struct Unsupported {
   const char* key;
   const char* why;
 };
 const Unsupported kUnsupported[] = {
-    {"tap.regex", "pod targeting by name is not supported yet; select traffic with tap.interfaces and tap.filters"},
-    {"tap.namespaces", "namespace targeting is not supported yet; select traffic with tap.interfaces and tap.filters"},
-    {"tap.excludedNamespaces",
-     "namespace targeting is not supported yet; select traffic with tap.interfaces and tap.filters"},
+    {"tap.pods", "not supported: target pods with tap.regex, tap.namespaces and tap.excludedNamespaces"},
 };
 
 const Field* find_field(const std::string& key) {

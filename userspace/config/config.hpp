@@ -73,10 +73,30 @@ struct MetricsConfig {
   bool operator==(const MetricsConfig&) const = default;
 };
 
+// tap.kubernetes.*: where pod identity comes from (docs/IDENTITY.md).
+struct KubernetesConfig {
+  // tap.kubernetes.enabled: "auto" (in a cluster, or with a kubeconfig), "true" or "false".
+  std::string enabled = "auto";
+  std::string kubeconfig;  // tap.kubernetes.kubeconfig (--kubeconfig); "" = in-cluster service account
+  bool operator==(const KubernetesConfig&) const = default;
+};
+
+// tap.identity.*: process identity from socket hooks and the identity stream.
+struct IdentityConfig {
+  bool enabled = true;                    // tap.identity.enabled: socket/process hooks and DATA_DIR/identity
+  uint64_t storage_size = 256ull << 20;   // tap.identity.storageSize: size of DATA_DIR/identity, >= 4MiB
+  bool operator==(const IdentityConfig&) const = default;
+};
+
 struct TapwireConfig {
   std::string data_dir = "/var/lib/tapwire";  // tap.dataDir (--data-dir)
   std::string control_socket;                 // tap.controlSocket (--control-socket); "" = DATA_DIR/control.sock
   std::vector<std::string> interfaces;        // tap.interfaces (--interface): names or regexes; empty = all but lo
+  std::string node_name;                      // tap.nodeName (--node-name); "" = $NODE_NAME, else the hostname
+  // Pod targeting (Kubeshark's keys): which pods' traffic is captured at all.
+  std::string regex = ".*";                   // tap.regex (--regex): pod names, POSIX extended, matched anywhere
+  std::vector<std::string> namespaces;        // tap.namespaces (--namespace): empty = every namespace
+  std::vector<std::string> excluded_namespaces;  // tap.excludedNamespaces (--exclude-namespace)
   uint32_t snaplen = 0;                       // tap.snaplen (--snaplen): payload bytes kept per packet; 0 = all
   FilterConfig filters;
   CaptureConfig capture;
@@ -84,6 +104,8 @@ struct TapwireConfig {
   DissectionLimitsConfig dissection;
   SnapshotsConfig snapshots;
   MetricsConfig metrics;
+  KubernetesConfig kubernetes;
+  IdentityConfig identity;
 
   // The control socket to use: control_socket, or DATA_DIR/control.sock when
   // empty (so that --data-dir alone moves the socket along with the data).

@@ -71,7 +71,33 @@ nlohmann::json headers_json(const std::vector<proto::Header>& hs) {
 
 namespace {
 
-nlohmann::json endpoint_json(const Endpoint& e) { return {{"ip", e.ip()}, {"port", e.port}}; }
+// Identity fields appear only when known (non-empty, pid non-zero), so a
+// record without identity is exactly what it was before identity existed.
+// CallDb::row_json rebuilds the same object from columns; keep them in step.
+nlohmann::json endpoint_json(const Endpoint& e) {
+  nlohmann::json j = {{"ip", e.ip()}, {"port", e.port}};
+  if (!e.identity) return j;
+  const identity::EndpointIdentity& id = *e.identity;
+  auto put = [&j](const char* key, const std::string& v) {
+    if (!v.empty()) j[key] = v;
+  };
+  nlohmann::json process = nlohmann::json::object();
+  if (id.pid) process["pid"] = id.pid;
+  if (!id.process.empty()) process["name"] = id.process;
+  if (!id.exe.empty()) process["exe"] = id.exe;
+  if (!process.empty()) j["process"] = std::move(process);
+  put("container", id.container);
+  put("container_id", id.container_id);
+  put("pod", id.pod);
+  put("namespace", id.namespace_);
+  nlohmann::json workload = nlohmann::json::object();
+  if (!id.workload_kind.empty()) workload["kind"] = id.workload_kind;
+  if (!id.workload_name.empty()) workload["name"] = id.workload_name;
+  if (!workload.empty()) j["workload"] = std::move(workload);
+  put("service", id.service);
+  put("node", id.node);
+  return j;
+}
 
 }  // namespace
 
@@ -119,6 +145,7 @@ nlohmann::json to_json(const Call& c) {
   j["request"] = req;
   j["response"] = resp;
   j["flags"] = flag_names(c.flags);
+  if (!c.node.empty()) j["node"] = c.node;
   return j;
 }
 

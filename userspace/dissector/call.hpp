@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dns.hpp"
+#include "endpoint_identity.hpp"
 #include "http1.hpp"
 
 namespace tapwire::dissect {
@@ -33,6 +34,7 @@ struct Endpoint {
   uint8_t ip_version = 4;
   uint8_t addr[16] = {};
   uint16_t port = 0;
+  identity::EndpointIdentityPtr identity;  // who this end is, when known (docs/IDENTITY.md)
   std::string ip() const;  // text form
 };
 
@@ -41,6 +43,8 @@ struct Call {
   uint64_t ts_ns = 0;  // first byte of the request (of the response for orphans)
   uint64_t end_ns = 0;  // last byte of the response; 0 without a response
   Endpoint src, dst;  // client, server
+  uint8_t l4_proto = 6;  // IPPROTO_TCP or IPPROTO_UDP
+  std::string node;  // the node whose sensor captured the call ("" if unknown)
   uint32_t flags = 0;
   // Stable identity of the call: the same traffic dissected live, from a
   // snapshot or from a pcap gives the same id (flow, TCP sequence number or

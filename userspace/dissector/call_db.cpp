@@ -1,8 +1,10 @@
 #include "call_db.hpp"
 
+#include <regex.h>
 #include <sqlite3.h>
 
 #include <stdexcept>
+#include <unordered_map>
 
 namespace tapwire::dissect {
 namespace {
@@ -12,8 +14,12 @@ constexpr size_t kBatch = 16384;
 // Rows are appended in rowid order (no random-key index to maintain), and
 // nothing is JSON until it is read back: headers are stored as the header
 // block they came in ("name: value" lines), answers one per line.
-const char* kSchema = R"sql(
-CREATE TABLE IF NOT EXISTS calls (
+// The columns of schema 1 (the statement is left open after flags); schema
+// 2 appends identity_columns() after them, in the order a migrated DB gets
+// them from ALTER TABLE, so that every DB of schema 2 has the same column
+// order (tapwire dissect merges part DBs with INSERT ... SELECT *).
+const char* kCallsV1 = R"sql(
+CREATE TABLE calls (
   id             TEXT NOT NULL,     -- 16 hex digits, stable for the same traffic
   protocol       TEXT NOT NULL,     -- http, dns
   ts_ns          INTEGER NOT NULL,  -- request time, ns since the epoch (UTC)
@@ -38,11 +44,39 @@ CREATE TABLE IF NOT EXISTS calls (
   qtype          TEXT,
   rcode          TEXT,
   answers        TEXT,              -- one "TYPE data" per line
-  flags          TEXT NOT NULL      -- flag names, comma-separated
-);
-CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts_ns);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+  flags          TEXT NOT NULL,     -- flag names, comma-separated
 )sql";
+
+// Identity of the call's ends (docs/IDENTITY.md), NULL when unknown. The
+// per-end part is repeated with src_ and dst_.
+const char* kEndColumns[] = {"pid INTEGER",  "process TEXT",       "exe TEXT",           "container TEXT",
+                             "container_id TEXT", "pod TEXT",      "namespace TEXT",     "workload_kind TEXT",
+                             "workload_name TEXT", "service TEXT", "node TEXT"};
+constexpr int kEndColumnCount = sizeof kEndColumns / sizeof kEndColumns[0];
+
+std::vector<std::string> identity_columns() {  // "name TYPE", in table order
+  std::vector<std::string> out{"node TEXT"};  // the node that captured the call
+  for (const char* end : {"src_", "dst_"})
+    for (const char* c : kEndColumns) out.push_back(end + std::string(c));
+  return out;
+}
+
+// Partial indexes: a call without identity (NULL) costs no index insert,
+// and `x = ?` implies `x IS NOT NULL`, so the filters on namespace and
+// service (either end: a multi-index OR) use them.
+const char* kIndexes = R"sql(
+CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts_ns);
+CREATE INDEX IF NOT EXISTS calls_src_namespace ON calls(src_namespace) WHERE src_namespace IS NOT NULL;
+CREATE INDEX IF NOT EXISTS calls_dst_namespace ON calls(dst_namespace) WHERE dst_namespace IS NOT NULL;
+CREATE INDEX IF NOT EXISTS calls_src_service ON calls(src_service) WHERE src_service IS NOT NULL;
+CREATE INDEX IF NOT EXISTS calls_dst_service ON calls(dst_service) WHERE dst_service IS NOT NULL;
+)sql";
+
+std::string column_names(const std::string& prefix = "") {  // "node, src_pid, ..."
+  std::string out;
+  for (auto& c : identity_columns()) out += (out.empty() ? "" : ", ") + prefix + c.substr(0, c.find(' '));
+  return out;
+}
 
 void bind_text(sqlite3_stmt* st, int i, const std::string& s) {
   sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
@@ -53,9 +87,99 @@ void bind_static(sqlite3_stmt* st, int i, const std::string& s) {
   sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
 }
 
+// The SQL function regexp(PATTERN, VALUE) behind `VALUE REGEXP PATTERN`:
+// POSIX extended, unanchored, bytes. Patterns are compiled once per
+// connection (tapwire tail runs the same query every 200 ms) and, within a
+// statement, found through SQLite's auxdata without even a lookup.
+struct CompiledRegex {
+  regex_t re{};
+  int rc = 0;  // regcomp's result; re is valid only when 0
+  explicit CompiledRegex(const std::string& pattern) : rc(regcomp(&re, pattern.c_str(), REG_EXTENDED | REG_NOSUB)) {}
+  ~CompiledRegex() {
+    if (rc == 0) regfree(&re);
+  }
+  CompiledRegex(const CompiledRegex&) = delete;
+  CompiledRegex& operator=(const CompiledRegex&) = delete;
+  std::string error() const {
+    char buf[256];
+    regerror(rc, &re, buf, sizeof buf);
+    return buf;
+  }
+};
+using CompiledRegexPtr = std::shared_ptr<const CompiledRegex>;
+
 }  // namespace
 
-CallDb::CallDb(const std::string& path, bool read_only, bool bulk) {
+struct RegexCache {
+  static constexpr size_t kMax = 64;  // distinct patterns kept; then it starts over
+  std::unordered_map<std::string, CompiledRegexPtr> patterns;
+  CompiledRegexPtr get(const std::string& pattern) {
+    auto it = patterns.find(pattern);
+    if (it != patterns.end()) return it->second;
+    if (patterns.size() >= kMax) patterns.clear();  // holders keep theirs alive (shared_ptr)
+    return patterns.emplace(pattern, std::make_shared<const CompiledRegex>(pattern)).first->second;
+  }
+};
+
+namespace {
+
+void regexp_function(sqlite3_context* ctx, int, sqlite3_value** argv) {
+  if (sqlite3_value_type(argv[0]) == SQLITE_NULL || sqlite3_value_type(argv[1]) == SQLITE_NULL) {
+    sqlite3_result_null(ctx);  // an unknown pod matches no pattern
+    return;
+  }
+  auto* held = static_cast<CompiledRegexPtr*>(sqlite3_get_auxdata(ctx, 0));
+  CompiledRegexPtr re = held ? *held : nullptr;
+  if (!re) {
+    const char* p = reinterpret_cast<const char*>(sqlite3_value_text(argv[0]));
+    if (!p) {
+      sqlite3_result_error_nomem(ctx);
+      return;
+    }
+    re = static_cast<RegexCache*>(sqlite3_user_data(ctx))->get(std::string(p, sqlite3_value_bytes(argv[0])));
+    if (re->rc != 0) {
+      sqlite3_result_error(ctx, ("bad regex: " + re->error()).c_str(), -1);
+      return;
+    }
+    sqlite3_set_auxdata(ctx, 0, new CompiledRegexPtr(re), [](void* h) { delete static_cast<CompiledRegexPtr*>(h); });
+  }
+  const char* v = reinterpret_cast<const char*>(sqlite3_value_text(argv[1]));
+  regmatch_t span[1];
+  span[0].rm_so = 0;  // REG_STARTEND: the value's length, not its first NUL
+  span[0].rm_eo = sqlite3_value_bytes(argv[1]);
+  sqlite3_result_int(ctx, v && regexec(&re->re, v, 1, span, REG_STARTEND) == 0);
+}
+
+// Binds one end's identity from its first column on; unknown fields stay
+// NULL (sqlite3_clear_bindings). The identity outlives the statement's step.
+void bind_identity(sqlite3_stmt* st, int first, const identity::EndpointIdentity& id) {
+  auto put = [&](int off, const std::string& v) {
+    if (!v.empty()) bind_static(st, first + off, v);
+  };
+  if (id.pid) sqlite3_bind_int64(st, first, id.pid);
+  put(1, id.process);
+  put(2, id.exe);
+  put(3, id.container);
+  put(4, id.container_id);
+  put(5, id.pod);
+  put(6, id.namespace_);
+  put(7, id.workload_kind);
+  put(8, id.workload_name);
+  put(9, id.service);
+  put(10, id.node);
+}
+
+// Parameter numbers of the insert statement and column numbers of a query
+// row (0-based): the schema-1 columns, then node, src_*, dst_*, rowid.
+constexpr int kV1Columns = 25;
+constexpr int kNodeColumn = kV1Columns;
+constexpr int kSrcIdentity = kNodeColumn + 1;
+constexpr int kDstIdentity = kSrcIdentity + kEndColumnCount;
+constexpr int kRowidColumn = kDstIdentity + kEndColumnCount;
+
+}  // namespace
+
+CallDb::CallDb(const std::string& path, bool read_only, bool bulk) : regex_cache_(std::make_unique<RegexCache>()) {
   int flags = read_only ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
   if (sqlite3_open_v2(path.c_str(), &db_, flags | SQLITE_OPEN_NOMUTEX, nullptr) != SQLITE_OK) {
     std::string err = db_ ? sqlite3_errmsg(db_) : "out of memory";
@@ -65,39 +189,90 @@ CallDb::CallDb(const std::string& path, bool read_only, bool bulk) {
   }
   sqlite3_busy_timeout(db_, 5000);
   try {
+    if (sqlite3_create_function_v2(db_, "regexp", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_INNOCUOUS,
+                                   regex_cache_.get(), regexp_function, nullptr, nullptr, nullptr) != SQLITE_OK)
+      throw std::runtime_error(path + ": " + sqlite3_errmsg(db_));
     if (!read_only) {
       exec("PRAGMA journal_mode=WAL");
       // Bulk (a pcap or a snapshot, which can be dissected again) trades
       // durability on power loss for speed; live dissection keeps it.
       exec(bulk ? "PRAGMA synchronous=OFF" : "PRAGMA synchronous=NORMAL");
       exec("PRAGMA cache_size=-16384");
-      exec(kSchema);
-      auto v = meta("schema_version");
-      if (!v) {
-        set_meta("schema_version", std::to_string(kCallDbSchemaVersion));
-      } else if (*v != std::to_string(kCallDbSchemaVersion)) {
-        throw std::runtime_error(path + ": dissection DB schema " + *v + ", this tapwire writes schema " +
-                                 std::to_string(kCallDbSchemaVersion) + ": use a new --db file");
-      }
-      if (sqlite3_prepare_v2(db_,
-                             "INSERT INTO calls (id, protocol, ts_ns, duration_us, src_ip, src_port, dst_ip, dst_port, "
-                             "has_request, has_response, method, path, version, req_headers, req_body_size, status, "
-                             "reason, resp_headers, resp_body_size, dns_id, qname, qtype, rcode, answers, flags) "
-                             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                             -1, &insert_, nullptr) != SQLITE_OK)
-        throw std::runtime_error(path + ": " + sqlite3_errmsg(db_));
+      create_or_migrate(path);
+      const std::string v1 = "id, protocol, ts_ns, duration_us, src_ip, src_port, dst_ip, dst_port, has_request, "
+                             "has_response, method, path, version, req_headers, req_body_size, status, reason, "
+                             "resp_headers, resp_body_size, dns_id, qname, qtype, rcode, answers, flags, ";
+      auto prepare = [&](sqlite3_stmt** st, const std::string& columns, int n) {
+        std::string sql = "INSERT INTO calls (" + columns + ") VALUES (?";
+        for (int i = 1; i < n; i++) sql += ",?";
+        if (sqlite3_prepare_v2(db_, (sql + ")").c_str(), -1, st, nullptr) != SQLITE_OK)
+          throw std::runtime_error(path + ": " + sqlite3_errmsg(db_));
+      };
+      prepare(&insert_, v1 + "node", kNodeColumn + 1);
+      prepare(&insert_identity_, v1 + column_names(), kRowidColumn);
     } else {
       sqlite3_stmt* st = nullptr;
       bool ok = sqlite3_prepare_v2(db_, "SELECT count(*) FROM calls", -1, &st, nullptr) == SQLITE_OK;
       sqlite3_finalize(st);
       if (!ok) throw std::runtime_error(path + ": not a tapwire dissection DB (" + sqlite3_errmsg(db_) + ")");
+      identity_columns_ = has_column("calls", "node");
     }
   } catch (...) {
     sqlite3_finalize(insert_);
+    sqlite3_finalize(insert_identity_);
     sqlite3_close(db_);
     db_ = nullptr;
     throw;
   }
+}
+
+// Creates the schema in a new file, or brings a schema-1 DB to schema 2,
+// in one IMMEDIATE transaction: two writers opening the same file at once
+// cannot both create or both migrate it, and a crash leaves it as it was.
+void CallDb::create_or_migrate(const std::string& path) {
+  exec("BEGIN IMMEDIATE");
+  try {
+    exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)");
+    const std::string current = std::to_string(kCallDbSchemaVersion);
+    auto v = meta("schema_version");
+    if (!has_column("calls", "id")) {
+      if (v && *v != current)
+        throw std::runtime_error(path + ": dissection DB schema " + *v + " without its calls table: use a new --db file");
+      std::string sql = kCallsV1;
+      const char* sep = "  ";
+      for (auto& c : identity_columns()) {
+        sql += sep + c;
+        sep = ",\n  ";
+      }
+      exec(sql + "\n)");
+    } else if (!v) {
+      // Calls but no version: a DB whose creator died between the two
+      // (schema 1 did not create them in one transaction). Its columns tell.
+      v = has_column("calls", "node") ? current : "1";
+    }
+    if (v == "1") {
+      for (auto& c : identity_columns()) exec("ALTER TABLE calls ADD COLUMN " + c);
+    } else if (v && *v != current) {
+      throw std::runtime_error(path + ": dissection DB schema " + *v + ", this tapwire writes schema " + current +
+                               ": use a new --db file");
+    }
+    exec(kIndexes);
+    if (v != current) set_meta("schema_version", current);
+    exec("COMMIT");
+  } catch (...) {
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    throw;
+  }
+}
+
+bool CallDb::has_column(const char* table, const char* column) {
+  // Preparing a statement that names it is the cheapest check, and it
+  // fails the same way for a missing table.
+  sqlite3_stmt* st = nullptr;
+  const std::string sql = std::string("SELECT ") + column + " FROM " + table + " LIMIT 0";
+  bool ok = sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) == SQLITE_OK;
+  sqlite3_finalize(st);
+  return ok;
 }
 
 CallDb::~CallDb() {
@@ -107,7 +282,14 @@ CallDb::~CallDb() {
   } catch (...) {
   }
   sqlite3_finalize(insert_);
+  sqlite3_finalize(insert_identity_);
   sqlite3_close(db_);
+}
+
+std::string CallDb::regex_error(const std::string& pattern) {
+  if (pattern.find('\0') != std::string::npos) return "contains a NUL byte";
+  CompiledRegex re(pattern);
+  return re.rc == 0 ? "" : re.error();
 }
 
 void CallDb::exec(const char* sql) {
@@ -150,7 +332,8 @@ void append_headers(std::string& out, const std::vector<proto::Header>& hs) {
 
 void CallDb::insert(const Call& c) {
   begin();
-  sqlite3_stmt* st = insert_;
+  const bool identity = c.src.identity || c.dst.identity;
+  sqlite3_stmt* st = identity ? insert_identity_ : insert_;
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   const std::string id = c.id(), src = c.src.ip(), dst = c.dst.ip();
@@ -203,6 +386,9 @@ void CallDb::insert(const Call& c) {
   }
   for (auto& f : flag_names(c.flags)) flags += (flags.empty() ? "" : ",") + f;
   bind_static(st, 25, flags);
+  if (!c.node.empty()) bind_static(st, kNodeColumn + 1, c.node);
+  if (c.src.identity) bind_identity(st, kSrcIdentity + 1, *c.src.identity);
+  if (c.dst.identity) bind_identity(st, kDstIdentity + 1, *c.dst.identity);
   if (sqlite3_step(st) != SQLITE_DONE)
     throw std::runtime_error(std::string("dissection DB insert: ") + sqlite3_errmsg(db_));
   inserted_++;
@@ -241,12 +427,31 @@ uint64_t CallDb::count() {
 
 namespace {
 
-// Rebuilds the call record (the same JSON as to_json()) from one row of
-// kColumns.
+// The columns of a query row, in kV1Columns / kNodeColumn / kSrcIdentity /
+// kDstIdentity order; row_json rebuilds the call record (the same JSON as
+// to_json()) from them.
 constexpr const char* kColumns =
     "id, protocol, ts_ns, duration_us, src_ip, src_port, dst_ip, dst_port, has_request, has_response, method, path, "
     "version, req_headers, req_body_size, status, reason, resp_headers, resp_body_size, dns_id, qname, qtype, rcode, "
     "answers, flags";
+
+// The select list: identity columns, or NULLs in their place for a
+// schema-1 DB read without migrating it.
+std::string select_list(bool identity) {
+  std::string out = std::string(kColumns) + ", ";
+  if (identity) {
+    out += column_names();
+  } else {
+    for (int i = kNodeColumn; i < kRowidColumn; i++) out += i == kNodeColumn ? "NULL" : ", NULL";
+  }
+  return out + ", rowid";
+}
+
+// Column text with its length: a value may hold NUL bytes.
+std::string column_string(sqlite3_stmt* st, int col) {
+  auto* t = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
+  return t ? std::string(t, static_cast<size_t>(sqlite3_column_bytes(st, col))) : std::string();
+}
 
 nlohmann::json headers_from_block(const std::string& block) {
   std::vector<proto::Header> hs;
@@ -262,13 +467,36 @@ nlohmann::json headers_from_block(const std::string& block) {
   return headers_json(hs);
 }
 
+// One end as the record shows it: {ip, port} and the identity fields that
+// are not NULL, shaped as endpoint_json() in call.cpp shapes them.
+nlohmann::json endpoint_from_row(sqlite3_stmt* st, int ip_col, int port_col, int first) {
+  nlohmann::json e = {{"ip", column_string(st, ip_col)}, {"port", sqlite3_column_int(st, port_col)}};
+  auto known = [&](int off) { return sqlite3_column_type(st, first + off) != SQLITE_NULL; };
+  auto put = [&](nlohmann::json& obj, const char* key, int off) {
+    if (known(off)) obj[key] = column_string(st, first + off);
+  };
+  nlohmann::json process = nlohmann::json::object();
+  if (known(0)) process["pid"] = sqlite3_column_int64(st, first);
+  put(process, "name", 1);
+  put(process, "exe", 2);
+  if (!process.empty()) e["process"] = std::move(process);
+  put(e, "container", 3);
+  put(e, "container_id", 4);
+  put(e, "pod", 5);
+  put(e, "namespace", 6);
+  nlohmann::json workload = nlohmann::json::object();
+  put(workload, "kind", 7);
+  put(workload, "name", 8);
+  if (!workload.empty()) e["workload"] = std::move(workload);
+  put(e, "service", 9);
+  put(e, "node", 10);
+  return e;
+}
+
 }  // namespace
 
 nlohmann::json CallDb::row_json(sqlite3_stmt* st) {
-  auto text = [&](int col) -> std::string {
-    auto* t = sqlite3_column_text(st, col);
-    return t ? reinterpret_cast<const char*>(t) : "";
-  };
+  auto text = [&](int col) { return column_string(st, col); };
   auto null = [&](int col) { return sqlite3_column_type(st, col) == SQLITE_NULL; };
   nlohmann::json j;
   j["id"] = text(0);
@@ -276,8 +504,8 @@ nlohmann::json CallDb::row_json(sqlite3_stmt* st) {
   j["protocol"] = protocol;
   j["ts"] = format_ts(static_cast<uint64_t>(sqlite3_column_int64(st, 2)));
   j["duration_us"] = null(3) ? nlohmann::json(nullptr) : nlohmann::json(sqlite3_column_int64(st, 3));
-  j["src"] = {{"ip", text(4)}, {"port", sqlite3_column_int(st, 5)}};
-  j["dst"] = {{"ip", text(6)}, {"port", sqlite3_column_int(st, 7)}};
+  j["src"] = endpoint_from_row(st, 4, 5, kSrcIdentity);
+  j["dst"] = endpoint_from_row(st, 6, 7, kDstIdentity);
   const bool has_req = sqlite3_column_int(st, 8) != 0, has_resp = sqlite3_column_int(st, 9) != 0;
   nlohmann::json req = nullptr, resp = nullptr;
   if (protocol == "http") {
@@ -323,17 +551,31 @@ nlohmann::json CallDb::row_json(sqlite3_stmt* st) {
     pos = comma + 1;
   }
   j["flags"] = flags;
+  if (!null(kNodeColumn)) j["node"] = text(kNodeColumn);
   return j;
 }
 
 std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
-  std::string sql = std::string("SELECT ") + kColumns + ", rowid FROM calls WHERE 1=1";
+  if (!q.pod_regex.empty())
+    if (std::string err = regex_error(q.pod_regex); !err.empty())
+      throw std::invalid_argument("bad pod regex '" + q.pod_regex + "': " + err);
+  if (!identity_columns_) identity_columns_ = has_column("calls", "node");  // migrated since?
+  // Without identity columns no call has a namespace, pod, ...: an
+  // identity filter matches nothing.
+  const char* none = " AND 0";
+  const bool id = identity_columns_;
+  std::string sql = "SELECT " + select_list(id) + " FROM calls WHERE 1=1";
   if (!q.protocol.empty()) sql += " AND protocol = ?1";
   if (q.status) sql += " AND status = ?2";
   if (q.status_class) sql += " AND status >= ?3 AND status < ?3 + 100";
   if (q.from_ns) sql += " AND ts_ns >= ?4";
   if (q.to_ns) sql += " AND ts_ns <= ?5";
   if (q.after_rowid) sql += " AND rowid > ?6";
+  if (!q.namespace_.empty()) sql += id ? " AND (src_namespace = ?7 OR dst_namespace = ?7)" : none;
+  if (!q.pod_regex.empty()) sql += id ? " AND (src_pod REGEXP ?8 OR dst_pod REGEXP ?8)" : none;
+  if (!q.service.empty()) sql += id ? " AND (src_service = ?9 OR dst_service = ?9)" : none;
+  if (!q.process.empty()) sql += id ? " AND (src_process = ?10 OR dst_process = ?10)" : none;
+  if (!q.node.empty()) sql += id ? " AND (node = ?11 OR src_node = ?11 OR dst_node = ?11)" : none;
   sql += q.after_rowid || q.by_rowid ? " ORDER BY rowid" : " ORDER BY ts_ns, rowid";
   if (q.limit) sql += " LIMIT " + std::to_string(q.limit);
   sqlite3_stmt* st = nullptr;
@@ -345,12 +587,22 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
   if (q.from_ns) sqlite3_bind_int64(st, 4, static_cast<sqlite3_int64>(q.from_ns));
   if (q.to_ns) sqlite3_bind_int64(st, 5, static_cast<sqlite3_int64>(q.to_ns));
   if (q.after_rowid) sqlite3_bind_int64(st, 6, q.after_rowid);
-  std::vector<nlohmann::json> out;
-  while (sqlite3_step(st) == SQLITE_ROW) {
-    out.push_back(row_json(st));
-    if (last_rowid) *last_rowid = sqlite3_column_int64(st, 25);
+  if (id) {
+    if (!q.namespace_.empty()) bind_text(st, 7, q.namespace_);
+    if (!q.pod_regex.empty()) bind_text(st, 8, q.pod_regex);
+    if (!q.service.empty()) bind_text(st, 9, q.service);
+    if (!q.process.empty()) bind_text(st, 10, q.process);
+    if (!q.node.empty()) bind_text(st, 11, q.node);
   }
+  std::vector<nlohmann::json> out;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    out.push_back(row_json(st));
+    if (last_rowid) *last_rowid = sqlite3_column_int64(st, kRowidColumn);
+  }
+  std::string err = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db_);
   sqlite3_finalize(st);
+  if (!err.empty()) throw std::runtime_error("dissection DB query: " + err);
   return out;
 }
 

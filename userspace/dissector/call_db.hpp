@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,12 +19,18 @@ struct sqlite3_stmt;
 
 namespace tapwire::dissect {
 
-inline constexpr int kCallDbSchemaVersion = 1;
+// 2: identity columns (node, src_*/dst_* pid, process, ... node). A version-1
+// DB opened for writing is migrated in place; read-only, it reads as calls
+// without identity.
+inline constexpr int kCallDbSchemaVersion = 2;
+
+struct RegexCache;
 
 class CallDb {
  public:
   // Opens or creates FILE. Throws std::runtime_error (one line) if it cannot,
-  // or if FILE is not a tapwire dissection DB of this schema.
+  // or if FILE is not a tapwire dissection DB of this schema (or of schema 1,
+  // which it migrates when writing).
   explicit CallDb(const std::string& path, bool read_only = false, bool bulk = false);
   ~CallDb();  // commits
   CallDb(const CallDb&) = delete;
@@ -50,24 +57,44 @@ class CallDb {
     size_t limit = 0;  // 0 = all
     int64_t after_rowid = 0;  // only rows added after this one, in insertion order (tail)
     bool by_rowid = false;  // insertion order instead of time order
+    // Identity (docs/IDENTITY.md), "" = any. Each matches either end.
+    std::string namespace_;  // exact namespace
+    std::string pod_regex;  // POSIX extended regex, unanchored, on the pod name
+    std::string service;  // exact service name
+    std::string process;  // exact process name (comm)
+    std::string node;  // exact node name: the capturing node or either end's
   };
   // Calls as call-record JSON objects, oldest first; `last_rowid`, if given,
-  // gets the rowid of the last one returned.
+  // gets the rowid of the last one returned. Throws std::invalid_argument if
+  // q.pod_regex does not compile.
   std::vector<nlohmann::json> query(const Query& q, int64_t* last_rowid = nullptr);
+  // Why `pattern` is not a regex the pod filter accepts ("" if it is).
+  static std::string regex_error(const std::string& pattern);
   uint64_t count();
   int64_t max_rowid();  // the last row added (0 if none)
 
  private:
   sqlite3* db_ = nullptr;
-  sqlite3_stmt* insert_ = nullptr;
+  // Two insert statements: a call with endpoint identity binds every
+  // column; one without leaves the identity columns out of the statement
+  // (NULL by default), which spares it binding and clearing them.
+  sqlite3_stmt* insert_ = nullptr;  // schema-1 columns and node
+  sqlite3_stmt* insert_identity_ = nullptr;  // every column
   bool in_tx_ = false;
   bool auto_commit_ = true;
   size_t batch_ = 0;
   uint64_t inserted_ = 0;
   std::string scratch_;
+  // False for a version-1 DB opened read-only: identity reads as unknown
+  // (checked again at each query, in case a writer migrates it meanwhile).
+  bool identity_columns_ = true;
+  std::unique_ptr<RegexCache> regex_cache_;  // compiled pod regexes, for the SQL regexp()
   static nlohmann::json row_json(sqlite3_stmt* st);
   void exec(const char* sql);
+  void exec(const std::string& sql) { exec(sql.c_str()); }
   void begin();
+  bool has_column(const char* table, const char* column);
+  void create_or_migrate(const std::string& path);
 };
 
 }  // namespace tapwire::dissect

@@ -461,6 +461,7 @@ struct Dissector::Impl {
       }
       Call c;
       c.protocol = Protocol::Dns;
+      c.l4_proto = kUdp;
       c.src = endpoint_of(k, src_side);
       c.dst = endpoint_of(k, 1 - src_side);
       c.ts_ns = p.meta.ts_ns;
@@ -481,6 +482,7 @@ struct Dissector::Impl {
     if (it == dns_pending.end()) {
       Call c;
       c.protocol = Protocol::Dns;
+      c.l4_proto = kUdp;
       c.src = endpoint_of(k, 1 - src_side);  // the client is where the answer goes
       c.dst = endpoint_of(k, src_side);
       c.ts_ns = c.end_ns = p.meta.ts_ns;

@@ -138,7 +138,7 @@ int BpfCapture::egress_prog_fd() const { return bpf_program__fd(skel_->progs.tw_
 
 void BpfCapture::write_settings() {
   tw_settings s{};
-  s.flags = settings_flags_ | (iface_allowlist_ ? TW_SET_IFACE_ALLOWLIST : 0);
+  s.flags = settings_flags_ | (iface_allowlist_ ? TW_SET_IFACE_ALLOWLIST : 0) | (targeting_ ? TW_SET_TARGETS : 0);
   s.snaplen = snaplen_;
   uint32_t key = 0;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tw_settings), &key, &s, BPF_ANY) != 0)
@@ -193,6 +193,28 @@ void BpfCapture::set_interface(uint32_t ifindex, bool has_l2) {
 
 void BpfCapture::forget_interface(uint32_t ifindex) {
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.tw_ifaces), &ifindex);
+}
+
+void BpfCapture::set_targeting(bool on) {
+  if (on == targeting_) return;
+  targeting_ = on;
+  write_settings();
+}
+
+void BpfCapture::add_target(uint8_t ip_version, const uint8_t addr[16]) {
+  tw_ip_key k{};
+  k.ip_version = ip_version;
+  std::memcpy(k.addr, addr, ip_version == 6 ? 16 : 4);
+  uint32_t one = 1;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tw_targets), &k, &one, BPF_ANY) != 0)
+    fail("cannot add a target address", errno);
+}
+
+void BpfCapture::remove_target(uint8_t ip_version, const uint8_t addr[16]) {
+  tw_ip_key k{};
+  k.ip_version = ip_version;
+  std::memcpy(k.addr, addr, ip_version == 6 ? 16 : 4);
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.tw_targets), &k);
 }
 
 std::vector<tw_counters> BpfCapture::read_counters() const {

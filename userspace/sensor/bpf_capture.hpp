@@ -39,6 +39,14 @@ class BpfCapture {
   void set_interface(uint32_t ifindex, bool has_l2);
   void forget_interface(uint32_t ifindex);
 
+  // Pod targeting: with it on, only traffic to or from an address in the
+  // target set is captured. The set is changed address by address, so a
+  // packet never sees a half-written set.
+  void set_targeting(bool on);
+  bool targeting() const { return targeting_; }
+  void add_target(uint8_t ip_version, const uint8_t addr[16]);
+  void remove_target(uint8_t ip_version, const uint8_t addr[16]);
+
   // Counters per CPU (index = CPU id).
   std::vector<tw_counters> read_counters() const;
 
@@ -49,6 +57,7 @@ class BpfCapture {
   bool iface_allowlist_ = true;
   uint32_t settings_flags_ = 0;
   uint32_t snaplen_ = 0;
+  bool targeting_ = false;
   void write_settings();
   void release();
 };

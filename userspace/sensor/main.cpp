@@ -60,6 +60,14 @@ void apply_config(const config::TapwireConfig& c, SensorOptions& o) {
   for (auto& d : c.enabled_dissectors) ds += (ds.empty() ? "" : ",") + d;
   o.dissector_args.push_back("--dissectors");
   o.dissector_args.push_back(ds.empty() ? "none" : ds);
+  o.identity = c.identity.enabled;
+  o.identity_storage_size = c.identity.storage_size;
+  o.node_name = c.node_name;
+  o.kubernetes = c.kubernetes.enabled;
+  o.kubeconfig = c.kubernetes.kubeconfig;
+  o.targets.regex = c.regex;
+  o.targets.namespaces = c.namespaces;
+  o.targets.excluded = c.excluded_namespaces;
 }
 
 }  // namespace tapwire::sensor
@@ -69,7 +77,9 @@ int main(int argc, char** argv) {
   tapwire::sensor::Sensor::block_signals();
   tapwire::sensor::SensorOptions o;
   std::string config_path, data_dir, storage, segment, ring, metrics, control, dissector;
-  std::vector<std::string> interfaces, allow_cidrs, deny_cidrs;
+  std::vector<std::string> interfaces, allow_cidrs, deny_cidrs, namespaces, excluded_namespaces, kube_args;
+  std::string kubeconfig, node_name, regex;
+  bool no_identity = false;
   std::vector<uint16_t> allow_ports, deny_ports;
   uint64_t segment_max_age = 60;
   uint32_t snaplen = 0;
@@ -102,6 +112,14 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1e7));
   app.add_option("--dissector", o.dissector_path, "the tapwire-dissector binary (default: next to this one)");
   app.add_flag("--print", o.print, "print captured packets (rate-limited) and a summary every second");
+  app.add_option("--node-name", node_name, "this node's name in call records (default: $NODE_NAME, else the hostname)");
+  app.add_option("--kubeconfig", kubeconfig, "Kubernetes identity from this kubeconfig (default: in-cluster when in a pod)");
+  app.add_option("--regex", regex, "capture only pods whose name matches this POSIX extended regex (tap.regex)");
+  app.add_option("--namespace", namespaces, "capture only pods in this namespace (repeatable; tap.namespaces)");
+  app.add_option("--exclude-namespace", excluded_namespaces, "never capture pods in this namespace (repeatable)");
+  app.add_flag("--no-identity", no_identity, "no process identity hooks and no identity stream (tap.identity.enabled: false)");
+  app.add_option("--kube-watch", o.kube_watch_path, "the tapwire-kube-watch binary (default: next to this one)");
+  app.add_option("--kube-watch-arg", kube_args, "an extra flag for tapwire-kube-watch (repeatable; tests)");
 
   tapwire::config::FlagOverrides flags;
   TapwireConfig cfg;
@@ -142,6 +160,16 @@ int main(int argc, char** argv) {
     flags.when_given(app, "--dissection-stop-after", [v = stop_after_s](TapwireConfig& c) {
       c.capture.dissection.stop_after = std::chrono::nanoseconds(static_cast<int64_t>(v * 1e9));
     });
+    flags.when_given(app, "--node-name", [v = node_name](TapwireConfig& c) { c.node_name = v; });
+    flags.when_given(app, "--kubeconfig", [v = kubeconfig](TapwireConfig& c) {
+      c.kubernetes.kubeconfig = v;
+      if (c.kubernetes.enabled == "auto") c.kubernetes.enabled = "true";
+    });
+    flags.when_given(app, "--regex", [v = regex](TapwireConfig& c) { c.regex = v; });
+    flags.when_given(app, "--namespace", [v = namespaces](TapwireConfig& c) { c.namespaces = v; });
+    flags.when_given(app, "--exclude-namespace", [v = excluded_namespaces](TapwireConfig& c) { c.excluded_namespaces = v; });
+    flags.when_given(app, "--no-identity", [](TapwireConfig& c) { c.identity.enabled = false; });
+    o.kube_watch_args = kube_args;
     o.metrics_address_explicit = app.count("--metrics-address") > 0 || !config_path.empty();
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);

@@ -1,6 +1,8 @@
 #include "sensor.hpp"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <liburing.h>
 #include <systemd/sd-daemon.h>
 #include <poll.h>
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <algorithm>
 #include <optional>
 #include <stdexcept>
 
@@ -24,7 +27,10 @@
 
 #include "control_socket.hpp"
 #include "dissector_supervisor.hpp"
+#include "identity_collector.hpp"
+#include "identity_recorder.hpp"
 #include "interfaces.hpp"
+#include "kube_watcher.hpp"
 #include "metrics_exporter.hpp"
 #include "ring_drain.hpp"
 #include "segment.hpp"
@@ -55,7 +61,16 @@ enum UserDrop { kRecordInvalid = 0, kStorageWriteFailed = 1, kUserDropMax };
 constexpr std::array<const char*, kUserDropMax> kUserDropNames = {"record_invalid", "storage_write_failed"};
 
 // io_uring user_data: what completed.
-enum Event : uint64_t { kEvRing = 1, kEvSignal = 2, kEvNetlink = 3, kEvTimer = 4, kEvControl = 5, kEvClient = 6 };
+enum Event : uint64_t {
+  kEvRing = 1,
+  kEvSignal = 2,
+  kEvNetlink = 3,
+  kEvTimer = 4,
+  kEvControl = 5,
+  kEvClient = 6,
+  kEvIdentity = 7,
+  kEvKube = 8,
+};
 uint64_t tag(Event e, uint32_t index = 0) { return (static_cast<uint64_t>(e) << 32) | index; }
 
 void mkdir_p(const std::string& dir) {
@@ -77,6 +92,43 @@ void mkdir_p(const std::string& dir) {
                              ": choose a writable --data-dir");
 }
 
+// The directory holding this binary: its companions (tapwire-dissector,
+// tapwire-kube-watch) are found next to it.
+std::string self_dir() {
+  char self[4096] = {};
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  std::string path = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string("./x");
+  return path.substr(0, path.rfind('/'));
+}
+
+// This node's name: the option, else $NODE_NAME (the DaemonSet's downward
+// API), else the hostname.
+std::string resolve_node_name(const std::string& configured) {
+  if (!configured.empty()) return configured;
+  if (const char* env = getenv("NODE_NAME"); env && *env) return env;
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  return host;
+}
+
+// The addresses of this network namespace's interfaces (the node's own).
+std::vector<identity::IpKey> local_addresses() {
+  std::vector<identity::IpKey> out;
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return out;
+  for (ifaddrs* a = list; a && out.size() < identity::kMaxAddresses; a = a->ifa_next) {
+    if (!a->ifa_addr || (a->ifa_flags & IFF_LOOPBACK)) continue;
+    if (a->ifa_addr->sa_family == AF_INET)
+      out.push_back(identity::IpKey::from_wire(4, reinterpret_cast<const uint8_t*>(
+                                                      &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr)));
+    else if (a->ifa_addr->sa_family == AF_INET6)
+      out.push_back(identity::IpKey::from_wire(6, reinterpret_cast<const uint8_t*>(
+                                                      &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr)));
+  }
+  freeifaddrs(list);
+  return out;
+}
+
 struct IfaceCounters {
   uint64_t packets[2] = {0, 0};  // by direction
   uint64_t bytes[2] = {0, 0};
@@ -94,6 +146,17 @@ struct Sensor::Impl {
   std::unique_ptr<MetricsExporter> exporter;
   std::unique_ptr<DissectorSupervisor> supervisor;
   std::unique_ptr<ControlServer> control;
+  std::unique_ptr<IdentityCollector> ident;
+  std::unique_ptr<IdentityRecorder> recorder;
+  std::unique_ptr<KubeWatcher> kube;
+  std::string ident_error;  // why process identity is off, if it failed to start
+  std::string node_name;
+  PodTargets targets;
+  bool targets_dirty = false;
+  int kube_fd_armed = -1;  // the watcher's stdout the ring polls
+  std::map<std::string, nlohmann::json> kube_sync;  // resource -> last Sync
+  nlohmann::json kube_stats = nullptr;  // last Stats of the watcher
+  uint64_t kube_sync_failures = 0;
   std::vector<BpfRingReader> rings;
   std::map<uint32_t, Interface> attached;  // ifindex -> interface
   std::map<uint32_t, IfaceCounters> per_iface;  // node-based: pointers stay valid
@@ -145,6 +208,7 @@ struct Sensor::Impl {
     tc = std::make_unique<TcAttacher>(bpf->ingress_prog_fd(), bpf->egress_prog_fd(), state);
     for (int fd : bpf->ring_fds()) rings.emplace_back(fd, bpf->ring_bytes());
     links = std::make_unique<LinkMonitor>();
+    setup_identity();
 
     if (!opts.metrics_address.empty()) {
       try {
@@ -160,12 +224,7 @@ struct Sensor::Impl {
     sup.stop_after_ns = opts.dissection_stop_after_ns;
     sup.dissector_path = opts.dissector_path;
     sup.extra_args = opts.dissector_args;
-    if (sup.dissector_path.empty()) {
-      char self[4096] = {};
-      ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-      std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : std::string(".");
-      sup.dissector_path = dir.substr(0, dir.rfind('/')) + "/tapwire-dissector";
-    }
+    if (sup.dissector_path.empty()) sup.dissector_path = self_dir() + "/tapwire-dissector";
     supervisor = std::make_unique<DissectorSupervisor>(sup);
     control = std::make_unique<ControlServer>(
         opts.control_socket.empty() ? opts.data_dir + "/control.sock" : opts.control_socket,
@@ -184,6 +243,182 @@ struct Sensor::Impl {
       std::fprintf(stderr, "tapwire-sensor: raw capture disabled (tap.capture.raw.enabled: false): capturing nothing\n");
     else if (attached.empty())
       std::fprintf(stderr, "tapwire-sensor: no interface matches yet; waiting for one to appear\n");
+  }
+
+  // ------------------------------------------------------------- identity --
+
+  void setup_identity() {
+    node_name = resolve_node_name(opts.node_name);
+    targets.set_rules(opts.targets);  // throws on a bad regex
+    const bool kube_on = opts.kubernetes == "true" ||
+                         (opts.kubernetes == "auto" && (!opts.kubeconfig.empty() || getenv("KUBERNETES_SERVICE_HOST")));
+    if (opts.targets.active() && !kube_on)
+      throw std::runtime_error(
+          "pod targeting (tap.regex, tap.namespaces, tap.excludedNamespaces) needs Kubernetes identity: give "
+          "--kubeconfig or run the sensor in a cluster (tap.kubernetes.enabled)");
+    if (!opts.identity) return;
+    try {
+      ident = std::make_unique<IdentityCollector>();
+    } catch (const std::exception& e) {
+      // Capture goes on without process identity; status and metrics say why.
+      ident_error = e.what();
+      std::fprintf(stderr, "tapwire-sensor: process identity off: %s\n", e.what());
+    }
+    IdentityRecorderOptions ro;
+    ro.dir = opts.data_dir + "/identity";
+    ro.storage_size = opts.identity_storage_size;
+    ro.segment_size = std::min<uint64_t>(32ull << 20, opts.identity_storage_size / 4);
+    try {
+      recorder = std::make_unique<IdentityRecorder>(ro, [this](uint64_t id) -> std::optional<std::string> {
+        return ident ? ident->cgroup_path(id) : std::nullopt;
+      });
+    } catch (const shm::SegmentError& e) {
+      throw std::runtime_error(std::string(e.what()) + ": choose another --data-dir");
+    }
+    const uint64_t now = clock_ns(CLOCK_REALTIME);
+    recorder->set_self({node_name, local_addresses()}, now);
+    if (ident) {
+      for (auto& p : ident->scan_processes()) {
+        identity::ProcessRecord r;
+        r.ts_ns = now;
+        r.cgroup_id = p.cgroup_id;
+        r.tgid = p.tgid;
+        r.ppid = p.ppid;
+        r.type = TW_PROC_SCAN;
+        r.comm = p.comm;
+        r.exe = p.exe;
+        recorder->process(r);
+      }
+    }
+    if (kube_on) {
+      KubeWatcherOptions ko;
+      ko.watcher_path = opts.kube_watch_path.empty() ? self_dir() + "/tapwire-kube-watch" : opts.kube_watch_path;
+      if (!opts.kubeconfig.empty()) ko.args = {"--kubeconfig", opts.kubeconfig};
+      ko.args.insert(ko.args.end(), {"--node", node_name});
+      ko.args.insert(ko.args.end(), opts.kube_watch_args.begin(), opts.kube_watch_args.end());
+      kube = std::make_unique<KubeWatcher>(ko);
+    }
+    bpf->set_targeting(opts.targets.active());
+    recorder->publish();
+  }
+
+  void drain_identity() {
+    if (!ident || !recorder) return;
+    size_t n = ident->drain([this](const tw_sock_event& ev) { recorder->socket(ev); },
+                            [this](const tw_exec_event& ev) {
+                              identity::ProcessRecord r;
+                              r.ts_ns = ev.ts_ns;
+                              r.cgroup_id = ev.cgroup_id;
+                              r.tgid = ev.tgid;
+                              r.ppid = ev.ppid;
+                              r.type = ev.type;
+                              r.comm = identity::comm_string(ev.comm);
+                              r.exe.assign(ev.filename, std::min<size_t>(ev.filename_len, sizeof ev.filename));
+                              recorder->process(r);
+                            },
+                            1u << 16);
+    if (n) recorder->publish();
+  }
+
+  void on_workload(identity::Workload&& w) {
+    const uint64_t now = clock_ns(CLOCK_REALTIME);
+    if (auto* pod = std::get_if<identity::PodObject>(&w.object)) {
+      if (w.op == identity::WorkloadOp::Delete)
+        targets.remove(pod->uid);
+      else
+        targets.upsert(*pod);
+      targets_dirty = true;
+    } else if (auto* sync = std::get_if<identity::SyncObject>(&w.object)) {
+      auto& last = kube_sync[sync->resource];
+      if (last.is_null() || last.value("state", "") != sync->state) {
+        if (sync->state == "lost") kube_sync_failures++;
+        std::fprintf(stderr, "tapwire-sensor: Kubernetes %s: %s%s%s\n", sync->resource.c_str(), sync->state.c_str(),
+                     sync->error.empty() ? "" : ": ", sync->error.c_str());
+      }
+      last = {{"state", sync->state}, {"error", sync->error}, {"since_ns", now}};
+    } else if (auto* stats = std::get_if<identity::StatsObject>(&w.object)) {
+      kube_stats = {{"requests", stats->requests}, {"events", stats->events}, {"relists", stats->relists}};
+      return;  // counters, not identity: not recorded
+    }
+    if (recorder) recorder->workload(w, now);
+  }
+
+  // Brings the kernel's target set to what the rules select now, address by
+  // address (each update is atomic for the programs): additions first, so a
+  // pod that moves between addresses is never uncaptured in between.
+  void apply_targets() {
+    targets_dirty = false;
+    auto changes = targets.take_changes();
+    std::stable_partition(changes.begin(), changes.end(), [](const auto& c) { return c.second; });
+    for (auto& [a, on] : changes) {
+      auto* raw = reinterpret_cast<const uint8_t*>(a.second.data());
+      if (on)
+        bpf->add_target(a.first, raw);
+      else
+        bpf->remove_target(a.first, raw);
+    }
+    bpf->set_targeting(opts.targets.active());
+  }
+
+  void arm_kube() {
+    if (!kube || kube->fd() < 0 || kube->fd() == kube_fd_armed) return;
+    kube_fd_armed = kube->fd();
+    arm_poll(kube_fd_armed, tag(kEvKube, static_cast<uint32_t>(kube_fd_armed)), false);
+  }
+
+  nlohmann::json identity_status() const {
+    using nlohmann::json;
+    json j = {{"enabled", opts.identity}, {"node", node_name}};
+    if (!ident_error.empty()) j["error"] = ident_error;
+    if (ident) {
+      auto c = ident->counters();
+      json emitted = json::object(), drops = json::object();
+      for (unsigned t = 0; t < c.emitted.size(); t++)
+        if (!ident_event_name(t).empty()) emitted[std::string(ident_event_name(t))] = c.emitted[t];
+      for (size_t r = 0; r < c.drops.size(); r++) drops[std::string(kIdentDropNames[r])] = c.drops[r];
+      drops["invalid_record"] = c.invalid_records;
+      j["events"] = emitted;
+      j["drops"] = drops;
+      j["cgroup2"] = ident->cgroup2_mount();
+    }
+    if (recorder) {
+      auto& r = recorder->stats();
+      auto st = recorder->store().stats();
+      j["stream"] = {{"dir", recorder->store().options().dir},
+                     {"records", r.records},
+                     {"dumps", r.dumps},
+                     {"dumps_incomplete", r.dumps_incomplete},
+                     {"write_failures", r.write_failures},
+                     {"evicted", r.evicted},
+                     {"segments", st.segments},
+                     {"bytes_stored", st.bytes_stored},
+                     {"storage_size", recorder->store().options().storage_size}};
+      j["live"] = {{"sockets", r.live_sockets}, {"processes", r.live_processes}, {"cgroups", r.cgroups},
+                   {"objects", r.objects}};
+    }
+    json k = {{"enabled", kube != nullptr}};
+    if (kube) {
+      k["watcher"] = kube->status();
+      json res = json::object();
+      for (auto& [name, sync] : kube_sync) res[name] = sync;
+      k["resources"] = res;
+      k["state"] = kube_state();
+      k["sync_failures"] = kube_sync_failures;
+      k["stats"] = kube_stats;
+    }
+    j["kubernetes"] = k;
+    j["targets"] = targets.status();
+    return j;
+  }
+
+  // "synced" once every resource's list completed and none is lost now;
+  // "unknown" otherwise (identity from the API cannot be trusted then).
+  std::string kube_state() const {
+    if (!kube) return "off";
+    if (kube_sync.empty()) return "unknown";
+    for (auto& [name, s] : kube_sync)
+      if (s.value("state", "") != "synced") return "unknown";
+    return "synced";
   }
 
   static const sigset_t& blocked_set() {
@@ -375,6 +610,7 @@ struct Sensor::Impl {
           break;
         case SIGCHLD:
           supervisor->on_child_exit(now);
+          if (kube) kube->on_child_exit(now);
           break;
         case SIGHUP:
           std::fprintf(stderr, "tapwire-sensor: SIGHUP: %s\n", reload_config().dump().c_str());
@@ -408,6 +644,10 @@ struct Sensor::Impl {
     std::optional<InterfaceSelector> sel;
     try {
       sel.emplace(next.interfaces);
+      if (next.targets.active() && !kube)
+        throw std::runtime_error("pod targeting needs Kubernetes identity, which this sensor was not started with");
+      PodTargets check;
+      check.set_rules(next.targets);  // a bad regex refuses the file before anything changes
       bpf->set_filters(next.filters);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "tapwire-sensor: config reload rejected, keeping the current configuration: %s\n", e.what());
@@ -425,6 +665,15 @@ struct Sensor::Impl {
     later(next.metrics_address != opts.metrics_address, "tap.metrics.address");
     later(next.control_socket != opts.control_socket, "tap.controlSocket");
     later(next.raw_capture != opts.raw_capture, "tap.capture.raw.enabled");
+    later(next.identity != opts.identity, "tap.identity.enabled");
+    later(next.identity_storage_size != opts.identity_storage_size, "tap.identity.storageSize");
+    later(next.node_name != opts.node_name, "tap.nodeName");
+    later(next.kubernetes != opts.kubernetes || next.kubeconfig != opts.kubeconfig, "tap.kubernetes");
+    if (!(next.targets == opts.targets)) {
+      targets.set_rules(next.targets);
+      opts.targets = next.targets;
+      apply_targets();
+    }
     selector = std::move(sel);
     opts.interfaces = next.interfaces;
     opts.filters = next.filters;
@@ -469,9 +718,45 @@ struct Sensor::Impl {
       if (action != "rotate") return {{"ok", false}, {"error", "segment: action must be rotate"}};
       if (!store) return {{"ok", false}, {"error", "segment: no segment store (raw capture disabled)"}};
       store->rotate();
+      if (recorder) recorder->rotate();  // the identity stream too: a snapshot links sealed files only
       return {{"ok", true}};
     }
-    return {{"ok", false}, {"error", "unknown cmd '" + cmd + "': status, dissection, activity, config or segment"}};
+    if (cmd == "targets") return targets_request(req, action);
+    if (cmd == "identity") return {{"ok", true}, {"identity", identity_status()}};
+    return {{"ok", false},
+            {"error", "unknown cmd '" + cmd + "': status, dissection, activity, config, segment, targets or identity"}};
+  }
+
+  // {"cmd":"targets","action":"get"} or {"cmd":"targets","action":"set","regex":R,
+  // "namespaces":[..],"excludedNamespaces":[..]}: the rules until the next reload.
+  nlohmann::json targets_request(const nlohmann::json& req, const std::string& action) {
+    if (action == "get" || action.empty())
+      return {{"ok", true}, {"targets", identity_status()["targets"]}};
+    if (action != "set") return {{"ok", false}, {"error", "targets: action must be get or set"}};
+    TargetRules r = opts.targets;
+    try {
+      if (req.contains("regex")) r.regex = req.at("regex").get<std::string>();
+      if (req.contains("namespaces")) r.namespaces = req.at("namespaces").get<std::vector<std::string>>();
+      if (req.contains("excludedNamespaces"))
+        r.excluded = req.at("excludedNamespaces").get<std::vector<std::string>>();
+    } catch (const nlohmann::json::exception&) {
+      return {{"ok", false},
+              {"error", "targets: regex must be a string, namespaces and excludedNamespaces lists of strings"}};
+    }
+    for (auto* list : {&r.namespaces, &r.excluded})
+      if (list->size() > 1000) return {{"ok", false}, {"error", "targets: at most 1000 namespaces"}};
+    if (r.active() && !kube)
+      return {{"ok", false}, {"error", "targets: pod targeting needs Kubernetes identity (start with --kubeconfig)"}};
+    try {
+      targets.set_rules(r);
+    } catch (const std::exception& e) {
+      return {{"ok", false}, {"error", std::string("targets: ") + e.what()}};
+    }
+    opts.targets = r;
+    apply_targets();
+    std::fprintf(stderr, "tapwire-sensor: pod targeting set by the control socket: %s\n",
+                 targets.status().dump().c_str());
+    return {{"ok", true}, {"targets", identity_status()["targets"]}};
   }
 
   void handle_links() {
@@ -492,6 +777,14 @@ struct Sensor::Impl {
     write_loss_records(now_real);
     store->tick(now_real);
     supervisor->tick(now_mono);
+    if (recorder) {
+      recorder->tick(now_real);
+      recorder->publish();
+    }
+    if (kube) {
+      kube->tick(now_mono);
+      arm_kube();
+    }
     if (now_mono - last_rescan_mono >= 5000000000ull) {  // netlink can lose events (ENOBUFS)
       rescan_interfaces();
       last_rescan_mono = now_mono;
@@ -570,7 +863,8 @@ struct Sensor::Impl {
             {"rings", ring},
             {"storage", storage},
             {"dissection", supervisor ? supervisor->status(clock_ns(CLOCK_MONOTONIC)) : nlohmann::json(nullptr)},
-            {"control_socket", control ? control->path() : std::string()}};
+            {"control_socket", control ? control->path() : std::string()},
+            {"identity", identity_status()}};
   }
 
   // The dissector's metrics file, if a dissector is writing one now.
@@ -662,6 +956,12 @@ struct Sensor::Impl {
     arm_poll(sigfd, tag(kEvSignal), false);
     arm_poll(links->fd(), tag(kEvNetlink), false);
     arm_poll(control->listen_fd(), tag(kEvControl), false);
+    if (ident) arm_poll(ident->ring_fd(), tag(kEvIdentity), true);
+    if (kube) {
+      kube->start(clock_ns(CLOCK_MONOTONIC));
+      arm_kube();
+    }
+    apply_targets();
     arm_timer();
     if (opts.dissection) supervisor->enable(clock_ns(CLOCK_MONOTONIC), "configuration (tap.capture.stopped: false)");
     sd_notify(0, "READY=1\nSTATUS=capturing");  // systemd Type=notify; a no-op elsewhere
@@ -705,10 +1005,24 @@ struct Sensor::Impl {
             if (control->serve(fd)) arm_poll(fd, data, false);
             break;
           }
+          case kEvIdentity:
+            if (!(cqe->flags & IORING_CQE_F_MORE)) arm_poll(ident->ring_fd(), data, true);
+            break;
+          case kEvKube: {
+            const int fd = static_cast<int>(data & 0xffffffff);
+            if (kube && fd == kube_fd_armed) {
+              kube_fd_armed = -1;
+              kube->on_readable([this](identity::Workload&& w) { on_workload(std::move(w)); });
+              arm_kube();
+            }
+            break;
+          }
         }
       }
       io_uring_cq_advance(&uring, seen);
       more = drain_all();
+      drain_identity();
+      if (targets_dirty) apply_targets();
       uint64_t now = clock_ns(CLOCK_MONOTONIC);
       if (now - last_tick_mono >= 1000000000ull) {
         tick(now);
@@ -722,6 +1036,7 @@ struct Sensor::Impl {
   void shutdown() {
     sd_notify(0, "STOPPING=1");
     supervisor.reset();  // stops the dissector (it checkpoints; a restart resumes)
+    kube.reset();
     control.reset();
     // Detach first so nothing new arrives, then take everything in flight.
     tc->detach_all();
@@ -729,7 +1044,10 @@ struct Sensor::Impl {
     for (int i = 0; i < 1024 && drain_all(true); i++) {
     }
     write_loss_records(clock_ns(CLOCK_REALTIME));
+    drain_identity();
     write_status("stopped");
+    ident.reset();  // detaches the identity programs
+    recorder.reset();  // seals the open identity segment
     store.reset();  // seals the open segment
   }
 };

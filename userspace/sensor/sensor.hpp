@@ -12,6 +12,7 @@
 
 #include "bpf_capture.hpp"
 #include "config.hpp"
+#include "pod_targets.hpp"
 
 namespace tapwire::sensor {
 
@@ -40,6 +41,16 @@ struct SensorOptions {
   // same flags on top. Empty when the sensor was started without --config.
   std::string config_path;
   std::function<config::TapwireConfig()> reload;
+  // Identity (docs/IDENTITY.md): socket/process hooks and DATA_DIR/identity.
+  bool identity = true;
+  uint64_t identity_storage_size = 256ull << 20;
+  std::string node_name;  // "" = $NODE_NAME, else the hostname
+  // Kubernetes: "auto" (in a cluster or with a kubeconfig), "true", "false".
+  std::string kubernetes = "auto";
+  std::string kubeconfig;
+  std::string kube_watch_path;  // default: tapwire-kube-watch next to this binary
+  std::vector<std::string> kube_watch_args;  // extra flags for the watcher (tests: backoff, timeouts)
+  TargetRules targets;  // tap.regex, tap.namespaces, tap.excludedNamespaces
 };
 
 // The effective configuration (file + flags) as the sensor's options.

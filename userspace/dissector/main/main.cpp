@@ -30,6 +30,7 @@
 #endif
 
 #include "call_db.hpp"
+#include "call_identity.hpp"
 #include "dissector.hpp"
 #include "packet_source.hpp"
 
@@ -121,7 +122,8 @@ bool is_dir(const std::string& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string data_dir, snapshot, pcap, db_path, jsonl_path, checkpoint_path, stats_path;
+  std::string data_dir, snapshot, pcap, db_path, jsonl_path, checkpoint_path, stats_path, identity_dir;
+  bool no_identity = false;
   bool keep_priority = false, quiet = false;
   size_t body_kept = 64 * 1024, header_bytes = 64 * 1024;
   CLI::App app{"tapwire-dissector: dissects captured traffic into API calls (HTTP, DNS)"};
@@ -147,6 +149,9 @@ int main(int argc, char** argv) {
   std::string dissectors = "http,dns";
   app.add_option("--dissectors", dissectors, "protocols to dissect, comma-separated (http, dns), or none")
       ->capture_default_str();
+  app.add_option("--identity", identity_dir,
+                 "the identity stream to name both ends of each call (default: the data dir's or snapshot's identity/)");
+  app.add_flag("--no-identity", no_identity, "calls carry addresses only");
   app.add_flag("--keep-priority", keep_priority, "do not lower priority or drop capabilities (tests, benchmarks)");
   app.add_flag("-q,--quiet", quiet, "no summary line at the end");
   try {
@@ -220,12 +225,16 @@ int main(int argc, char** argv) {
     if (live) {
       if (auto text = load_checkpoint(); text && parse_checkpoint(*text, resume, done)) have_checkpoint = true;
       source = open_segment_source(data_dir + "/segments", true, resume);
+      if (identity_dir.empty()) identity_dir = data_dir + "/identity";
     } else if (!snapshot.empty()) {
       std::string dir = is_dir(snapshot + "/segments") ? snapshot + "/segments" : snapshot;
       source = open_segment_source(dir, false);
+      if (identity_dir.empty()) identity_dir = identity_dir_for_segments(dir);
     } else {
       source = open_pcap_source(pcap);
     }
+    if (no_identity) identity_dir.clear();
+    CallIdentity identity(identity_dir, live);
 
     DissectorOptions opts;
     opts.enable_http = opts.enable_dns = false;
@@ -243,7 +252,10 @@ int main(int argc, char** argv) {
     }
     opts.http.max_body_kept = body_kept;
     opts.http.max_header_bytes = header_bytes;
-    Dissector d(opts, [&](Call&& c) { out.add(std::move(c)); });
+    Dissector d(opts, [&](Call&& c) {
+      identity.annotate(c);
+      out.add(std::move(c));
+    });
     if (have_checkpoint) d.suppress_through(done);
 
     Packet p;
@@ -259,6 +271,11 @@ int main(int argc, char** argv) {
       j["source"] = {{"packets", source->stats().packets}, {"skipped", source->stats().skipped},
                      {"loss_records", source->stats().loss_records}, {"segments_missed", source->stats().segments_missed}};
       j["pid"] = getpid();
+      const auto& is = identity.table().stats();
+      j["identity"] = {{"records", identity.feed().stats().records},
+                       {"resolved_by_socket", is.resolved_by_socket},
+                       {"resolved_by_address", is.resolved_by_ip},
+                       {"unresolved", is.unresolved}};
       std::string tmp = stats_path + ".tmp";
       {
         std::ofstream o(tmp, std::ios::trunc);
@@ -278,6 +295,7 @@ int main(int argc, char** argv) {
     while (!g_stop) {
       auto r = source->next(p);
       if (r == PacketSource::Next::Packet) {
+        identity.at(p.meta.ts_ns);
         d.packet(p);
         last = p.pos;
         if ((d.metrics().packets & 4095) == 0 && std::chrono::steady_clock::now() - last_flush > std::chrono::milliseconds(500))
@@ -288,8 +306,9 @@ int main(int argc, char** argv) {
       // Nothing new: let time move on for expiries, save, and wait a little.
       timespec now{};
       clock_gettime(CLOCK_REALTIME, &now);
-      d.advance_time(static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec) -
-                     2'000'000'000ull);
+      const uint64_t wall = static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+      identity.at(wall - 2'000'000'000ull);
+      d.advance_time(wall - 2'000'000'000ull);
       checkpoint();
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
