@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -206,6 +208,41 @@ TEST(CallIdentityJson, PartialIdentityHasOnlyTheKnownFields) {
       "workload":{"kind":"DaemonSet"}})"));
   EXPECT_EQ(j["dst"], json::parse(R"({"ip":"fd00::a","port":53,"process":{"pid":7},"namespace":"kube-system"})"));
   EXPECT_FALSE(j.contains("node"));
+}
+
+// The hand-written formatting of addresses and ids (they run for every
+// call stored) prints exactly what inet_ntop and printf print.
+TEST(CallIdentityJson, AddressAndIdTextAsInetNtopAndPrintf) {
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  auto next = [&] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  std::vector<uint64_t> keys = {0, 1, 0xf, 0x10, 0xffffffffffffffffull, 0x8000000000000000ull};
+  std::vector<uint32_t> addrs = {0, 0xffffffffu, 0x0a000001u, 0x0a640009u, 0x7f000001u, 0x01020304u, 0x646464c8u};
+  for (int i = 0; i < 20000; i++) {
+    keys.push_back(next());
+    addrs.push_back(static_cast<uint32_t>(next()));
+  }
+  for (uint64_t k : keys) {
+    Call c;
+    c.key = k;
+    char want[17];
+    std::snprintf(want, sizeof want, "%016" PRIx64, k);
+    ASSERT_EQ(c.id(), want);
+  }
+  for (uint32_t a : addrs) {
+    Endpoint e;
+    uint32_t be = htonl(a);
+    std::memcpy(e.addr, &be, 4);
+    char want[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, e.addr, want, sizeof want);
+    ASSERT_EQ(e.ip(), want);
+  }
+  Endpoint v6 = endpoint("fd00::1:a", 1);
+  EXPECT_EQ(v6.ip(), "fd00::1:a");
 }
 
 // ------------------------------------------------------------ DB round trip

@@ -109,6 +109,7 @@ void make_read_only(const std::string& dir, const Manifest& m) {
   for (const auto& f : m.files) ::chmod((dir + "/" + f.name).c_str(), 0440);
   ::chmod((dir + "/manifest.json").c_str(), 0440);
   ::chmod((dir + "/segments").c_str(), 0550);
+  ::chmod((dir + "/identity").c_str(), 0550);  // absent in a snapshot without identity: no harm
   ::chmod(dir.c_str(), 0550);
 }
 
@@ -151,6 +152,7 @@ struct SegHeader {
   std::string path;
   bool sealed = false;
   uint64_t first_ts = 0, last_ts = 0;
+  uint64_t created_ns = 0;
 };
 
 bool read_header(const std::string& path, uint64_t seq, SegHeader& out) {
@@ -161,6 +163,7 @@ bool read_header(const std::string& path, uint64_t seq, SegHeader& out) {
     out.sealed = r.sealed();
     out.first_ts = r.header().first_ts_ns;
     out.last_ts = r.header().last_ts_ns;
+    out.created_ns = r.header().created_ns;
     return true;
   } catch (const shm::SegmentError&) {
     return false;  // deleted meanwhile, or not a segment: not part of any window
@@ -243,8 +246,10 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& source)
     m.tapwire_version = j.at("tapwire_version").get<std::string>();
     for (const auto& f : j.at("files")) {
       FileEntry e{f.at("name").get<std::string>(), f.at("size").get<uint64_t>(), f.at("sha256").get<std::string>()};
-      if (!safe_relative(e.name) || e.name.rfind("segments/", 0) != 0)
-        throw SnapshotError("corrupt snapshot manifest", source, "file name '" + e.name + "' is not under segments/");
+      if (!safe_relative(e.name) || (e.name.rfind("segments/", 0) != 0 && e.name.rfind("identity/", 0) != 0) ||
+          e.name.find('/', 9) != std::string::npos)
+        throw SnapshotError("corrupt snapshot manifest", source,
+                            "file name '" + e.name + "' is not a file in segments/ or identity/");
       if (!is_hex64(e.sha256))
         throw SnapshotError("corrupt snapshot manifest", source, "sha256 of " + e.name + " is not 64 hex digits");
       m.files.push_back(std::move(e));
@@ -310,6 +315,65 @@ std::string sha256_file(const std::string& path) {
 }
 
 // ---------------------------------------------------------------- create ---
+
+namespace {
+
+// The identity segments a window [from, to] needs, sealed: the newest one
+// created at or before `from` (its dump tells the state then; the oldest
+// there is when none is that old) and every later one created before `to`.
+std::vector<SegHeader> identity_segments(const CreateOptions& o, uint64_t from, uint64_t to) {
+  const std::string dir = o.data_dir + "/identity";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return {};
+  auto pick = [&] {
+    std::vector<SegHeader> all;
+    for (const auto& s : shm::list_segments(dir)) {
+      SegHeader h;
+      if (read_header(s.path, s.seq, h) && h.created_ns <= to) all.push_back(h);
+    }
+    size_t start = 0;
+    for (size_t i = 0; i < all.size(); i++)
+      if (all[i].created_ns <= from) start = i;
+    return std::vector<SegHeader>(all.begin() + static_cast<std::ptrdiff_t>(start), all.end());
+  };
+  auto chosen = pick();
+  std::vector<SegHeader> open_ones;
+  for (const auto& h : chosen)
+    if (!h.sealed) open_ones.push_back(h);
+  if (open_ones.empty()) return chosen;
+  WriterLock lock;
+  if (lock.try_lock(dir)) {
+    for (const auto& h : open_ones) {
+      try {
+        shm::recover_segment(h.path);
+      } catch (const shm::SegmentError& e) {
+        throw SnapshotError("cannot seal the open identity segment", h.path, e.what());
+      }
+    }
+  } else {
+    if (!o.request_rotate)
+      throw SnapshotError("cannot seal the open identity segment", open_ones.front().path,
+                          "tapwire-sensor is writing it; ask it to rotate");
+    o.request_rotate();
+    for (const auto& h : open_ones) {
+      bool sealed = false;
+      for (int i = 0; i < 100 && !sealed; i++) {
+        SegHeader now;
+        if (!read_header(h.path, h.seq, now)) break;
+        sealed = now.sealed;
+        if (!sealed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+      if (!sealed)
+        throw SnapshotError("the open identity segment was not sealed", h.path,
+                            "tapwire-sensor did not rotate it within 5 s; retry");
+    }
+  }
+  auto again = pick();
+  std::erase_if(again, [](const SegHeader& h) { return !h.sealed; });  // opened by the rotation: after the window
+  return again;
+}
+
+}  // namespace
 
 Manifest create(const CreateOptions& o) {
   check_name(o.name);
@@ -399,9 +463,24 @@ Manifest create(const CreateOptions& o) {
                         "check the times ('tapwire status' shows what the ring holds) and --interface");
   }
 
-  // 4. The storage limit of all snapshots together.
-  uint64_t need = 0;
+  // 4. The identity stream (docs/IDENTITY.md): the identity segment whose
+  // state dump covers the window's start, and every one after it until the
+  // window's end, sealed first like the packet segments.
+  uint64_t win_from = UINT64_MAX, win_to = 0;
   for (const auto& h : kept) {
+    win_from = std::min(win_from, h.first_ts);
+    win_to = std::max(win_to, h.last_ts);
+  }
+  if (o.from_ns) win_from = std::max(win_from, o.from_ns);
+  if (o.to_ns != UINT64_MAX) win_to = std::min(win_to, o.to_ns);
+  std::vector<SegHeader> ident = identity_segments(o, win_from, win_to);
+  std::vector<std::pair<SegHeader, std::string>> files;
+  for (const auto& h : kept) files.emplace_back(h, "segments/");
+  for (const auto& h : ident) files.emplace_back(h, "identity/");
+
+  // 5. The storage limit of all snapshots together.
+  uint64_t need = 0;
+  for (const auto& [h, sub] : files) {
     struct stat st {};
     if (::stat(h.path.c_str(), &st) == 0) need += static_cast<uint64_t>(st.st_size);
   }
@@ -411,7 +490,7 @@ Manifest create(const CreateOptions& o) {
                         "needs " + format_size(need) + ", " + format_size(used) + " of " + format_size(o.storage_size) +
                             " (tap.snapshots.storageSize) already used; delete snapshots or narrow the window");
 
-  // 5. Link (or copy) into NAME.tmp, hash, write the manifest, rename.
+  // 6. Link (or copy) into NAME.tmp, hash, write the manifest, rename.
   TmpDir tmp{fresh_tmp(o.data_dir, o.name)};
   Manifest m;
   m.name = o.name;
@@ -425,8 +504,9 @@ Manifest create(const CreateOptions& o) {
   m.to_ns = o.to_ns != UINT64_MAX ? o.to_ns : last + 1;
   m.interfaces.assign(interfaces.begin(), interfaces.end());
   m.tapwire_version = TAPWIRE_VERSION;
-  for (const auto& h : kept) {
-    const std::string rel = "segments/" + fs::path(h.path).filename().string();
+  if (!ident.empty()) mkdir_p(tmp.path + "/identity", 0750);
+  for (const auto& [h, sub] : files) {
+    const std::string rel = sub + fs::path(h.path).filename().string();
     const std::string dst = tmp.path + "/" + rel;
     if (::link(h.path.c_str(), dst.c_str()) != 0) {
       int e = errno;
@@ -525,7 +605,8 @@ std::vector<Problem> verify_dir(const std::string& dir, Manifest* manifest_out) 
        it.increment(ec)) {
     std::error_code ec2;
     if (it->is_directory(ec2) && !it->is_symlink(ec2)) {
-      if (fs::relative(it->path(), dir, ec2).string() != "segments") {
+      const std::string sub = fs::relative(it->path(), dir, ec2).string();
+      if (sub != "segments" && sub != "identity") {
         problems.push_back({fs::relative(it->path(), dir, ec2).string(), "unexpected directory"});
         it.disable_recursion_pending();
       }
@@ -625,6 +706,8 @@ void pack(const std::string& data_dir, const std::string& name, const std::strin
     add_entry(w.a, name + "/", dir, true, out);
     add_entry(w.a, name + "/manifest.json", dir + "/manifest.json", false, out);
     add_entry(w.a, name + "/segments/", dir + "/segments", true, out);
+    if (std::any_of(m.files.begin(), m.files.end(), [](const FileEntry& f) { return f.name.rfind("identity/", 0) == 0; }))
+      add_entry(w.a, name + "/identity/", dir + "/identity", true, out);
     for (const auto& f : m.files) add_entry(w.a, name + "/" + f.name, dir + "/" + f.name, false, out);
     if (archive_write_close(w.a) != ARCHIVE_OK)
       throw SnapshotError("cannot write the pack", out, archive_error_string(w.a) ? archive_error_string(w.a) : "close failed");
@@ -694,15 +777,16 @@ std::string unpack(const std::string& file, const std::string& data_dir, const s
       throw SnapshotError("not a snapshot pack", file, "entries under both '" + src_name + "/' and '" + top + "/'");
     }
     if (type == AE_IFDIR) {
-      if (rel.empty() || rel == "segments") continue;
+      if (rel.empty() || rel == "segments" || rel == "identity") continue;
       throw SnapshotError("unexpected directory in snapshot pack", file + ": '" + path + "'", not_pack_hint);
     }
     if (type != AE_IFREG || archive_entry_hardlink(e) || archive_entry_symlink(e))
       throw SnapshotError("unexpected entry in snapshot pack", file + ": '" + path + "'",
                           "only regular files are allowed; " + not_pack_hint);
-    if (rel != "manifest.json" && (rel.rfind("segments/", 0) != 0 || rel.find('/', 9) != std::string::npos))
+    if (rel != "manifest.json" && ((rel.rfind("segments/", 0) != 0 && rel.rfind("identity/", 0) != 0) ||
+                                   rel.find('/', 9) != std::string::npos))
       throw SnapshotError("unexpected file in snapshot pack", file + ": '" + path + "'",
-                          "a pack holds NAME/manifest.json and NAME/segments/*; " + not_pack_hint);
+                          "a pack holds NAME/manifest.json, NAME/segments/* and NAME/identity/*; " + not_pack_hint);
     if (rel == "manifest.json") saw_manifest = true;
     const int64_t size = archive_entry_size(e);
     total += size > 0 ? static_cast<uint64_t>(size) : 0;
@@ -711,6 +795,8 @@ std::string unpack(const std::string& file, const std::string& data_dir, const s
                           "unpacking needs more than " + format_size(total) + ", " + format_size(used) + " of " +
                               format_size(storage_size) + " (tap.snapshots.storageSize) already used");
     const std::string dst = tmp->path + "/" + rel;
+    if (rel.rfind("identity/", 0) == 0 && ::mkdir((tmp->path + "/identity").c_str(), 0750) != 0 && errno != EEXIST)
+      throw SnapshotError("cannot create directory", tmp->path + "/identity", errno_str());
     int fd = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0) {
       const int e2 = errno;

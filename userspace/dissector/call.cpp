@@ -2,7 +2,6 @@
 
 #include <arpa/inet.h>
 
-#include <cinttypes>
 #include <cstdio>
 #include <ctime>
 
@@ -30,16 +29,31 @@ std::vector<std::string> flag_names(uint32_t flags) {
   return out;
 }
 
+// Both run for every call the DB stores: formatted by hand, as inet_ntop
+// (IPv4) and "%016" PRIx64 would, at a fraction of their cost.
 std::string Endpoint::ip() const {
-  char buf[INET6_ADDRSTRLEN] = {};
-  inet_ntop(ip_version == 6 ? AF_INET6 : AF_INET, addr, buf, sizeof buf);
-  return buf;
+  if (ip_version == 6) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    inet_ntop(AF_INET6, addr, buf, sizeof buf);
+    return buf;
+  }
+  char buf[16];  // "255.255.255.255"
+  char* p = buf;
+  for (int i = 0; i < 4; i++) {
+    unsigned v = addr[i];
+    if (v >= 100) *p++ = static_cast<char>('0' + v / 100);
+    if (v >= 10) *p++ = static_cast<char>('0' + v / 10 % 10);
+    *p++ = static_cast<char>('0' + v % 10);
+    if (i < 3) *p++ = '.';
+  }
+  return std::string(buf, p);
 }
 
 std::string Call::id() const {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, key);
-  return buf;
+  static const char kHex[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15, shift = 0; i >= 0; i--, shift += 4) out[i] = kHex[(key >> shift) & 15];
+  return out;
 }
 
 int64_t Call::duration_us() const {

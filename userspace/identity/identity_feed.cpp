@@ -85,6 +85,7 @@ struct IdentityFeed::Impl {
     if (!started) {
       if (!may_look() || !dir_exists()) return;
       pick_start(ts);
+      looked = false;  // the chosen segment is opened at once
     }
     const uint64_t target = ts > UINT64_MAX - lookahead ? UINT64_MAX : ts + lookahead;
     if (held) {

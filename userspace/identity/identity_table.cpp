@@ -556,10 +556,12 @@ struct IdentityTable::Impl {
       if (auto c = cache.find(key); c != cache.end() && c->second.generation == generation) return c->second.ptr;
       auto id = std::make_shared<EndpointIdentity>();
       id->pid = s->tgid;
+      // The process's name: its main thread's, as exec or the scan saw it; a
+      // socket may be created by a thread with a name of its own.
       id->process = comm_string(s->comm);
       if (const ProcEntry* p = s->tgid ? find_process(s->tgid, ts) : nullptr) {
         id->exe = p->exe;
-        if (id->process.empty()) id->process = p->comm;
+        if (!p->comm.empty()) id->process = p->comm;
       }
       const CgroupEntry* cg = nullptr;
       if (auto it = cgroups.find(s->cgroup); it != cgroups.end()) cg = &it->second;

@@ -31,6 +31,7 @@
 #include "identity_recorder.hpp"
 #include "interfaces.hpp"
 #include "kube_watcher.hpp"
+#include "socket_owner.hpp"
 #include "metrics_exporter.hpp"
 #include "ring_drain.hpp"
 #include "segment.hpp"
@@ -149,6 +150,7 @@ struct Sensor::Impl {
   std::unique_ptr<IdentityCollector> ident;
   std::unique_ptr<IdentityRecorder> recorder;
   std::unique_ptr<KubeWatcher> kube;
+  std::unique_ptr<SocketOwnerResolver> owners;  // sockets older than the hooks
   std::string ident_error;  // why process identity is off, if it failed to start
   std::string node_name;
   PodTargets targets;
@@ -278,6 +280,7 @@ struct Sensor::Impl {
     const uint64_t now = clock_ns(CLOCK_REALTIME);
     recorder->set_self({node_name, local_addresses()}, now);
     if (ident) {
+      owners = std::make_unique<SocketOwnerResolver>(ident->cgroup2_mount());
       for (auto& p : ident->scan_processes()) {
         identity::ProcessRecord r;
         r.ts_ns = now;
@@ -304,7 +307,18 @@ struct Sensor::Impl {
 
   void drain_identity() {
     if (!ident || !recorder) return;
-    size_t n = ident->drain([this](const tw_sock_event& ev) { recorder->socket(ev); },
+    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
+    size_t n = ident->drain(
+        [this, now](const tw_sock_event& ev) {
+          if (ev.type == TW_IDENT_SOCK_OPEN && ev.tgid == 0 && owners) {
+            // Created before the hooks: its owner from /proc, as `ss -p` finds it.
+            tw_sock_event known = ev;
+            if (auto path = ident->cgroup_path(ev.cgroup_id)) owners->resolve(known, *path, now);
+            recorder->socket(known);
+            return;
+          }
+          recorder->socket(ev);
+        },
                             [this](const tw_exec_event& ev) {
                               identity::ProcessRecord r;
                               r.ts_ns = ev.ts_ns;
@@ -380,6 +394,7 @@ struct Sensor::Impl {
       j["events"] = emitted;
       j["drops"] = drops;
       j["cgroup2"] = ident->cgroup2_mount();
+      if (owners) j["owners"] = {{"lookups", owners->lookups()}, {"found", owners->found()}};
     }
     if (recorder) {
       auto& r = recorder->stats();
