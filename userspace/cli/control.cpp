@@ -9,6 +9,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -60,6 +61,10 @@ struct ControlOptions {
   std::string data_dir, socket;
   std::string action;
   bool json = false;
+  // tapwire targets
+  std::string regex;
+  std::vector<std::string> namespaces, excluded;
+  bool all = false;
 };
 
 std::string socket_path(const ControlOptions& o) { return o.socket.empty() ? o.data_dir + "/control.sock" : o.socket; }
@@ -86,6 +91,18 @@ int run_request(const ControlOptions& o, const nlohmann::json& req) {
     if (d.value("enabled", false) && d.value("stop_after_s", 0.0) > 0)
       std::printf(", stops after %.0f s without activity", d.value("stop_after_s", 0.0));
     std::printf("\n");
+  } else if (reply->contains("targets")) {
+    const auto& t = (*reply)["targets"];
+    auto list = [](const nlohmann::json& a) {
+      std::string s;
+      for (auto& x : a) s += (s.empty() ? "" : ",") + x.get<std::string>();
+      return s.empty() ? std::string("-") : s;
+    };
+    std::printf("pod targeting: %s; regex %s, namespaces %s, excluded %s; %d of %d pods targeted, %d addresses\n",
+                t.value("active", false) ? "on" : "off (every pod and the node)", t.value("regex", "").c_str(),
+                list(t.value("namespaces", nlohmann::json::array())).c_str(),
+                list(t.value("excludedNamespaces", nlohmann::json::array())).c_str(), t.value("targeted_pods", 0),
+                t.value("pods", 0), t.value("addresses", 0));
   } else {
     std::printf("ok\n");
   }
@@ -116,6 +133,25 @@ void register_control(CLI::App& app, Action& action) {
   cfg->add_option("action", c->action, "reload")->required()->check(CLI::IsMember({"reload"}));
   add_socket_options(*cfg, *c);
   cfg->callback([c, &action] { action = [c] { return run_request(*c, {{"cmd", "config"}, {"action", "reload"}}); }; });
+
+  auto t = std::make_shared<ControlOptions>();
+  CLI::App* tg = app.add_subcommand(
+      "targets", "Show or set pod targeting (tap.regex, tap.namespaces, tap.excludedNamespaces) until the next reload");
+  tg->add_option("--regex", t->regex, "capture only pods whose name matches this POSIX extended regex");
+  tg->add_option("--namespace", t->namespaces, "capture only pods in this namespace (repeatable)");
+  tg->add_option("--exclude-namespace", t->excluded, "never capture pods in this namespace (repeatable)");
+  tg->add_flag("--all", t->all, "target everything again (no rule)");
+  add_socket_options(*tg, *t);
+  tg->callback([t, tg, &action] {
+    const bool set = t->all || tg->count("--regex") || tg->count("--namespace") || tg->count("--exclude-namespace");
+    nlohmann::json req = {{"cmd", "targets"}, {"action", set ? "set" : "get"}};
+    if (set) {
+      req["regex"] = t->all || !tg->count("--regex") ? ".*" : t->regex;
+      req["namespaces"] = t->all ? std::vector<std::string>{} : t->namespaces;
+      req["excludedNamespaces"] = t->all ? std::vector<std::string>{} : t->excluded;
+    }
+    action = [t, req] { return run_request(*t, req); };
+  });
 }
 
 }  // namespace tapwire::cli

@@ -29,12 +29,12 @@ int quiet_print(enum libbpf_print_level level, const char* fmt, va_list args) {
   return 0;
 }
 
-// What the identity programs need, found by trying with fewer (report in
-// tests/integration/test_identity_bpf.py's header): loading cgroup_skb and
-// cgroup_sock programs takes CAP_BPF + CAP_NET_ADMIN, the raw tracepoints and
-// their reads of kernel memory CAP_PERFMON (without it the verifier refuses
-// them: EINVAL); attaching to the cgroup root needs no more than an fd of its
-// directory. CAP_SYS_ADMIN alone covers all three.
+// What the identity programs need, found by running with fewer (setpriv
+// --bounding-set; tests/integration/test_identity_bpf.py checks it): loading
+// cgroup_skb and cgroup_sock programs takes CAP_BPF + CAP_NET_ADMIN, the raw
+// tracepoints and their reads of kernel memory CAP_PERFMON (without it the
+// verifier refuses them: EINVAL); attaching to the cgroup root then needs no
+// more than an fd of its directory. CAP_SYS_ADMIN alone covers all three.
 constexpr const char* kCapsHint = "run as root, or with the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN";
 
 bool has_cap(int cap) {
@@ -53,7 +53,8 @@ std::string missing_caps() {
   return out;
 }
 
-// what: "cannot ..."; then the error, then what to do about it.
+// what: "cannot ..."; then the error, then what to do about it. when_capable:
+// the likely cause of EPERM/EACCES/EINVAL when no capability is missing.
 [[noreturn]] void fail(const std::string& what, int err, const char* when_capable = nullptr) {
   err = err < 0 ? -err : err;
   std::string hint;
@@ -61,7 +62,7 @@ std::string missing_caps() {
     hint = std::string(": ") + kCapsHint + " (missing: " + missing + ")";
   } else if ((err == ESRCH || err == ENOENT || err == EINVAL) && access("/sys/kernel/btf/vmlinux", R_OK) != 0) {
     hint = ": the kernel exposes no BTF (/sys/kernel/btf/vmlinux): use a kernel built with CONFIG_DEBUG_INFO_BTF=y";
-  } else if (when_capable) {
+  } else if (when_capable && (err == EPERM || err == EACCES || err == EINVAL)) {
     hint = std::string(": ") + when_capable;
   }
   throw std::runtime_error(what + ": " + std::strerror(err) + hint);

@@ -158,10 +158,14 @@ int main(int argc, char** argv) {
 
   std::vector<std::thread> threads;
   for (auto r : resources) {
-    bool wait_owners = r == k::Resource::Pods && (watched(k::Resource::ReplicaSets) || watched(k::Resource::Jobs));
-    threads.emplace_back([&shared, r, wait_owners] {
+    std::vector<k::Resource> wait_for;
+    if (r == k::Resource::Pods) {
+      for (auto dep : {k::Resource::ReplicaSets, k::Resource::Jobs})
+        if (watched(dep)) wait_for.push_back(dep);
+    }
+    threads.emplace_back([&shared, r, wait_for] {
       try {
-        Reflector(r, shared, wait_owners).run();
+        Reflector(r, shared, wait_for).run();
       } catch (const std::exception& e) {  // a bug or out of memory: stop whole, the parent restarts us
         log_line(std::string(k::info(r).name) + ": stopped: " + e.what());
         shared.request_stop();

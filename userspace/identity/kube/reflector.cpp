@@ -62,11 +62,11 @@ void Shared::wait_listed(k::Resource r, milliseconds max) {
   cv_.wait_for(lk, max, [&] { return stop.load() || listed_[static_cast<size_t>(r)]; });
 }
 
-Reflector::Reflector(k::Resource r, Shared& s, bool wait_for_owners)
+Reflector::Reflector(k::Resource r, Shared& s, std::vector<k::Resource> wait_for)
     : r_(r),
       info_(k::info(r)),
       s_(s),
-      wait_for_owners_(wait_for_owners),
+      wait_for_(std::move(wait_for)),
       http_(s.creds, s.tokens, s.stop),
       backoff_(s.opts.backoff_scale) {}
 
@@ -334,13 +334,11 @@ Reflector::WatchResult Reflector::watch() {
 }
 
 void Reflector::run() {
-  if (wait_for_owners_) {
-    // Owners first, so that pods are reported with them from the start.
-    auto deadline = Clock::now() + s_.opts.owners_wait;
-    for (auto dep : {k::Resource::ReplicaSets, k::Resource::Jobs}) {
-      auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-      if (left.count() > 0) s_.wait_listed(dep, left);
-    }
+  // Owners first, so that pods are reported with them from the start.
+  auto deadline = Clock::now() + s_.opts.owners_wait;
+  for (auto dep : wait_for_) {
+    auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    if (left.count() > 0) s_.wait_listed(dep, left);
   }
   bool need_list = true, forced = false;
   while (!s_.stop) {

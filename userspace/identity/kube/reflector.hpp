@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "credentials.hpp"
 #include "http.hpp"
@@ -61,7 +62,9 @@ class Shared {
 
 class Reflector {
  public:
-  Reflector(k::Resource r, Shared& s, bool wait_for_owners);
+  // wait_for: resources whose first list this one waits for (pods: the
+  // watched ones of replicasets and jobs).
+  Reflector(k::Resource r, Shared& s, std::vector<k::Resource> wait_for);
   void run();
 
  private:
@@ -88,7 +91,7 @@ class Reflector {
   k::Resource r_;
   const k::ResourceInfo& info_;
   Shared& s_;
-  bool wait_for_owners_;
+  std::vector<k::Resource> wait_for_;
   HttpClient http_;
   k::ObjectSet objects_;
   k::Backoff backoff_;
