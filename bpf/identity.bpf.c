@@ -46,8 +46,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * cycles through them. */
 #define TW_UDP_LOCAL_SLOTS 4
 
-/* Start-up knob, set through the skeleton's rodata before load. */
+/* Start-up knobs, set through the skeleton's rodata before load. */
 const volatile __u64 tw_ident_wakeup_bytes = 64 * 1024; /* wake userspace once this much is queued */
+/* Whether cgroup_skb programs may call bpf_get_netns_cookie (only kernels
+ * since 2025 let them; userspace probes it). A constant at load time, so on
+ * older kernels the verifier never walks the call and accepts the program. */
+const volatile bool tw_skb_netns_cookie = true;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -286,6 +290,26 @@ static __always_inline int parse_tuple(struct __sk_buff *skb, __u8 l4, struct tw
 	return 0;
 }
 
+/* The network namespace of a socket older than the hooks (no sock_create
+ * saw it). Without the skb helper: through the socket's BTF type, which the
+ * skc_to_* helpers give for TCP and IPv6 UDP sockets; IPv4 UDP then reads 0
+ * (unknown). */
+static __always_inline __u64 netns_cookie_of(struct __sk_buff *skb, struct bpf_sock *fsk)
+{
+	struct tcp_sock *tp;
+	struct udp6_sock *u6;
+
+	if (tw_skb_netns_cookie)
+		return bpf_get_netns_cookie(skb);
+	tp = bpf_skc_to_tcp_sock(fsk);
+	if (tp)
+		return tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->net_cookie;
+	u6 = bpf_skc_to_udp6_sock(fsk);
+	if (u6)
+		return u6->udp.inet.sk.__sk_common.skc_net.net->net_cookie;
+	return 0;
+}
+
 static __always_inline int same_local(const struct tw_local_addr *s, __u8 ver, const __u8 *addr)
 {
 	if (s->ip_version != ver)
@@ -399,7 +423,7 @@ static __always_inline void announce(struct __sk_buff *skb, struct bpf_sock *sk,
 		 * writes the same values): fill it as a socket of unknown
 		 * creator. */
 		st->ev.cgroup_id = bpf_sk_cgroup_id(fsk);
-		st->ev.netns_cookie = bpf_get_netns_cookie(skb);
+		st->ev.netns_cookie = netns_cookie_of(skb, fsk);
 		st->ev.l4_proto = l4;
 		st->ev.cookie = cookie;
 		st->family = fsk->family;

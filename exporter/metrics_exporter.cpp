@@ -21,6 +21,14 @@ using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;
 
+// j[key] when it is an object, else an empty one: the status comes from a
+// file and is never trusted to have the expected shape.
+json obj(const json& j, const char* key) {
+  if (!j.is_object()) return json::object();
+  auto it = j.find(key);
+  return it != j.end() && it->is_object() ? *it : json::object();
+}
+
 double num(const json& j, const char* key) {
   if (!j.is_object()) return 0;
   auto it = j.find(key);
@@ -90,6 +98,8 @@ std::vector<MetricFamily> sensor_families(const json& s) {
                     .add(num(c, "filtered"), {{"reason", "filtered"}})
                     .add(num(c, "not_tcp_udp"), {{"reason", "not_tcp_udp"}})
                     .add(num(c, "empty_ack"), {{"reason", "empty_ack"}})
+                    .add(num(c, "not_targeted"), {{"reason", "not_targeted"}})
+                    .add(num(c, "duplicate"), {{"reason", "duplicate"}})
                     .f);
   out.push_back(FamilyBuilder("tapwire_packets_truncated_total", "Packets whose payload was cut (flagged)",
                               MetricType::Counter)
@@ -146,6 +156,76 @@ std::vector<MetricFamily> sensor_families(const json& s) {
                               MetricType::Counter)
                     .add(num(d, "restarts"))
                     .f);
+  const json id = obj(s, "identity");
+  if (id.value("enabled", false) == true) {
+    FamilyBuilder ev("tapwire_identity_events_total", "Socket and process events from the identity hooks, by type",
+                     MetricType::Counter);
+    const json events = obj(id, "events");
+    for (auto& [k, v] : events.items()) ev.add(v.is_number() ? v.get<double>() : 0, {{"type", k}});
+    out.push_back(ev.f);
+    FamilyBuilder idrops("tapwire_identity_drops_total", "Identity events lost, by reason", MetricType::Counter);
+    const json id_drops = obj(id, "drops");
+    for (auto& [k, v] : id_drops.items())
+      idrops.add(v.is_number() ? v.get<double>() : 0, {{"reason", k}});
+    out.push_back(idrops.f);
+    const json stream = obj(id, "stream");
+    out.push_back(FamilyBuilder("tapwire_identity_records_total", "Records written to the identity stream",
+                                MetricType::Counter)
+                      .add(num(stream, "records"))
+                      .f);
+    out.push_back(FamilyBuilder("tapwire_identity_stored_bytes", "Bytes of identity segment files", MetricType::Gauge)
+                      .add(num(stream, "bytes_stored"))
+                      .f);
+    FamilyBuilder live("tapwire_identity_live", "Live sockets, processes, cgroups and Kubernetes objects the sensor keeps",
+                       MetricType::Gauge);
+    const json live_counts = obj(id, "live");
+    for (auto& [k, v] : live_counts.items()) live.add(v.is_number() ? v.get<double>() : 0, {{"kind", k}});
+    out.push_back(live.f);
+    const json k8s = obj(id, "kubernetes");
+    if (k8s.value("enabled", false) == true) {
+      FamilyBuilder synced("tapwire_kubernetes_synced",
+                           "1 when the resource's list completed and its watch runs; 0 while identity from it is unknown",
+                           MetricType::Gauge);
+      const json resources = obj(k8s, "resources");
+      for (auto& [res, v] : resources.items())
+        synced.add(v.is_object() && v.value("state", json()) == "synced" ? 1 : 0, {{"resource", res}});
+      out.push_back(synced.f);
+      out.push_back(FamilyBuilder("tapwire_kubernetes_sync_failures_total",
+                                  "Times a resource's list or watch failed (identity then reads unknown)",
+                                  MetricType::Counter)
+                        .add(num(k8s, "sync_failures"))
+                        .f);
+      const json w = obj(k8s, "watcher");
+      out.push_back(FamilyBuilder("tapwire_kubernetes_watcher_restarts_total", "tapwire-kube-watch restarts",
+                                  MetricType::Counter)
+                        .add(num(w, "restarts"))
+                        .f);
+      out.push_back(FamilyBuilder("tapwire_kubernetes_objects_refused_total",
+                                  "Objects from tapwire-kube-watch refused by the sensor's checks", MetricType::Counter)
+                        .add(num(w, "invalid"))
+                        .f);
+      FamilyBuilder req("tapwire_kubernetes_api_requests_total", "Requests to the Kubernetes API, by resource and verb",
+                        MetricType::Counter);
+      const json requests = obj(obj(k8s, "stats"), "requests");
+      for (auto& [k, v] : requests.items()) {
+          auto slash = k.find('/');
+          req.add(v.is_number() ? v.get<double>() : 0,
+                  {{"resource", k.substr(0, slash)}, {"verb", slash == std::string::npos ? "" : k.substr(slash + 1)}});
+        }
+      out.push_back(req.f);
+    }
+    const json t = obj(id, "targets");
+    out.push_back(FamilyBuilder("tapwire_targeting_active", "1 while pod targeting narrows the capture", MetricType::Gauge)
+                      .add(t.value("active", json()) == true ? 1 : 0)
+                      .f);
+    out.push_back(FamilyBuilder("tapwire_targeted_pods", "Pods whose traffic is captured under pod targeting",
+                                MetricType::Gauge)
+                      .add(num(t, "targeted_pods"))
+                      .f);
+    out.push_back(FamilyBuilder("tapwire_target_addresses", "Addresses in the kernel's target set", MetricType::Gauge)
+                      .add(num(t, "addresses"))
+                      .f);
+  }
   FamilyBuilder cpu("tapwire_process_cpu_seconds_total", "CPU time of tapwire's processes", MetricType::Counter);
   FamilyBuilder rss("tapwire_process_resident_memory_bytes", "Resident memory of tapwire's processes",
                     MetricType::Gauge);
@@ -157,6 +237,11 @@ std::vector<MetricFamily> sensor_families(const json& s) {
   if (long pid = static_cast<long>(num(d, "pid")); pid > 0 && process_usage(pid, c1, r1)) {
     cpu.add(c1, {{"process", "dissector"}});
     rss.add(r1, {{"process", "dissector"}});
+  }
+  const json watcher = obj(obj(obj(s, "identity"), "kubernetes"), "watcher");
+  if (long pid = static_cast<long>(num(watcher, "pid")); pid > 0 && process_usage(pid, c1, r1)) {
+    cpu.add(c1, {{"process", "kube-watch"}});
+    rss.add(r1, {{"process", "kube-watch"}});
   }
   out.push_back(cpu.f);
   out.push_back(rss.f);

@@ -68,12 +68,16 @@ int main(int argc, char** argv) {
   uint32_t ring_bytes = 4u << 20;
   uint64_t wakeup_bytes = 64u << 10;
   std::string cgroup2;
-  app.add_option("--seconds", seconds, "stop after this many seconds (0: at SIGINT/SIGTERM)")->check(CLI::NonNegativeNumber);
+  app.add_option("--seconds", seconds, "stop after this many seconds (0: at SIGINT/SIGTERM)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--scan", scan, "print the processes in /proc first");
   app.add_flag("--quiet", quiet, "drain but print only the ready and counters lines (for benchmarks)");
   app.add_option("--ring-bytes", ring_bytes, "ring buffer size")->check(CLI::Range(4096u, 1u << 30));
   app.add_option("--wakeup-bytes", wakeup_bytes, "queued bytes that wake the reader");
   app.add_option("--cgroup2", cgroup2, "cgroup v2 mount point (default: from /proc/self/mountinfo)");
+  bool no_skb_netns = false;
+  app.add_flag("--no-skb-netns-helper", no_skb_netns,
+               "find the netns of sockets older than the hooks as kernels without the cgroup_skb helper must (tests)");
   CLI11_PARSE(app, argc, argv);
 
   std::signal(SIGINT, on_signal);
@@ -83,6 +87,7 @@ int main(int argc, char** argv) {
     opt.ring_bytes = ring_bytes;
     opt.wakeup_bytes = wakeup_bytes;
     opt.cgroup2_mount = cgroup2;
+    opt.skb_netns_cookie_helper = !no_skb_netns;
     IdentityCollector c(opt);
     print({{"type", "ready"}, {"cgroup2", c.cgroup2_mount()}, {"prog_ids", c.prog_ids()},
            {"ring_bytes", c.ring_bytes()}, {"pid", getpid()}});

@@ -61,15 +61,16 @@ std::vector<std::string> identity_columns() {  // "name TYPE", in table order
   return out;
 }
 
-// Partial indexes: a call without identity (NULL) costs no index insert,
-// and `x = ?` implies `x IS NOT NULL`, so the filters on namespace and
-// service (either end: a multi-index OR) use them.
+// Namespace, the filter that scopes the others, is indexed at both ends.
+// Partial indexes: a call without identity (NULL) adds no entry, and
+// `x = ?` implies `x IS NOT NULL`, so the either-end filter uses both (a
+// multi-index OR). Each index still costs every insert a cursor, and each
+// entry a B-tree insert (docs/DISSECTION_DB.md has the numbers): the
+// other identity filters scan.
 const char* kIndexes = R"sql(
 CREATE INDEX IF NOT EXISTS calls_ts ON calls(ts_ns);
 CREATE INDEX IF NOT EXISTS calls_src_namespace ON calls(src_namespace) WHERE src_namespace IS NOT NULL;
 CREATE INDEX IF NOT EXISTS calls_dst_namespace ON calls(dst_namespace) WHERE dst_namespace IS NOT NULL;
-CREATE INDEX IF NOT EXISTS calls_src_service ON calls(src_service) WHERE src_service IS NOT NULL;
-CREATE INDEX IF NOT EXISTS calls_dst_service ON calls(dst_service) WHERE dst_service IS NOT NULL;
 )sql";
 
 std::string column_names(const std::string& prefix = "") {  // "node, src_pid, ..."

@@ -48,7 +48,8 @@ bool has_cap(int cap) {
 std::string missing_caps() {
   if (has_cap(CAP_SYS_ADMIN)) return "";
   std::string out;
-  for (auto [cap, name] : {std::pair{CAP_BPF, "CAP_BPF"}, {CAP_PERFMON, "CAP_PERFMON"}, {CAP_NET_ADMIN, "CAP_NET_ADMIN"}})
+  for (auto [cap, name] :
+       {std::pair{CAP_BPF, "CAP_BPF"}, {CAP_PERFMON, "CAP_PERFMON"}, {CAP_NET_ADMIN, "CAP_NET_ADMIN"}})
     if (!has_cap(cap)) out += (out.empty() ? "" : ", ") + std::string(name);
   return out;
 }
@@ -129,7 +130,13 @@ uint64_t IdentityCounters::total_drops() const {
   return n;
 }
 
-IdentityCollector::IdentityCollector(uint32_t ring_bytes) : IdentityCollector(IdentityOptions{ring_bytes, 64u << 10, {}}) {}
+static IdentityOptions with_ring_bytes(uint32_t ring_bytes) {
+  IdentityOptions o;
+  o.ring_bytes = ring_bytes;
+  return o;
+}
+
+IdentityCollector::IdentityCollector(uint32_t ring_bytes) : IdentityCollector(with_ring_bytes(ring_bytes)) {}
 
 IdentityCollector::IdentityCollector(const IdentityOptions& opt) {
   libbpf_set_print(quiet_print);
@@ -144,6 +151,10 @@ IdentityCollector::IdentityCollector(const IdentityOptions& opt) {
   skel_ = identity_bpf::open();
   if (!skel_) fail("cannot open the identity BPF object", errno);
   skel_->rodata->tw_ident_wakeup_bytes = opt.wakeup_bytes;
+  // 1: the kernel lets cgroup_skb programs call it; 0 or an error: it does not.
+  skel_->rodata->tw_skb_netns_cookie =
+      opt.skb_netns_cookie_helper &&
+      libbpf_probe_bpf_helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_get_netns_cookie, nullptr) == 1;
   if (int err = bpf_map__set_max_entries(skel_->maps.tw_ident_ring, ring_bytes_); err) {
     release();
     fail("cannot size the identity ring buffer to " + std::to_string(ring_bytes_) + " bytes", err);

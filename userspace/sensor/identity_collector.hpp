@@ -52,6 +52,10 @@ struct IdentityOptions {
   uint32_t ring_bytes = 4u << 20;  // rounded up to a power of two of pages
   uint64_t wakeup_bytes = 64u << 10;  // the programs wake a poller once this much is queued
   std::string cgroup2_mount;  // empty: found in /proc/self/mountinfo
+  // The netns cookie of sockets older than the hooks: from the cgroup_skb
+  // helper where the kernel has it (added in 2025), else from the socket's BTF type.
+  // false forces the latter (tests of what older kernels do).
+  bool skb_netns_cookie_helper = true;
 };
 
 // Not thread-safe: one thread drains, reads counters and resolves cgroups.

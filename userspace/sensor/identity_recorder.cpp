@@ -16,12 +16,18 @@ using identity::WorkloadRecord;
 IdentityRecorder::IdentityRecorder(IdentityRecorderOptions opts,
                                    std::function<std::optional<std::string>(uint64_t)> cgroup_path)
     : opts_(std::move(opts)), cgroup_path_(std::move(cgroup_path)) {
+  open_store(opts_.segment_size);
+}
+
+void IdentityRecorder::open_store(uint64_t segment_size) {
+  store_.reset();  // seals the open segment: the next one starts with a dump
   shm::StoreOptions so;
   so.dir = opts_.dir;
   so.storage_size = opts_.storage_size;
-  so.segment_size = opts_.segment_size;
+  so.segment_size = segment_size;
   so.max_segment_age_ns = opts_.max_segment_age_ns;
   store_ = std::make_unique<shm::SegmentStore>(so);
+  segment_size_ = store_->options().segment_size;
   store_->on_open([this](shm::SegmentWriter& w) { dump(w); });
 }
 
@@ -105,6 +111,10 @@ void IdentityRecorder::process(const ProcessRecord& p) {
 void IdentityRecorder::workload(const identity::Workload& w, uint64_t now_ns) {
   const std::string key = w.state_key();
   if (!key.empty()) {
+    if (auto b = object_bytes_.find(key); b != object_bytes_.end()) {
+      objects_bytes_ -= b->second;
+      object_bytes_.erase(b);
+    }
     if (w.op == identity::WorkloadOp::Delete) {
       objects_.erase(key);
     } else {
@@ -116,6 +126,9 @@ void IdentityRecorder::workload(const identity::Workload& w, uint64_t now_ns) {
       }
       // Kept with the time it was first seen: a dump restates it from then.
       objects_[key] = WorkloadRecord{first, TW_IDENT_REC_F_DUMP, w};
+      const uint64_t size = identity::to_json(w).size() + sizeof(tw_seg_workload) + 32;
+      object_bytes_[key] = size;
+      objects_bytes_ += size;
     }
     st_.objects = objects_.size();
   }
@@ -126,12 +139,20 @@ void IdentityRecorder::dump(shm::SegmentWriter& w) {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
   const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-  uint64_t n = 0;
+  uint64_t n = 0, bytes = 0;
   bool complete = true;
+  // The dump takes at most 3/4 of the segment: the events that follow must
+  // fit too, or every one of them would open a new segment with a new dump.
+  const uint64_t budget = w.capacity() / 4 * 3;
   auto put = [&](const IdentityRecord& r) {
-    if (!complete) return;
     auto [body, type] = identity::encode(r);
-    if (!w.append(type, body, {}, identity::record_ts(r))) complete = false;
+    bytes += shm::SegmentWriter::record_size(body.size());
+    if (!complete) return;
+    if (w.used() + shm::SegmentWriter::record_size(body.size()) > budget ||
+        !w.append(type, body, {}, identity::record_ts(r))) {
+      complete = false;
+      return;
+    }
     n++;
   };
   put(DumpRecord{now, TW_DUMP_BEGIN, 0});
@@ -152,16 +173,26 @@ void IdentityRecorder::dump(shm::SegmentWriter& w) {
       e.flags |= TW_SOCK_F_DUMP;
       put(SocketRecord{e});
     }
-  put(DumpRecord{now, TW_DUMP_END, n});
+  if (!complete) {
+    // What did fit stays a valid stream; the end marker is written anyway
+    // (its count tells a reader how much there is).
+    complete = true;
+    const uint64_t kept = n;
+    auto [body, type] = identity::encode(DumpRecord{now, TW_DUMP_END, kept});
+    w.append(type, body, {}, now);
+    st_.dumps_incomplete++;
+    if (!warned_incomplete_)
+      std::fprintf(stderr,
+                   "tapwire-sensor: the identity state (%llu bytes) does not fit an identity segment: "
+                   "raise tap.identity.storageSize (a segment is at most a quarter of it)\n",
+                   static_cast<unsigned long long>(bytes));
+    warned_incomplete_ = true;
+  } else {
+    put(DumpRecord{now, TW_DUMP_END, n});
+  }
+  last_dump_bytes_ = bytes;
   st_.dumps++;
   st_.dump_records += n;
-  if (!complete) {
-    st_.dumps_incomplete++;
-    std::fprintf(stderr,
-                 "tapwire-sensor: the identity state dump did not fit one identity segment (%llu records): "
-                 "raise tap.identity.storageSize\n",
-                 static_cast<unsigned long long>(n));
-  }
 }
 
 void IdentityRecorder::publish() { store_->publish(); }
@@ -169,7 +200,24 @@ void IdentityRecorder::publish() { store_->publish(); }
 // Rotation by age seals the segment; the next record opens the next one,
 // dump first. A quiet stream needs no new dump: the last one and the few
 // events after it still tell the state.
-void IdentityRecorder::tick(uint64_t now_real_ns) { store_->tick(now_real_ns); }
+// About what a dump of the live state takes (record headers included).
+uint64_t IdentityRecorder::state_bytes() const {
+  uint64_t n = objects_bytes_ + 4096;
+  n += sockets_.size() * (sizeof(tw_sock_event) + 16);  // most sockets have one address
+  n += processes_.size() * (sizeof(tw_seg_process) + 16 + 64);
+  n += cgroups_.size() * (sizeof(tw_seg_cgroup) + 16 + 160);
+  return n;
+}
+
+void IdentityRecorder::tick(uint64_t now_real_ns) {
+  store_->tick(now_real_ns);
+  // Segments grow with the state they restate: a dump fills at most half of
+  // one, up to a quarter of the storage.
+  const uint64_t cap = std::max<uint64_t>(opts_.storage_size / 4 / 4096 * 4096, 1u << 20);
+  const uint64_t need = std::max(last_dump_bytes_, state_bytes());
+  const uint64_t want = std::min(cap, std::max(opts_.segment_size, (need * 2 + 4096) / 4096 * 4096 + 4096));
+  if (want > segment_size_ && segment_size_ < cap) open_store(want);
+}
 
 void IdentityRecorder::rotate() { store_->rotate(); }
 

@@ -73,6 +73,13 @@ class IdentityRecorder {
   std::unordered_map<uint32_t, identity::ProcessRecord> processes_;
   std::unordered_map<uint64_t, identity::CgroupRecord> cgroups_;
   std::map<std::string, identity::WorkloadRecord> objects_;  // by state key
+  uint64_t segment_size_ = 0;  // of the store now
+  uint64_t last_dump_bytes_ = 0;
+  std::map<std::string, uint64_t> object_bytes_;  // JSON size of each object kept, by state key
+  uint64_t objects_bytes_ = 0;
+  uint64_t state_bytes() const;
+  bool warned_incomplete_ = false;
+  void open_store(uint64_t segment_size);
   void append(const identity::IdentityRecord& r);
   void note_cgroup(uint64_t id, uint64_t ts);
   void dump(shm::SegmentWriter& w);

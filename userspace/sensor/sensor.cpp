@@ -343,13 +343,19 @@ struct Sensor::Impl {
         targets.upsert(*pod);
       targets_dirty = true;
     } else if (auto* sync = std::get_if<identity::SyncObject>(&w.object)) {
+      // One line when identity from the API becomes unknown or known again,
+      // not one per resource and retry (the watcher logs the details).
+      const std::string before = kube_state();
       auto& last = kube_sync[sync->resource];
-      if (last.is_null() || last.value("state", "") != sync->state) {
-        if (sync->state == "lost") kube_sync_failures++;
-        std::fprintf(stderr, "tapwire-sensor: Kubernetes %s: %s%s%s\n", sync->resource.c_str(), sync->state.c_str(),
-                     sync->error.empty() ? "" : ": ", sync->error.c_str());
-      }
+      if (sync->state == "lost" && (last.is_null() || last.value("state", "") != "lost")) kube_sync_failures++;
       last = {{"state", sync->state}, {"error", sync->error}, {"since_ns", now}};
+      const std::string after = kube_state();
+      if (after != before && after == "unknown" && sync->state == "lost")
+        std::fprintf(stderr,
+                     "tapwire-sensor: Kubernetes identity unknown (capture goes on): %s: %s; retrying with backoff\n",
+                     sync->resource.c_str(), sync->error.c_str());
+      else if (after != before && after == "synced")
+        std::fprintf(stderr, "tapwire-sensor: Kubernetes identity synced (%zu pods)\n", targets.pods());
     } else if (auto* stats = std::get_if<identity::StatsObject>(&w.object)) {
       kube_stats = {{"requests", stats->requests}, {"events", stats->events}, {"relists", stats->relists}};
       return;  // counters, not identity: not recorded
@@ -430,7 +436,8 @@ struct Sensor::Impl {
   // "unknown" otherwise (identity from the API cannot be trusted then).
   std::string kube_state() const {
     if (!kube) return "off";
-    if (kube_sync.empty()) return "unknown";
+    for (const char* needed : {"pods", "services", "endpointslices", "nodes"})
+      if (!kube_sync.count(needed)) return "unknown";
     for (auto& [name, s] : kube_sync)
       if (s.value("state", "") != "synced") return "unknown";
     return "synced";
