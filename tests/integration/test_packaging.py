@@ -26,7 +26,8 @@ KUBE = CONFIGS / "kubernetes"
 UNITS = ("tapwire-sensor.service", "tapwire-dissector.service")
 SKIP = 77
 
-SENSOR_CAPS = {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_RESOURCE"}
+SENSOR_CAPS = {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_RESOURCE", "CAP_SYS_PTRACE", "CAP_SETUID",
+               "CAP_SETGID"}
 KUBE_CAPS = {c.removeprefix("CAP_") for c in SENSOR_CAPS}
 KINDS = {  # kind -> apiVersion
     "DaemonSet": "apps/v1",
@@ -34,8 +35,14 @@ KINDS = {  # kind -> apiVersion
     "Namespace": "v1",
     "ServiceAccount": "v1",
     "Job": "batch/v1",
+    "ClusterRole": "rbac.authorization.k8s.io/v1",
+    "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
 }
-REQUIRED_KINDS = {"DaemonSet", "ConfigMap", "Namespace", "ServiceAccount"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+REQUIRED_KINDS = {"DaemonSet", "ConfigMap", "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+# What the Kubernetes watcher reads (docs/IDENTITY.md), and nothing more.
+RBAC_READ = {("", "pods"), ("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices"),
+             ("apps", "replicasets"), ("batch", "jobs")}
 
 
 def build_dir() -> Path:
@@ -229,7 +236,7 @@ class KubernetesManifests(unittest.TestCase):
             self.assertEqual(obj["apiVersion"], KINDS[kind], f"{name}: {kind}")
             self.assertIsInstance(obj["metadata"].get("name"), str, f"{name}: metadata.name")
             self.assertRegex(obj["metadata"]["name"], r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", name)
-            if kind != "Namespace":
+            if kind not in CLUSTER_SCOPED:
                 self.assertEqual(obj["metadata"].get("namespace"), namespace, f"{name}: metadata.namespace")
             string_maps_ok(obj, name, problems)
         self.assertEqual(problems, [])
@@ -301,6 +308,26 @@ class KubernetesManifests(unittest.TestCase):
         cm_volume = volumes[mount["name"]].get("configMap", {})
         self.assertEqual(cm_volume.get("name"), self.the("ConfigMap")["metadata"]["name"])
         self.assertIn(os.path.basename(config_path), self.the("ConfigMap")["data"])
+
+    def test_rbac_is_read_only_on_what_identity_needs(self):
+        role = self.the("ClusterRole")
+        granted = set()
+        for rule in role["rules"]:
+            self.assertEqual(sorted(rule["verbs"]), ["get", "list", "watch"], f"verbs of {rule}")
+            for g in rule["apiGroups"]:
+                for r in rule["resources"]:
+                    granted.add((g, r))
+        self.assertEqual(granted, RBAC_READ)
+        binding = self.the("ClusterRoleBinding")
+        self.assertEqual(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                              "name": role["metadata"]["name"]})
+        sa = self.the("ServiceAccount")
+        self.assertIn({"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                       "namespace": sa["metadata"]["namespace"]}, binding["subjects"])
+        spec = self.the("DaemonSet")["spec"]["template"]["spec"]
+        self.assertIs(spec.get("automountServiceAccountToken"), True, "the watcher needs the token")
+        env = {e["name"]: e for e in spec["containers"][0].get("env", [])}
+        self.assertEqual(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName")
 
     def test_dissect_job(self):
         if "Job" not in self.by_kind:
