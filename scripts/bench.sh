@@ -16,3 +16,5 @@ timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_run.py "$@"
 # Dissection (issue 3): tapwire-dissector vs tshark on one large wrk capture.
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_dissect.py
 timeout --signal=TERM --kill-after=30 1200 python3 scripts/bench_snapshot.py
+# Identity (issue 8): cost per packet and per call, memory per 10k pods, API requests per minute.
+timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_identity.py
