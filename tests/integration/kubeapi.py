@@ -404,20 +404,31 @@ def _wants_table(accept: str) -> bool:
 # --------------------------------------------------------------------------
 # The store
 
-@dataclass
 class _Entry:
-    obj: dict  # full object, kind and apiVersion included
-    body: bytes  # JSON without kind/apiVersion (list items omit them)
+    """One stored object: its JSON without kind/apiVersion (list items omit
+    them), and the parsed object unless it was bulk-loaded (then it is parsed
+    again when a selector or a Table needs it; 100k dicts would cost more
+    than they save)."""
+
+    __slots__ = ("kind", "body", "_obj")
+
+    def __init__(self, obj: dict, keep_obj: bool = True):
+        self.kind = obj["kind"]
+        self.body = _dumps({k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
+        self._obj = obj if keep_obj else None
+
+    @property
+    def obj(self) -> dict:
+        return self._obj if self._obj is not None else json.loads(self.full)
 
     @property
     def full(self) -> bytes:
-        k = KINDS[self.obj["kind"]]
+        k = KINDS[self.kind]
         return b'{"kind":"%s","apiVersion":"%s",' % (k.kind.encode(), k.api_version.encode()) + self.body[1:]
 
 
-def _entry(obj: dict) -> _Entry:
-    body = {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
-    return _Entry(obj, _dumps(body))
+def _entry(obj: dict, keep_obj: bool = True) -> _Entry:
+    return _Entry(obj, keep_obj)
 
 
 @dataclass
@@ -443,10 +454,11 @@ class _Watcher:
     def matches(self, e: _Entry | None) -> bool:
         if e is None:
             return False
-        m = e.obj["metadata"]
+        o = e.obj
+        m = o["metadata"]
         if self.namespace is not None and m.get("namespace") != self.namespace:
             return False
-        return self.labels(m.get("labels") or {}) and self.fields(e.obj)
+        return self.labels(m.get("labels") or {}) and self.fields(o)
 
 
 class _Conn:
@@ -669,7 +681,7 @@ class KubeApiServer:
                 k, key, o = self._prepare(obj, old, copy_obj=False)
                 self._rv += 1
                 o["metadata"]["resourceVersion"] = str(self._rv)
-                self._store[k.kind][key] = _entry(o)
+                self._store[k.kind][key] = _entry(o, keep_obj=False)
                 self._sorted[k.kind] = None
                 n += 1
             self._history.clear()
@@ -900,6 +912,10 @@ def _close_listener(sock) -> None:
     # alone leaves it accepting while the accept thread still polls it.
     _shutdown(sock)
     sock.close()
+
+
+def _everything(_e) -> bool:
+    return True
 
 
 def _shutdown(sock) -> None:
@@ -1200,9 +1216,14 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._status(410, "Expired", "The provided continue parameter is too old to display a "
                                         "consistent list result. You can start a new list without the continue "
                                         "parameter.")
-            items, more = api._page(k, snap, start, limit,
-                                    lambda e: (ns is None or e.obj["metadata"].get("namespace") == ns)
-                                    and lsel(e.obj["metadata"].get("labels") or {}) and fsel(e.obj))
+            if ns is None and not q.get("labelSelector") and not q.get("fieldSelector"):
+                pred = _everything
+            else:
+                def pred(e):
+                    o = e.obj
+                    return ((ns is None or o["metadata"].get("namespace") == ns)
+                            and lsel(o["metadata"].get("labels") or {}) and fsel(o))
+            items, more = api._page(k, snap, start, limit, pred)
         meta = {"resourceVersion": str(snap)}
         if more is not None:
             meta["continue"] = base64.urlsafe_b64encode(_dumps({"rv": snap, "start": list(more)})).decode().rstrip("=")

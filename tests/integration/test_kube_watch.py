@@ -834,6 +834,28 @@ class KubeWatchTest(unittest.TestCase):
         self.assert_no_bad_frames(w)
         self.assertEqual(w.stop(), 0)
 
+        # A reader that stops reading must not keep the watcher from stopping.
+        p = subprocess.Popen([str(watch_bin()), "--kubeconfig", str(kc), "--resources", "pods"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lab._die_with_parent(signal.SIGKILL))
+        try:
+            time.sleep(3)  # the pipe fills up and the watcher waits for it
+            self.assertIsNone(p.poll(), "the watcher exited with a full stdout")
+            t = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+            rc = p.wait(15)
+            took = time.monotonic() - t
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        err = p.stderr.read().decode(errors="replace")
+        p.stdout.close()
+        p.stderr.close()
+        print(f"stdout never read: exit {rc} {took:.1f}s after SIGTERM; {err.strip().splitlines()[-1]}")
+        self.assertLess(took, 5, "slow to stop with a blocked stdout")
+        self.assertIn("stdout is not being read", err)
+
 
 def populate(api: KubeApiServer) -> dict:
     """A small cluster: every owner chain, dual stack, hostNetwork, pending

@@ -125,6 +125,22 @@ TEST(KubeOwners, WaitingIsBounded) {
   EXPECT_EQ(idx.waiting(), 0u);
 }
 
+TEST(KubeOwners, WaitingIsBoundedInBytesToo) {
+  k::OwnerIndex idx(true, false);
+  k::Controller via{"ReplicaSet", "x", "rs"};
+  k::OJson big = {{"labels", {{"a", std::string(100000, 'v')}}}};
+  for (int i = 0; i < 200; ++i) idx.wait("pod-" + std::to_string(i), "rs", via, big, k::OwnerIndex::Clock::now());
+  EXPECT_LE(idx.waiting() * 100000, k::OwnerIndex::kMaxWaitingBytes);
+  EXPECT_GT(idx.waiting(), 50u);
+  EXPECT_EQ(idx.waiting() + idx.dropped(), 200u);
+  size_t waiting = idx.waiting();
+  idx.put("rs", std::nullopt);
+  EXPECT_EQ(idx.settle("rs").size(), waiting);  // their frames had no owner yet: all are reported again
+  EXPECT_EQ(idx.waiting(), 0u);
+  idx.wait("again", "rs2", via, big, k::OwnerIndex::Clock::now());  // the bytes were given back
+  EXPECT_EQ(idx.waiting(), 1u);
+}
+
 TEST(KubeOwners, UnwatchedControllersAreGuessedWithoutWaiting) {
   k::OwnerIndex idx(false, false);
   auto res = idx.resolve(pod_of("ReplicaSet", "web-5d8f7", "rs-1", "5d8f7"));

@@ -79,7 +79,9 @@ CgroupInfo parse_cgroup_path(std::string_view path) {
   bool under_kubepods = false;
   for (size_t i = 0; i < parts.size(); i++) {
     std::string_view c = parts[i];
-    if (c.starts_with("kubepods")) under_kubepods = true;
+    // "kubepods…", or with the systemd driver and a --cgroup-root (kind's
+    // /kubelet) "<root>-kubepods…": systemd prefixes each slice with its parents'.
+    if (c.starts_with("kubepods") || c.find("-kubepods") != std::string_view::npos) under_kubepods = true;
     if (!under_kubepods || info.in_pod()) continue;
     std::string uid;
     if (!pod_component(c, uid)) continue;

@@ -24,8 +24,8 @@ struct EndpointIdentity {
   std::string node;
 
   bool empty() const {
-    return pid == 0 && process.empty() && container.empty() && pod.empty() && namespace_.empty() && service.empty() &&
-           node.empty() && workload_name.empty();
+    return pid == 0 && process.empty() && exe.empty() && container.empty() && container_id.empty() && pod.empty() &&
+           namespace_.empty() && workload_kind.empty() && workload_name.empty() && service.empty() && node.empty();
   }
 };
 

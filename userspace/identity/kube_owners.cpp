@@ -1,5 +1,7 @@
 #include "kube_owners.hpp"
 
+#include <iterator>
+
 namespace tapwire::identity::kube {
 
 void OwnerIndex::put(const std::string& uid, std::optional<Owner> controller) {
@@ -19,20 +21,23 @@ OwnerIndex::Resolution OwnerIndex::resolve(const Json& pod) const {
   return {fallback_owner(*c, pod), c->uid};
 }
 
+void OwnerIndex::drop(std::unordered_map<std::string, Waiting>::iterator it) {
+  auto range = waiting_by_owner_.equal_range(it->second.owner_uid);
+  for (auto r = range.first; r != range.second; ++r) {
+    if (r->second == it->first) {
+      waiting_by_owner_.erase(r);
+      break;
+    }
+  }
+  waiting_bytes_ -= it->second.bytes;
+  waiting_.erase(it);
+}
+
 void OwnerIndex::expire(Clock::time_point now) {
   for (auto it = waiting_.begin(); it != waiting_.end();) {
-    if (now - it->second.since > kMaxWait) {
-      auto range = waiting_by_owner_.equal_range(it->second.owner_uid);
-      for (auto r = range.first; r != range.second; ++r) {
-        if (r->second == it->first) {
-          waiting_by_owner_.erase(r);
-          break;
-        }
-      }
-      it = waiting_.erase(it);
-    } else {
-      ++it;
-    }
+    auto next = std::next(it);
+    if (now - it->second.since > kMaxWait) drop(it);
+    it = next;
   }
 }
 
@@ -40,26 +45,20 @@ void OwnerIndex::wait(const std::string& pod_uid, const std::string& waiting_for
                       Clock::time_point now) {
   forget(pod_uid);
   if (pod_uid.empty() || waiting_for.empty()) return;
-  if (waiting_.size() >= kMaxWaiting) expire(now);
-  if (waiting_.size() >= kMaxWaiting) {
+  size_t bytes = frame.dump(-1, ' ', false, OJson::error_handler_t::replace).size() + pod_uid.size() + 64;
+  if (waiting_.size() >= kMaxWaiting || waiting_bytes_ + bytes > kMaxWaitingBytes) expire(now);
+  if (waiting_.size() >= kMaxWaiting || waiting_bytes_ + bytes > kMaxWaitingBytes) {
     ++dropped_;  // the guess stands
     return;
   }
-  waiting_.emplace(pod_uid, Waiting{waiting_for, via, std::move(frame), now});
+  waiting_bytes_ += bytes;
+  waiting_.emplace(pod_uid, Waiting{waiting_for, via, std::move(frame), bytes, now});
   waiting_by_owner_.emplace(waiting_for, pod_uid);
 }
 
 void OwnerIndex::forget(const std::string& pod_uid) {
   auto it = waiting_.find(pod_uid);
-  if (it == waiting_.end()) return;
-  auto range = waiting_by_owner_.equal_range(it->second.owner_uid);
-  for (auto r = range.first; r != range.second; ++r) {
-    if (r->second == pod_uid) {
-      waiting_by_owner_.erase(r);
-      break;
-    }
-  }
-  waiting_.erase(it);
+  if (it != waiting_.end()) drop(it);
 }
 
 std::vector<OJson> OwnerIndex::settle(const std::string& uid) {
@@ -78,6 +77,7 @@ std::vector<OJson> OwnerIndex::settle(const std::string& uid) {
       frame["owner"] = OJson{{"kind", truncate_utf8(real.kind, kMaxShort)}, {"name", truncate_utf8(real.name, kMaxName)}};
       out.push_back(std::move(frame));
     }
+    waiting_bytes_ -= w->second.bytes;
     waiting_.erase(w);
   }
   waiting_by_owner_.erase(uid);

@@ -20,6 +20,7 @@ class OwnerIndex {
  public:
   using Clock = std::chrono::steady_clock;
   static constexpr size_t kMaxWaiting = 4096;
+  static constexpr size_t kMaxWaitingBytes = 8u << 20;  // their frames, serialized
   static constexpr std::chrono::minutes kMaxWait{5};
 
   // Which intermediate controllers are watched (else pods get the guess only).
@@ -52,8 +53,10 @@ class OwnerIndex {
     std::string owner_uid;
     Controller via;
     OJson frame;
+    size_t bytes;
     Clock::time_point since;
   };
+  void drop(std::unordered_map<std::string, Waiting>::iterator it);
   void expire(Clock::time_point now);
 
   bool replicasets_, jobs_;
@@ -61,6 +64,7 @@ class OwnerIndex {
   std::unordered_map<std::string, Waiting> waiting_;  // by pod uid
   std::unordered_multimap<std::string, std::string> waiting_by_owner_;  // owner uid → pod uid
   uint64_t dropped_ = 0;
+  size_t waiting_bytes_ = 0;
 };
 
 }  // namespace tapwire::identity::kube

@@ -14,6 +14,17 @@ struct Bad {
 
 [[noreturn]] void bad(const std::string& where, const std::string& why) { throw Bad{where + ": " + why}; }
 
+// Runs f() on a nested object, naming its fields by their whole path
+// ("containers[2].id", not "id", which would read as the pod's own field).
+template <typename F>
+auto nested(const std::string& where, F&& f) {
+  try {
+    return f();
+  } catch (const Bad& b) {
+    throw Bad{where + "." + b.why};
+  }
+}
+
 const json* field(const json& o, const char* key) {
   auto it = o.find(key);
   return it == o.end() || it->is_null() ? nullptr : &*it;
@@ -70,8 +81,10 @@ std::vector<PortSpec> ports(const json& o) {
       std::string where = "ports[" + std::to_string(i) + "]";
       if (!e.is_object()) bad(where, "not an object");
       PortSpec p;
-      p.name = str(e, "name", kMaxName, false);
-      p.protocol = str(e, "protocol", 16, false);
+      nested(where, [&] {
+        p.name = str(e, "name", kMaxName, false);
+        p.protocol = str(e, "protocol", 16, false);
+      });
       const json* n = field(e, "port");
       if (!n || !n->is_number_integer() || n->get<int64_t>() < 0 || n->get<int64_t>() > 65535)
         bad(where, "port must be a number 0-65535");
@@ -129,18 +142,23 @@ PodObject parse_pod(const json& o, WorkloadOp op) {
   }
   if (const json* ow = field(o, "owner")) {
     if (!ow->is_object()) bad("owner", "not an object");
-    p.owner_kind = str(*ow, "kind", 64, true);
-    p.owner_name = str(*ow, "name", kMaxName, true);
+    nested("owner", [&] {
+      p.owner_kind = str(*ow, "kind", 64, true);
+      p.owner_name = str(*ow, "name", kMaxName, true);
+    });
   }
   if (const json* a = array(o, "containers", kMaxContainers)) {
     for (size_t i = 0; i < a->size(); i++) {
       const json& e = (*a)[i];
-      if (!e.is_object()) bad("containers[" + std::to_string(i) + "]", "not an object");
+      const std::string where = "containers[" + std::to_string(i) + "]";
+      if (!e.is_object()) bad(where, "not an object");
       ContainerRef c;
-      c.name = str(e, "name", kMaxName, false);
-      c.id = str(e, "id", 64, false);
-      c.runtime = str(e, "runtime", 32, false);
-      if (!c.id.empty() && !is_hex64(c.id)) bad("containers[" + std::to_string(i) + "].id", "not 64 hex digits");
+      nested(where, [&] {
+        c.name = str(e, "name", kMaxName, false);
+        c.id = str(e, "id", 64, false);
+        c.runtime = str(e, "runtime", 32, false);
+        if (!c.id.empty() && !is_hex64(c.id)) bad("id", "not 64 hex digits");
+      });
       p.containers.push_back(std::move(c));
     }
   }

@@ -73,7 +73,8 @@ struct Outputs {
     calls++;
     if (db) db->insert(c);
     if (jsonl_fd >= 0) {
-      pending += to_json(c).dump();
+      // Names from the wire or /proc may be any bytes: never let one stop the output.
+      pending += to_json(c).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       pending += '\n';
       if (pending.size() >= (1u << 16)) write_pending();
     }

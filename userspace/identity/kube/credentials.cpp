@@ -133,8 +133,12 @@ Credentials load_kubeconfig(const std::string& path, const std::string& context)
       throw CredentialsError("kubeconfig " + path + ": cluster \"" + cluster_name + "\" server \"" + c.server +
                              "\" is not an http(s) URL; check the file");
     while (!c.server.empty() && c.server.back() == '/') c.server.pop_back();
-    std::string insecure = scalar(cluster, "insecure-skip-tls-verify", path);
-    c.insecure = insecure == "true";
+    const YAML::Node insecure = cluster["insecure-skip-tls-verify"];
+    if (insecure && !insecure.IsNull()) {
+      if (!insecure.IsScalar())
+        throw CredentialsError("kubeconfig " + path + ": insecure-skip-tls-verify is not true or false");
+      c.insecure = insecure.as<bool>();  // true, True, yes, …; anything else throws with its line
+    }
     c.ca_pem = base64_field(cluster, "certificate-authority-data", path);
     if (c.ca_pem.empty()) {
       std::string ca_file = resolve(base, scalar(cluster, "certificate-authority", path));

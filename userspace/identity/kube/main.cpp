@@ -197,6 +197,7 @@ int main(int argc, char** argv) {
   }
   if (shared.stop && !out.failed()) exit_code = 1;  // a reflector stopped us
   shared.request_stop();
+  out.stopping();
   for (auto& t : threads) t.join();
   out.write(out.stats(node, owners_dropped()));
   curl_global_cleanup();

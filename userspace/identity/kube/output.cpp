@@ -1,5 +1,6 @@
 #include "output.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -9,6 +10,11 @@
 #include "log.hpp"
 
 namespace tapwire::kube_watch {
+
+Output::Output(int fd) : fd_(fd) {
+  int fl = fcntl(fd_, F_GETFL);
+  if (fl >= 0) fcntl(fd_, F_SETFL, fl | O_NONBLOCK);
+}
 
 bool Output::write(const k::OJson& obj) {
   // Strings were checked by the parser; replace keeps a bad byte from
@@ -26,9 +32,13 @@ bool Output::write(const k::OJson& obj) {
   while (left > 0) {
     ssize_t n = ::write(fd_, p, left);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // a non-blocking pipe from the parent
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // the reader is behind: wait for it
       struct pollfd pfd {fd_, POLLOUT, 0};
-      ::poll(&pfd, 1, 1000);
+      if (::poll(&pfd, 1, 1000) == 0 && stopping_) {
+        failed_ = true;
+        log_line("stdout is not being read: dropping the rest of the output");
+        return false;
+      }
       continue;
     }
     if (n <= 0) {

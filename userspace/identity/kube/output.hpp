@@ -18,12 +18,16 @@ namespace k = tapwire::identity::kube;
 
 class Output {
  public:
-  explicit Output(int fd) : fd_(fd) {}
+  // Makes fd non-blocking, so that a reader that stopped reading cannot
+  // keep the watcher from stopping (see stopping()).
+  explicit Output(int fd);
 
   // Writes one frame. False if the object was too large (dropped, counted)
   // or stdout is gone (then failed() is true and the watcher stops).
   bool write(const k::OJson& obj);
   bool failed() const { return failed_.load(); }
+  // From now on a write that cannot proceed for a second is given up.
+  void stopping() { stopping_ = true; }
 
   void count_request(k::Resource r, bool watch);
   void count_event() { events_.fetch_add(1, std::memory_order_relaxed); }
@@ -39,6 +43,7 @@ class Output {
   int fd_;
   std::mutex write_mu_;
   std::atomic<bool> failed_{false};
+  std::atomic<bool> stopping_{false};
   mutable std::mutex stats_mu_;
   std::map<std::string, uint64_t> requests_;
   std::atomic<uint64_t> events_{0}, bookmarks_{0}, relists_{0}, truncated_{0}, invalid_{0}, frames_{0},
