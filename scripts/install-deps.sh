@@ -10,11 +10,14 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev libpcap-dev libsqlite3-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libnghttp2-dev libzstd-dev
   libsystemd-dev linux-libc-dev libisal-dev libssl-dev libarchive-dev libcurl4-openssl-dev
+  libseccomp-dev
+  # fuzzing (make fuzz): libFuzzer and the sanitizers' runtime for clang
+  libclang-rt-14-dev
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
   tcpdump tshark prometheus
   # identity lab (tests/integration/identity_lab.py): pods' servers and clients, the test API server's TLS
-  redis-server redis-tools openssl
+  redis-server redis-tools openssl zstd
   # benchmarks: peak memory of a command (scripts/bench_identity.py)
   time
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator
