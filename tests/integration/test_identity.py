@@ -249,7 +249,10 @@ def main() -> int:
               f"the sensor counted the second sightings as duplicate: {st.get('counters')}")
 
         # ---- tapwire workloads -------------------------------------------------
-        wl = json.loads(tapwire("workloads", "--data-dir", data, "--json").stdout)
+        # Global options go before the command too, as git and kubectl users type them.
+        wl = json.loads(tapwire("--data-dir", data, "workloads", "--json").stdout)
+        check(wl == json.loads(tapwire("workloads", "--data-dir", data, "--json").stdout),
+              "tapwire --data-dir D workloads differs from tapwire workloads --data-dir D")
         names = {(p["namespace"], p["name"]) for p in wl["pods"]}
         want_now = {(p.namespace, p.name) for p in L.pods.values()}
         check(names == want_now, f"tapwire workloads lists {sorted(names)}, the lab has {sorted(want_now)}")

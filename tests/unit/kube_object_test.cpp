@@ -8,6 +8,12 @@ using k::Json;
 
 namespace {
 
+std::string hex(const char* pair) {
+  std::string s;
+  for (int i = 0; i < 32; ++i) s += pair;
+  return s;
+}
+
 Json pod_json() {
   return Json::parse(R"({
     "metadata": {"name": "web-5d8f7-x2x4q", "namespace": "shop", "uid": "5b9c0d1e-0000-4000-8000-000000000001",
@@ -19,12 +25,13 @@ Json pod_json() {
     "status": {"phase": "Running", "podIP": "10.244.1.7",
                "podIPs": [{"ip": "10.244.1.7"}, {"ip": "fd00::7"}, {"ip": "10.244.1.7"}, {"ip": "not-an-ip"}],
                "containerStatuses": [
-                 {"name": "api", "containerID": "containerd://3f2a"},
-                 {"name": "side", "containerID": "cri-o://abcd"},
-                 {"name": "old", "containerID": "docker://beef"},
-                 {"name": "odd", "containerID": "rkt://cafe"},
-                 {"name": "starting"}],
-               "initContainerStatuses": [{"name": "init", "containerID": "containerd://0011"}]}})");
+                 {"name": "api", "containerID": "containerd://3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f"},
+                 {"name": "side", "containerID": "cri-o://abababababababababababababababababababababababababababababababab"},
+                 {"name": "old", "containerID": "docker://bebebebebebebebebebebebebebebebebebebebebebebebebebebebebebebebe"},
+                 {"name": "odd", "containerID": "rkt://cacacacacacacacacacacacacacacacacacacacacacacacacacacacacacacaca"},
+                 {"name": "starting"}, {"name": "short", "containerID": "containerd://abc"},
+                 {"name": "upper", "containerID": "containerd://ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB"}],
+               "initContainerStatuses": [{"name": "init", "containerID": "containerd://0101010101010101010101010101010101010101010101010101010101010101"}]}})");
 }
 
 }  // namespace
@@ -32,15 +39,18 @@ Json pod_json() {
 TEST(KubeObject, PodHasTheDocumentedFieldsInOrder) {
   k::Counters n;
   auto o = k::normalize_pod(pod_json(), k::Owner{"Deployment", "web"}, n);
-  EXPECT_EQ(o.dump(),
-            R"({"v":1,"kind":"Pod","op":"upsert","uid":"5b9c0d1e-0000-4000-8000-000000000001","namespace":"shop",)"
-            R"("name":"web-5d8f7-x2x4q","node":"node-1","hostNetwork":false,"ips":["10.244.1.7","fd00::7"],)"
-            R"("phase":"Running","labels":{"app":"web","pod-template-hash":"5d8f7"},)"
-            R"("owner":{"kind":"Deployment","name":"web"},"containers":[)"
-            R"({"name":"api","id":"3f2a","runtime":"containerd"},{"name":"side","id":"abcd","runtime":"cri-o"},)"
-            R"({"name":"old","id":"beef","runtime":"docker"},{"name":"odd","id":"cafe"},)"
-            R"({"name":"init","id":"0011","runtime":"containerd"}]})");
-  EXPECT_EQ(n.invalid, 1u);  // "not-an-ip"
+  const std::string want =
+      R"({"v":1,"kind":"Pod","op":"upsert","uid":"5b9c0d1e-0000-4000-8000-000000000001","namespace":"shop",)"
+      R"("name":"web-5d8f7-x2x4q","node":"node-1","hostNetwork":false,"ips":["10.244.1.7","fd00::7"],)"
+      R"("phase":"Running","labels":{"app":"web","pod-template-hash":"5d8f7"},)"
+      R"("owner":{"kind":"Deployment","name":"web"},"containers":[)"
+      R"({"name":"api","id":")" + hex("3f") + R"(","runtime":"containerd"},)"
+      R"({"name":"side","id":")" + hex("ab") + R"(","runtime":"cri-o"},)"
+      R"({"name":"old","id":")" + hex("be") + R"(","runtime":"docker"},)"
+      R"({"name":"odd","id":")" + hex("ca") + R"("},)"
+      R"({"name":"init","id":")" + hex("01") + R"(","runtime":"containerd"}]})";
+  EXPECT_EQ(o.dump(), want);
+  EXPECT_EQ(n.invalid, 3u);  // "not-an-ip", and two ids that are not 64 lower-case hex digits
   EXPECT_EQ(n.truncated, 0u);
 }
 
@@ -180,4 +190,60 @@ TEST(KubeObject, Resources) {
   EXPECT_FALSE(k::resource_by_name("deployments"));
   EXPECT_EQ(k::info(k::Resource::EndpointSlices).path, "/apis/discovery.k8s.io/v1/endpointslices");
   EXPECT_FALSE(k::info(k::Resource::ReplicaSets).reported);
+}
+
+// The sensor checks every frame with parse_workload (workload_object.hpp):
+// whatever normalization makes of the worst input must pass it.
+#include "workload_object.hpp"
+
+TEST(KubeObject, TheSensorAcceptsWhatTheWatcherWrites) {
+  auto accepted = [](const k::OJson& o) {
+    std::string err;
+    auto w = tapwire::identity::parse_workload(o.dump(), &err);
+    EXPECT_TRUE(w.has_value()) << err << "\n" << o.dump().substr(0, 300);
+  };
+  Json p = pod_json();
+  Json labels = Json::object();
+  for (int i = 0; i < 80; ++i) labels[std::string(300, 'a' + i % 26) + std::to_string(i)] = std::string(5000, 'v');
+  p["metadata"]["labels"] = labels;
+  p["metadata"]["name"] = std::string(1000, 'n');
+  p["metadata"]["namespace"] = std::string(1000, 's');
+  p["metadata"]["uid"] = std::string(1000, 'u');
+  p["spec"]["nodeName"] = std::string(1000, 'x');
+  p["status"]["phase"] = std::string(100, 'P');
+  Json ips = Json::array(), cs = Json::array();
+  for (int i = 0; i < 200; ++i) {
+    ips.push_back({{"ip", "fd00::" + std::to_string(i)}});
+    cs.push_back({{"name", std::string(400, 'c')}, {"containerID", "containerd://" + hex("0a")}});
+  }
+  p["status"]["podIPs"] = ips;
+  p["status"]["containerStatuses"] = cs;
+  k::Counters n;
+  accepted(k::normalize_pod(p, k::Owner{std::string(500, 'K'), std::string(500, 'N')}, n));
+  accepted(k::normalize_pod(pod_json(), std::nullopt, n));
+
+  Json ports = Json::array();
+  for (int i = 0; i < 300; ++i)
+    ports.push_back({{"name", std::string(300, 'p')}, {"port", 1 + i}, {"protocol", std::string(100, 'T')}});
+  Json svc = {{"metadata", {{"name", "s"}, {"namespace", "d"}, {"uid", "u"}}},
+              {"spec", {{"type", std::string(100, 't')}, {"clusterIPs", ips}, {"ports", ports}}}};
+  svc["spec"]["clusterIPs"] = Json::array();
+  for (int i = 0; i < 200; ++i) svc["spec"]["clusterIPs"].push_back("10.96.0." + std::to_string(i % 250));
+  accepted(k::normalize_service(svc, n));
+
+  Json eps = Json::array();
+  for (int i = 0; i < 3000; ++i) eps.push_back({{"addresses", {"10.9." + std::to_string(i / 250) + "." + std::to_string(i % 250)}}});
+  Json slice = {{"metadata", {{"name", "e"}, {"namespace", "d"}, {"uid", "u"},
+                              {"labels", {{"kubernetes.io/service-name", std::string(900, 's')}}}}},
+                {"endpoints", eps}, {"ports", ports}};
+  accepted(k::normalize_endpointslice(slice, n));
+
+  Json addrs = Json::array();
+  for (int i = 0; i < 200; ++i) addrs.push_back({{"type", "InternalIP"}, {"address", "10.0.0." + std::to_string(i % 250)}});
+  accepted(k::normalize_node({{"metadata", {{"name", "n"}, {"uid", "u"}}}, {"status", {{"addresses", addrs}}}}, n));
+
+  for (auto r : {k::Resource::Pods, k::Resource::Services, k::Resource::EndpointSlices, k::Resource::Nodes})
+    accepted(k::delete_object(r, {std::string(900, 'u'), std::string(900, 's'), std::string(900, 'n')}));
+  accepted(k::sync_object(k::Resource::Pods, false, std::string(5000, 'e')));
+  accepted(k::sync_object(k::Resource::Jobs, true));
 }

@@ -29,6 +29,10 @@ using Action = std::function<int()>;
 
 // Adds the common --data-dir option (default /var/lib/tapwire) to `sub`.
 void add_data_dir_option(CLI::App& sub, std::string& data_dir);
+// --data-dir before the subcommand: declared on the top-level app, and after
+// parsing handed to the subcommand that ran unless it got its own.
+void add_global_options(CLI::App& app, std::string& data_dir);
+void apply_global_options(const CLI::App& app, const std::string& data_dir);
 
 // `tapwire status`
 void register_status(CLI::App& app, Action& action);

@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   CLI::App app{"tapwire: capture network traffic with eBPF, store it, export and dissect it", "tapwire"};
   app.set_version_flag("--version", std::string("tapwire ") + TAPWIRE_VERSION);
   app.require_subcommand(1);
+  std::string global_data_dir;
+  add_global_options(app, global_data_dir);
 
   Action action;
   register_status(app, action);
@@ -53,6 +55,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tapwire: invalid command line: %s: see '%s --help'\n", e.what(), command_path(app).c_str());
     return 2;
   }
+  apply_global_options(app, global_data_dir);
   if (!action) {
     std::fprintf(stderr, "tapwire: invalid command line: no command given: see 'tapwire --help'\n");
     return 2;

@@ -110,19 +110,19 @@ OJson ports_of(const Json& ports, Counters& n) {
     OJson e = OJson::object();
     e["name"] = str(member(p, "name"), kMaxShort, n);
     e["port"] = port.get<int64_t>();
-    std::string proto = str(member(p, "protocol"), kMaxShort, n);
+    std::string proto = str(member(p, "protocol"), kMaxProtocol, n);
     e["protocol"] = proto.empty() ? "TCP" : proto;
     out.push_back(std::move(e));
   }
   return out;
 }
 
+// The id a cgroup path names (docs/IDENTITY.md): anything else could not be
+// matched to a socket, and the sensor refuses it.
 bool valid_container_id(std::string_view id) {
-  if (id.empty() || id.size() > kMaxContainerId) return false;
+  if (id.size() != kContainerIdLen) return false;
   for (char c : id)
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_' ||
-          c == '.'))
-      return false;
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   return true;
 }
 
@@ -253,7 +253,7 @@ OJson normalize_pod(const Json& pod, const std::optional<Owner>& owner, Counters
     add_ip(ips, seen, member(status, "podIP"), kMaxAddresses, n);
   }
   o["ips"] = std::move(ips);
-  o["phase"] = str(member(status, "phase"), kMaxShort, n);
+  o["phase"] = str(member(status, "phase"), kMaxPhase, n);
   o["labels"] = labels_of(pod, n);
   if (owner) {
     OJson ow = OJson::object();
@@ -273,7 +273,7 @@ OJson normalize_service(const Json& svc, Counters& n) {
   o["op"] = "upsert";
   put_meta(o, svc, true, n);
   const Json& spec = member(svc, "spec");
-  std::string type = str(member(spec, "type"), kMaxShort, n);
+  std::string type = str(member(spec, "type"), kMaxPhase, n);
   o["type"] = type.empty() ? "ClusterIP" : type;
   OJson ips = OJson::array();
   std::set<std::string> seen;

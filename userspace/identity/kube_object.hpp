@@ -46,8 +46,10 @@ inline constexpr size_t kMaxAddresses = 64;  // pod IPs, cluster IPs, node addre
 inline constexpr size_t kMaxEndpointAddresses = 1000;
 inline constexpr size_t kMaxContainers = 64;
 inline constexpr size_t kMaxPorts = 64;
-inline constexpr size_t kMaxShort = 63;  // phase, type, port name, protocol, owner kind
-inline constexpr size_t kMaxContainerId = 128;
+inline constexpr size_t kMaxShort = 63;  // port name, owner kind
+inline constexpr size_t kMaxPhase = 32;  // pod phase, service type
+inline constexpr size_t kMaxProtocol = 16;
+inline constexpr size_t kContainerIdLen = 64;  // lower-case hex, as the runtimes name containers
 
 // What normalization had to cut (truncated strings, capped lists) or leave
 // out (values of the wrong type, addresses that are not IPs).

@@ -13,12 +13,14 @@
 namespace tapwire::sensor {
 namespace {
 
-void reply(int fd, const nlohmann::json& j) {
-  std::string line = j.dump() + "\n";
+void reply(int fd, std::string line) {
+  line += "\n";
   // Replies are small and the socket is non-blocking: a client that does not
   // read loses its reply, the daemon never waits for it.
   (void)!send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
 }
+
+void reply(int fd, const nlohmann::json& j) { reply(fd, j.dump()); }
 
 nlohmann::json error(const std::string& what) { return {{"ok", false}, {"error", what}}; }
 
@@ -79,6 +81,18 @@ std::vector<int> ControlServer::accept_pending() {
   return out;
 }
 
+std::string ControlServer::answer(std::string_view line, const Handler& handler) {
+  if (line.empty() || line == "\r") return {};
+  auto req = nlohmann::json::parse(line, nullptr, false);
+  if (req.is_discarded() || !req.is_object() || !req.contains("cmd") || !req["cmd"].is_string())
+    return error("malformed request: expected one JSON object per line with a \"cmd\" string").dump();
+  try {
+    return handler(req).dump();
+  } catch (const std::exception& e) {
+    return error(e.what()).dump();
+  }
+}
+
 void ControlServer::drop(int fd) {
   pending_.erase(fd);
   close(fd);
@@ -98,19 +112,9 @@ bool ControlServer::serve(int fd) {
     it->second.append(buf, static_cast<size_t>(n));
     size_t nl;
     while ((nl = it->second.find('\n')) != std::string::npos) {
-      std::string line = it->second.substr(0, nl);
+      std::string answer_line = answer(std::string_view(it->second).substr(0, nl), handler_);
       it->second.erase(0, nl + 1);
-      if (line.empty() || line == "\r") continue;
-      auto req = nlohmann::json::parse(line, nullptr, false);
-      if (req.is_discarded() || !req.is_object() || !req.contains("cmd") || !req["cmd"].is_string()) {
-        reply(fd, error("malformed request: expected one JSON object per line with a \"cmd\" string"));
-        continue;
-      }
-      try {
-        reply(fd, handler_(req));
-      } catch (const std::exception& e) {
-        reply(fd, error(e.what()));
-      }
+      if (!answer_line.empty()) reply(fd, std::move(answer_line));
     }
     if (it->second.size() > kMaxRequestBytes) {
       reply(fd, error("request too long (at most 64 KiB per line)"));

@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -36,6 +37,12 @@ class ControlServer {
   const std::string& path() const { return path_; }
 
   static constexpr size_t kMaxRequestBytes = 64 * 1024;
+
+  // The reply line (JSON, without its newline) to one request line (without
+  // its newline), or "" for a blank line, which gets no reply. Never throws:
+  // a malformed request or a handler that throws gets an error reply. Every
+  // line a client sends goes through here (tests/fuzz/control_request_fuzz.cpp).
+  static std::string answer(std::string_view line, const Handler& handler);
 
  private:
   std::string path_;

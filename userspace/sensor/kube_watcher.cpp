@@ -33,6 +33,25 @@ std::string describe_exit(int status) {
 
 }  // namespace
 
+FrameScan scan_frames(std::span<const uint8_t> buf, const std::function<void(std::string_view)>& on_frame) {
+  FrameScan r;
+  size_t pos = 0;
+  while (buf.size() - pos >= 4) {
+    uint32_t len;
+    std::memcpy(&len, buf.data() + pos, 4);  // little-endian, as the watcher writes it
+    if (len == 0 || len > kMaxFrame) {
+      r.bad = true;
+      r.bad_len = len;
+      break;
+    }
+    if (buf.size() - pos - 4 < len) break;
+    on_frame(std::string_view(reinterpret_cast<const char*>(buf.data() + pos + 4), len));
+    pos += 4 + len;
+  }
+  r.consumed = pos;
+  return r;
+}
+
 KubeWatcher::KubeWatcher(KubeWatcherOptions opts) : opts_(std::move(opts)) {}
 
 KubeWatcher::~KubeWatcher() { stop(); }
@@ -123,38 +142,32 @@ void KubeWatcher::on_readable(const std::function<void(identity::Workload&&)>& c
     }
     st_.bytes += static_cast<uint64_t>(n);
     buf_.insert(buf_.end(), chunk, chunk + n);
-    size_t pos = 0;
-    while (buf_.size() - pos >= 4) {
-      uint32_t len;
-      std::memcpy(&len, buf_.data() + pos, 4);  // little-endian, as the watcher writes it
-      if (len == 0 || len > kMaxFrame) {
-        // Framing is lost: nothing after this can be trusted. Start afresh.
-        st_.invalid++;
-        last_invalid_ = "frame length " + std::to_string(len) + " out of range";
-        std::fprintf(stderr, "tapwire-sensor: Kubernetes watcher wrote a bad frame (%s); restarting it\n",
-                     last_invalid_.c_str());
-        buf_.clear();
-        if (pid_ > 0) kill(pid_, SIGKILL);
-        close(fd_);
-        fd_ = -1;
-        return;
-      }
-      if (buf_.size() - pos - 4 < len) break;
+    const FrameScan scan = scan_frames(buf_, [&](std::string_view payload) {
       std::string why;
-      auto w = identity::parse_workload(
-          std::string_view(reinterpret_cast<const char*>(buf_.data() + pos + 4), len), &why);
-      pos += 4 + len;
+      auto w = identity::parse_workload(payload, &why);
       if (!w) {
         st_.invalid++;
         if (last_invalid_ != why)
           std::fprintf(stderr, "tapwire-sensor: Kubernetes watcher sent an object refused: %s\n", why.c_str());
         last_invalid_ = why;
-        continue;
+        return;
       }
       st_.frames++;
       cb(std::move(*w));
+    });
+    if (scan.bad) {
+      // Framing is lost: nothing after this can be trusted. Start afresh.
+      st_.invalid++;
+      last_invalid_ = "frame length " + std::to_string(scan.bad_len) + " out of range";
+      std::fprintf(stderr, "tapwire-sensor: Kubernetes watcher wrote a bad frame (%s); restarting it\n",
+                   last_invalid_.c_str());
+      buf_.clear();
+      if (pid_ > 0) kill(pid_, SIGKILL);
+      close(fd_);
+      fd_ = -1;
+      return;
     }
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos));
+    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(scan.consumed));
     if (buf_.size() > kMaxBuffered) buf_.clear();  // cannot happen with the checks above; a last guard
   }
 }

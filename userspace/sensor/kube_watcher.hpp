@@ -9,7 +9,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -29,6 +31,19 @@ struct KubeWatcherStats {
   uint64_t bytes = 0;
   uint64_t starts = 0, restarts = 0;
 };
+
+// What scan_frames found in the bytes the watcher wrote.
+struct FrameScan {
+  size_t consumed = 0;  // bytes of the complete frames at the front (hand the rest in again with more)
+  bool bad = false;  // a frame length of 0 or over identity::kMaxWorkloadJson: framing is lost
+  uint32_t bad_len = 0;  // that length
+};
+
+// Splits the watcher's output (4-byte little-endian length, then that many
+// bytes; docs/IDENTITY.md) and calls on_frame with each complete payload, in
+// order, up to the first bad length. The payloads point into `buf`. Every
+// byte the child writes goes through here (tests/fuzz/kube_frame_fuzz.cpp).
+FrameScan scan_frames(std::span<const uint8_t> buf, const std::function<void(std::string_view)>& on_frame);
 
 class KubeWatcher {
  public:
