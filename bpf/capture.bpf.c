@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * tapwire raw capture: TC clsact programs for ingress and egress. They parse
- * Ethernet (VLAN tags included), IPv4/IPv6 and TCP/UDP, apply the capture
- * filters, and copy each packet's metadata and L4 payload into this CPU's ring
- * buffer, split into records of at most TW_CHUNK_MAX payload bytes. They never
- * change or drop traffic: every path returns TC_ACT_UNSPEC, so the packet goes
- * on to the next filter as if tapwire were not there.
+ * tapwire raw capture: programs for the TC ingress and egress hooks (tcx
+ * links, or cls_bpf filters on a clsact qdisc). They parse Ethernet (802.1Q
+ * and 802.1ad tags included), IPv4/IPv6 (extension headers, AH) and TCP/UDP,
+ * apply the capture filters, and copy each packet's metadata and L4 payload
+ * into this CPU's ring buffer, split into records of at most TW_CHUNK_MAX
+ * payload bytes. Every packet not captured is counted under a reason
+ * (tapwire_abi.h). They never change or drop traffic: every path returns
+ * TC_ACT_UNSPEC (TCX_NEXT), so the packet goes on to the next program or
+ * filter as if tapwire were not there.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -29,11 +32,23 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
 #endif
-#define TW_MAX_VLAN_TAGS 2
-#define TW_MAX_IPV6_EXT 4
+#ifndef IPPROTO_MH
+#define IPPROTO_MH 135
+#endif
+#define TW_IPPROTO_HIP 139
+#define TW_IPPROTO_SHIM6 140
+#define TW_IPPROTO_EXP1 253 /* RFC 3692 experimentation, extension header format (RFC 7045) */
+#define TW_IPPROTO_EXP2 254
+#define TW_GEN_MASK (TW_RULE_GENERATIONS - 1)
+_Static_assert((TW_RULE_GENERATIONS & TW_GEN_MASK) == 0, "generations: a power of two");
 
 /* Start-up knobs, set through the skeleton's rodata before load. */
 const volatile __u64 tw_wakeup_bytes = 1u << 20; /* wake userspace once this much is queued */
+
+/* The rule generation in force (see tapwire_abi.h, TW_RULE_GENERATIONS).
+ * Userspace switches it with one aligned 4-byte store through the mmap'd
+ * .bss; each packet reads it once. */
+__u32 tw_active_gen = 0;
 
 /* One ring buffer per CPU; userspace creates them and fills this array. */
 struct tw_ring {
@@ -70,43 +85,82 @@ struct {
 	__type(value, struct tw_counters);
 } tw_counters SEC(".maps");
 
-/* Runtime knobs, written by userspace at any time. */
+/* The rule set, one generation per index (tapwire_abi.h). Settings: */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, TW_RULE_GENERATIONS);
 	__type(key, __u32);
 	__type(value, struct tw_settings);
 } tw_settings SEC(".maps");
 
-struct {
+/* The interface set: ifindex -> enum tw_iface_flag. */
+struct tw_iface_set {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32); /* ifindex */
-	__type(value, __u32); /* enum tw_iface_flag */
-} tw_ifaces SEC(".maps");
+	__uint(max_entries, TW_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, __u32);
+} tw_ifaces_g0 SEC(".maps"), tw_ifaces_g1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TW_RULE_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct tw_iface_set);
+} tw_ifaces SEC(".maps") = {
+	.values = { &tw_ifaces_g0, &tw_ifaces_g1 },
+};
+
+/* Address rules: prefix -> enum tw_rule_action. */
+struct tw_cidr4_rules {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1024);
+	__uint(max_entries, TW_MAX_RULES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct tw_cidr4_key);
-	__type(value, __u32); /* enum tw_rule_action */
-} tw_cidr4 SEC(".maps");
+	__type(value, __u32);
+} tw_cidr4_g0 SEC(".maps"), tw_cidr4_g1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TW_RULE_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct tw_cidr4_rules);
+} tw_cidr4 SEC(".maps") = {
+	.values = { &tw_cidr4_g0, &tw_cidr4_g1 },
+};
+
+struct tw_cidr6_rules {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 1024);
+	__uint(max_entries, TW_MAX_RULES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct tw_cidr6_key);
-	__type(value, __u32); /* enum tw_rule_action */
-} tw_cidr6 SEC(".maps");
+	__type(value, __u32);
+} tw_cidr6_g0 SEC(".maps"), tw_cidr6_g1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TW_RULE_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct tw_cidr6_rules);
+} tw_cidr6 SEC(".maps") = {
+	.values = { &tw_cidr6_g0, &tw_cidr6_g1 },
+};
+
+/* Port rules: port (host order) -> enum tw_rule_action. */
+struct tw_port_rules {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, __u16); /* port, host order */
-	__type(value, __u32); /* enum tw_rule_action */
-} tw_ports SEC(".maps");
+	__uint(max_entries, TW_MAX_RULES);
+	__type(key, __u16);
+	__type(value, __u32);
+} tw_ports_g0 SEC(".maps"), tw_ports_g1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TW_RULE_GENERATIONS);
+	__type(key, __u32);
+	__array(values, struct tw_port_rules);
+} tw_ports SEC(".maps") = {
+	.values = { &tw_ports_g0, &tw_ports_g1 },
+};
 
 /* Pod targeting (tap.regex, tap.namespaces, tap.excludedNamespaces): the
  * addresses of the targeted pods, kept by the sensor as pods come and go. */
@@ -162,38 +216,49 @@ static __always_inline int rules_pass(__u32 *a, __u32 *b, int allowlist)
 	return 1;
 }
 
-static __always_inline int cidr_pass(struct tw_pkt *p, __u32 flags)
+/* The address rules of generation gen. A generation's inner maps always
+ * exist (static initialisation); if one could not be found, nothing passes:
+ * the packet is counted as filtered rather than captured against its rules. */
+static __always_inline int cidr_pass(struct tw_pkt *p, __u32 flags, __u32 gen)
 {
 	int allowlist = flags & TW_SET_CIDR_ALLOWLIST;
 
 	if (p->ip_version == 4) {
 		struct tw_cidr4_key k = { .prefixlen = 32 };
+		void *rules = bpf_map_lookup_elem(&tw_cidr4, &gen);
 		__u32 *a, *b;
 
+		if (!rules)
+			return 0;
 		__builtin_memcpy(k.addr, p->saddr, 4);
-		a = bpf_map_lookup_elem(&tw_cidr4, &k);
+		a = bpf_map_lookup_elem(rules, &k);
 		__builtin_memcpy(k.addr, p->daddr, 4);
-		b = bpf_map_lookup_elem(&tw_cidr4, &k);
+		b = bpf_map_lookup_elem(rules, &k);
 		return rules_pass(a, b, allowlist);
 	} else {
 		struct tw_cidr6_key k = { .prefixlen = 128 };
+		void *rules = bpf_map_lookup_elem(&tw_cidr6, &gen);
 		__u32 *a, *b;
 
+		if (!rules)
+			return 0;
 		__builtin_memcpy(k.addr, p->saddr, 16);
-		a = bpf_map_lookup_elem(&tw_cidr6, &k);
+		a = bpf_map_lookup_elem(rules, &k);
 		__builtin_memcpy(k.addr, p->daddr, 16);
-		b = bpf_map_lookup_elem(&tw_cidr6, &k);
+		b = bpf_map_lookup_elem(rules, &k);
 		return rules_pass(a, b, allowlist);
 	}
 }
 
-static __always_inline int port_pass(struct tw_pkt *p, __u32 flags)
+static __always_inline int port_pass(struct tw_pkt *p, __u32 flags, __u32 gen)
 {
 	__u16 sport = p->sport, dport = p->dport;
-	__u32 *a = bpf_map_lookup_elem(&tw_ports, &sport);
-	__u32 *b = bpf_map_lookup_elem(&tw_ports, &dport);
+	void *rules = bpf_map_lookup_elem(&tw_ports, &gen);
 
-	return rules_pass(a, b, flags & TW_SET_PORT_ALLOWLIST);
+	if (!rules)
+		return 0;
+	return rules_pass(bpf_map_lookup_elem(rules, &sport), bpf_map_lookup_elem(rules, &dport),
+			  flags & TW_SET_PORT_ALLOWLIST);
 }
 
 static __always_inline int target_pass(struct tw_pkt *p)
@@ -339,20 +404,117 @@ __noinline int tw_syn_wscale(struct __sk_buff *skb, __u32 opt_off, __u32 opt_len
 	return TW_WSCALE_NONE;
 }
 
+/* The walk from the IP header to the L4 header: IPv6 extension headers and
+ * IPsec AH (IPv4 and IPv6). */
+struct tw_walk {
+	__u32 off; /* in: the first header after the IP header; out: the L4 header */
+	__u32 end; /* the IP packet's end */
+	__u8 proto; /* in: the IP header's protocol / next header; out: the L4 protocol */
+	__u8 ipv6; /* IPv6 extension headers apply */
+	__u8 first_fragment; /* out: an IPv6 fragment header with offset 0 and M set */
+	__u8 pad;
+};
+
+/* tw_walk_ext() results: TW_WALK_OK, or a reason to count. */
+#define TW_WALK_OK 0
+#define TW_WALK_DROP 0x100 /* | enum tw_drop_reason */
+#define TW_WALK_STAT 0x200 /* | enum tw_stat */
+
+static __always_inline int is_ipv6_ext(__u8 proto)
+{
+	return proto == IPPROTO_HOPOPTS || proto == IPPROTO_ROUTING || proto == IPPROTO_DSTOPTS ||
+	       proto == IPPROTO_MH || proto == TW_IPPROTO_HIP || proto == TW_IPPROTO_SHIM6 ||
+	       proto == TW_IPPROTO_EXP1 || proto == TW_IPPROTO_EXP2;
+}
+
+/* A global (not inlined, not static) function: the verifier checks the walk
+ * once, on its own, instead of once per path through capture(). Walks at
+ * most TW_MAX_EXT_HEADERS headers; a packet with more is counted
+ * (TW_DROP_IPV6_EXT_LIMIT), never guessed at. */
+__noinline int tw_walk_ext(struct __sk_buff *skb, struct tw_walk *w)
+{
+	if (!skb || !w)
+		return TW_WALK_DROP | TW_DROP_NO_SCRATCH;
+	__u32 off = w->off, end = w->end;
+	__u8 proto = w->proto;
+
+	for (int i = 0; i < TW_MAX_EXT_HEADERS; i++) { /* a bounded loop: the verifier walks it */
+		__u8 h[4];
+
+		if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+			break;
+		if (proto == IPPROTO_ESP)
+			return TW_WALK_STAT | TW_STAT_IPSEC_ESP;
+		if (proto == IPPROTO_AH) { /* RFC 4302: length in 4-byte units, minus 2 */
+			if (load(skb, off, h, 2) < 0 || h[1] < 1 || off + (h[1] + 2) * 4 > end)
+				return TW_WALK_DROP | TW_DROP_BAD_AH_HEADER;
+			off += (h[1] + 2) * 4;
+			proto = h[0];
+			continue;
+		}
+		if (!w->ipv6)
+			break;
+		if (proto == IPPROTO_FRAGMENT) {
+			__u16 fo;
+
+			if (off + 8 > end || load(skb, off, h, 4) < 0)
+				return TW_WALK_DROP | TW_DROP_BAD_IPV6_EXT_HEADER;
+			fo = ((__u16)h[2] << 8) | h[3];
+			if (fo & 0xfff8) /* not the first fragment: no L4 header here */
+				return TW_WALK_DROP | TW_DROP_IP_FRAGMENT;
+			if (fo & 1) /* M: more fragments follow (else an atomic fragment, RFC 6946: whole) */
+				w->first_fragment = 1;
+			off += 8;
+			proto = h[0];
+			continue;
+		}
+		if (!is_ipv6_ext(proto))
+			break; /* ICMPv6, no next header, ...: not TCP/UDP */
+		if (load(skb, off, h, 2) < 0 || off + (h[1] + 1) * 8 > end)
+			return TW_WALK_DROP | TW_DROP_BAD_IPV6_EXT_HEADER;
+		off += (h[1] + 1) * 8;
+		proto = h[0];
+	}
+	if (proto == IPPROTO_AH || (w->ipv6 && (proto == IPPROTO_FRAGMENT || is_ipv6_ext(proto))))
+		return TW_WALK_DROP | TW_DROP_IPV6_EXT_LIMIT;
+	w->off = off;
+	w->proto = proto;
+	return TW_WALK_OK;
+}
+
+/* Counts a tw_walk_ext() result that is not TW_WALK_OK. */
+static __always_inline void count_walk(struct tw_counters *c, int rc)
+{
+	__u32 r = rc & 0xff;
+
+	if ((rc & TW_WALK_STAT) && r < TW_STAT__MAX)
+		c->stat[r]++;
+	else if (r < TW_DROP__MAX)
+		c->drop[r]++;
+	else
+		c->drop[TW_DROP_NO_SCRATCH]++; /* cannot happen: a result without a reason */
+}
+
 static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 {
 	__u32 zero = 0;
+	/* One read of the generation per packet: every rule below comes from
+	 * it, so a reload never shows a packet half of each rule set. */
+	__u32 gen = *(volatile __u32 *)&tw_active_gen & TW_GEN_MASK;
 	struct tw_counters *cnt = bpf_map_lookup_elem(&tw_counters, &zero);
-	struct tw_settings *set = bpf_map_lookup_elem(&tw_settings, &zero);
+	struct tw_settings *set = bpf_map_lookup_elem(&tw_settings, &gen);
+	void *ifaces = bpf_map_lookup_elem(&tw_ifaces, &gen);
 	struct tw_scratch *s;
 	struct tw_pkt *p;
+	struct tw_walk w = {};
 	__u32 ifindex = skb->ifindex;
 	__u32 set_flags = 0, snaplen = 0, if_flags = 0;
 	__u32 fp_extra = 0; /* IPv4 id, or the first UDP payload bytes: see fingerprint() */
-	__u32 l3off = 0, l4off, l3end, payload_off, payload_len, cap_total;
+	__u32 l3off = 0, l3end, payload_off, payload_len, cap_total;
 	__u16 proto;
 	__u8 l4;
 	__u32 *ifv;
+	int rc;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
@@ -361,7 +523,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 		set_flags = set->flags;
 		snaplen = set->snaplen;
 	}
-	ifv = bpf_map_lookup_elem(&tw_ifaces, &ifindex);
+	ifv = ifaces ? bpf_map_lookup_elem(ifaces, &ifindex) : 0;
 	if (ifv)
 		if_flags = *ifv;
 	if ((set_flags & TW_SET_IFACE_ALLOWLIST) && !(if_flags & TW_IF_CAPTURE)) {
@@ -378,19 +540,23 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	__builtin_memset(p, 0, sizeof(*p));
 	p->direction = direction;
 	p->ifindex = ifindex;
-	if (skb->vlan_present) {
+	if (skb->vlan_present) { /* a tag the driver or the stack took out of the packet */
 		p->vlan_tci = skb->vlan_tci;
 		p->flags |= TW_PKT_F_VLAN;
 	}
 
 	/* L2: at TC, skb->data starts at the MAC header on Ethernet devices
-	 * (ingress pushes it back before running the classifier). */
+	 * (ingress pushes it back before running the classifier). Devices
+	 * without one (tun, wireguard, ...) start at L3, and skb->protocol says
+	 * which. */
 	proto = skb->protocol;
 	if (!(if_flags & TW_IF_NO_L2)) {
 		__u16 eth_proto;
 
-		if (load(skb, 12, &eth_proto, sizeof(eth_proto)) < 0)
-			goto bad_header;
+		if (load(skb, 12, &eth_proto, sizeof(eth_proto)) < 0) {
+			count_drop(cnt, TW_DROP_BAD_L2_HEADER);
+			return TC_ACT_UNSPEC;
+		}
 		l3off = ETH_HLEN;
 #pragma unroll
 		for (int i = 0; i < TW_MAX_VLAN_TAGS; i++) {
@@ -398,14 +564,20 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 
 			if (eth_proto != bpf_htons(ETH_P_8021Q) && eth_proto != bpf_htons(ETH_P_8021AD))
 				break;
-			if (load(skb, l3off, tag, sizeof(tag)) < 0)
-				goto bad_header;
-			if (!(p->flags & TW_PKT_F_VLAN)) {
+			if (load(skb, l3off, tag, sizeof(tag)) < 0) {
+				count_drop(cnt, TW_DROP_BAD_VLAN_HEADER);
+				return TC_ACT_UNSPEC;
+			}
+			if (!(p->flags & TW_PKT_F_VLAN)) { /* the outermost tag */
 				p->vlan_tci = bpf_ntohs(tag[0]);
 				p->flags |= TW_PKT_F_VLAN;
 			}
 			eth_proto = tag[1];
 			l3off += 4;
+		}
+		if (eth_proto == bpf_htons(ETH_P_8021Q) || eth_proto == bpf_htons(ETH_P_8021AD)) {
+			count_drop(cnt, TW_DROP_VLAN_LIMIT);
+			return TC_ACT_UNSPEC;
 		}
 		proto = eth_proto;
 	}
@@ -413,72 +585,64 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	/* L3 */
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
-		__u32 tot;
+		__u32 tot, hlen;
+		__u16 frag;
 
-		if (load(skb, l3off, &ip, sizeof(ip)) < 0)
-			goto bad_header;
-		if (ip.version != 4 || ip.ihl < 5)
-			goto bad_header;
-		if (ip.frag_off & bpf_htons(0x1fff)) {
+		if (load(skb, l3off, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5)
+			goto bad_ipv4;
+		hlen = ip.ihl * 4;
+		tot = bpf_ntohs(ip.tot_len);
+		/* tot_len 0: BIG TCP super-packet, the skb length is the truth */
+		if ((tot && tot < hlen) || l3off + hlen > skb->len)
+			goto bad_ipv4;
+		frag = bpf_ntohs(ip.frag_off);
+		if (frag & 0x1fff) { /* not the first fragment: no L4 header here */
 			count_drop(cnt, TW_DROP_IP_FRAGMENT);
 			return TC_ACT_UNSPEC;
 		}
-		l4 = ip.protocol;
+		if (frag & 0x2000) /* MF with offset 0: the first fragment */
+			p->flags |= TW_PKT_F_FRAGMENT;
 		fp_extra = ip.id;
 		p->ip_version = 4;
 		p->ttl = ip.ttl;
 		__builtin_memcpy(p->saddr, &ip.saddr, 4);
 		__builtin_memcpy(p->daddr, &ip.daddr, 4);
-		l4off = l3off + ip.ihl * 4;
-		tot = bpf_ntohs(ip.tot_len);
-		/* tot_len 0: BIG TCP super-packet, the skb length is the truth */
+		w.proto = ip.protocol;
+		w.off = l3off + hlen;
 		l3end = tot ? l3off + tot : skb->len;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr ip6;
 		__u32 plen;
 
-		if (load(skb, l3off, &ip6, sizeof(ip6)) < 0)
-			goto bad_header;
-		if (ip6.version != 6)
-			goto bad_header;
-		l4 = ip6.nexthdr;
+		if (load(skb, l3off, &ip6, sizeof(ip6)) < 0 || ip6.version != 6) {
+			count_drop(cnt, TW_DROP_BAD_IPV6_HEADER);
+			return TC_ACT_UNSPEC;
+		}
 		p->ip_version = 6;
 		p->ttl = ip6.hop_limit;
 		__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6.daddr, 16);
-		l4off = l3off + sizeof(ip6);
+		w.proto = ip6.nexthdr;
+		w.off = l3off + sizeof(ip6);
+		w.ipv6 = 1;
 		plen = bpf_ntohs(ip6.payload_len);
-		l3end = plen ? l4off + plen : skb->len;
-#pragma unroll
-		for (int i = 0; i < TW_MAX_IPV6_EXT; i++) {
-			__u8 ext[2];
-
-			if (l4 != IPPROTO_HOPOPTS && l4 != IPPROTO_ROUTING && l4 != IPPROTO_DSTOPTS &&
-			    l4 != IPPROTO_FRAGMENT)
-				break;
-			if (load(skb, l4off, ext, sizeof(ext)) < 0)
-				goto bad_header;
-			if (l4 == IPPROTO_FRAGMENT) {
-				__u16 fo;
-
-				if (load(skb, l4off + 2, &fo, sizeof(fo)) < 0)
-					goto bad_header;
-				if (fo & bpf_htons(0xfff8)) {
-					count_drop(cnt, TW_DROP_IP_FRAGMENT);
-					return TC_ACT_UNSPEC;
-				}
-				l4off += 8;
-			} else {
-				l4off += (ext[1] + 1) * 8;
-			}
-			l4 = ext[0];
-		}
+		/* payload_len 0: a jumbogram or BIG TCP super-packet */
+		l3end = plen ? w.off + plen : skb->len;
 	} else {
 		cnt->stat[TW_STAT_NOT_TCP_UDP]++;
 		return TC_ACT_UNSPEC;
 	}
 	if (l3end > skb->len) /* Ethernet padding is below l3end; a lie above it */
 		l3end = skb->len;
+	w.end = l3end;
+	rc = tw_walk_ext(skb, &w);
+	if (rc != TW_WALK_OK) {
+		count_walk(cnt, rc);
+		return TC_ACT_UNSPEC;
+	}
+	if (w.first_fragment)
+		p->flags |= TW_PKT_F_FRAGMENT;
+	l4 = w.proto;
 
 	/* L4 */
 	p->l4_proto = l4;
@@ -486,33 +650,33 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 		struct tcphdr th;
 		__u8 *raw = (__u8 *)&th;
 
-		if (load(skb, l4off, &th, sizeof(th)) < 0)
-			goto bad_header;
-		if (th.doff < 5)
-			goto bad_header;
+		if (load(skb, w.off, &th, sizeof(th)) < 0 || th.doff < 5)
+			goto bad_tcp;
+		payload_off = w.off + th.doff * 4;
+		if (payload_off > l3end)
+			goto bad_tcp;
 		p->sport = bpf_ntohs(th.source);
 		p->dport = bpf_ntohs(th.dest);
 		p->seq = bpf_ntohl(th.seq);
 		p->ack = bpf_ntohl(th.ack_seq);
 		p->window = bpf_ntohs(th.window);
 		p->tcp_flags = raw[13];
-		payload_off = l4off + th.doff * 4;
-		p->tcp_wscale = (p->tcp_flags & TW_TCP_SYN) ? tw_syn_wscale(skb, l4off + sizeof(th), th.doff * 4 - sizeof(th))
+		p->tcp_wscale = (p->tcp_flags & TW_TCP_SYN) ? tw_syn_wscale(skb, w.off + sizeof(th), th.doff * 4 - sizeof(th))
 							    : TW_WSCALE_NONE;
 	} else if (l4 == IPPROTO_UDP) {
 		struct udphdr uh;
 
-		if (load(skb, l4off, &uh, sizeof(uh)) < 0)
-			goto bad_header;
+		payload_off = w.off + sizeof(uh);
+		if (payload_off > l3end || load(skb, w.off, &uh, sizeof(uh)) < 0) {
+			count_drop(cnt, TW_DROP_BAD_UDP_HEADER);
+			return TC_ACT_UNSPEC;
+		}
 		p->sport = bpf_ntohs(uh.source);
 		p->dport = bpf_ntohs(uh.dest);
-		payload_off = l4off + sizeof(uh);
 	} else {
 		cnt->stat[TW_STAT_NOT_TCP_UDP]++;
 		return TC_ACT_UNSPEC;
 	}
-	if (payload_off > l3end)
-		goto bad_header;
 	payload_len = l3end - payload_off;
 	p->payload_len = payload_len;
 
@@ -523,8 +687,8 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	}
 
 	/* Filters: nothing filtered out is ever copied. */
-	if (((set_flags & TW_SET_CIDR_RULES) && !cidr_pass(p, set_flags)) ||
-	    ((set_flags & TW_SET_PORT_RULES) && !port_pass(p, set_flags))) {
+	if (((set_flags & TW_SET_CIDR_RULES) && !cidr_pass(p, set_flags, gen)) ||
+	    ((set_flags & TW_SET_PORT_RULES) && !port_pass(p, set_flags, gen))) {
 		cnt->stat[TW_STAT_FILTERED]++;
 		return TC_ACT_UNSPEC;
 	}
@@ -540,7 +704,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	 * same verdict and the first one was kept. */
 	if (direction == TW_DIR_EGRESS && skb->ingress_ifindex && skb->ingress_ifindex != ifindex) {
 		__u32 iif = skb->ingress_ifindex;
-		__u32 *iv = bpf_map_lookup_elem(&tw_ifaces, &iif);
+		__u32 *iv = ifaces ? bpf_map_lookup_elem(ifaces, &iif) : 0;
 
 		if (iv && (*iv & TW_IF_CAPTURE)) {
 			cnt->stat[TW_STAT_DUPLICATE]++;
@@ -591,10 +755,15 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 			return TC_ACT_UNSPEC;
 	}
 	cnt->stat[TW_STAT_PACKETS_CAPTURED]++;
+	if (p->flags & TW_PKT_F_FRAGMENT)
+		cnt->stat[TW_STAT_FIRST_FRAGMENTS]++;
 	return TC_ACT_UNSPEC;
 
-bad_header:
-	count_drop(cnt, TW_DROP_BAD_HEADER);
+bad_ipv4:
+	count_drop(cnt, TW_DROP_BAD_IPV4_HEADER);
+	return TC_ACT_UNSPEC;
+bad_tcp:
+	count_drop(cnt, TW_DROP_BAD_TCP_HEADER);
 	return TC_ACT_UNSPEC;
 }
 

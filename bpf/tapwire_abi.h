@@ -27,6 +27,15 @@
 /* Records per packet at most: 16 x 16 KiB = 256 KiB, above the 64 KiB GSO
  * default and BIG TCP's common sizes. What lies beyond is cut and flagged. */
 #define TW_MAX_CHUNKS 16u
+/* Stacked VLAN tags the programs walk in the packet (802.1ad + 802.1Q, QinQ),
+ * besides a tag the driver took off into the skb's metadata. Deeper stacks
+ * are counted (TW_DROP_VLAN_LIMIT). */
+#define TW_MAX_VLAN_TAGS 2u
+/* IP extension headers the programs walk before the L4 header: IPv6
+ * hop-by-hop, routing, fragment, destination options (twice, RFC 8200 4.1),
+ * mobility, HIP, shim6, AH (IPv4 and IPv6), with room to spare. More are
+ * counted (TW_DROP_IPV6_EXT_LIMIT); ESP ends the walk (TW_STAT_IPSEC_ESP). */
+#define TW_MAX_EXT_HEADERS 10u
 /* Default snap length: 0 means the whole L4 payload. */
 #define TW_SNAPLEN_ALL 0u
 
@@ -41,6 +50,11 @@ enum tw_pkt_flag {
 	TW_PKT_F_CONTINUATION = 1u << 1, /* not the packet's first record */
 	TW_PKT_F_MORE = 1u << 2, /* more records of this packet follow */
 	TW_PKT_F_VLAN = 1u << 3, /* vlan_tci is valid */
+	/* the first fragment of a fragmented IP datagram (IPv4 MF set and offset
+	 * 0, or an IPv6 fragment header with M set and offset 0): payload_len is
+	 * what this fragment carries, not the whole datagram. The other
+	 * fragments have no L4 header and are counted (TW_DROP_IP_FRAGMENT). */
+	TW_PKT_F_FRAGMENT = 1u << 4,
 };
 
 /* TCP flag bits as on the wire (struct tw_pkt.tcp_flags). */
@@ -96,8 +110,23 @@ enum tw_drop_reason {
 	TW_DROP_NO_RING = 1, /* no ring buffer for this CPU */
 	TW_DROP_LOAD_FAILED = 2, /* bpf_skb_load_bytes failed on the payload */
 	TW_DROP_IP_FRAGMENT = 3, /* non-first IP fragment: no L4 header to file it under */
-	TW_DROP_BAD_HEADER = 4, /* truncated or malformed L3/L4 header */
+	/* retired: malformed headers are counted by layer since the reasons
+	 * below were added (TW_DROP_BAD_L2_HEADER ...); kept so that the reason
+	 * numbers of loss records in older segment files keep their meaning */
+	TW_DROP_BAD_HEADER = 4,
 	TW_DROP_NO_SCRATCH = 5, /* per-CPU scratch buffer missing */
+	/* more IPv6 extension headers (AH included) than the programs walk
+	 * (TW_MAX_EXT_HEADERS): the L4 header was not reached */
+	TW_DROP_IPV6_EXT_LIMIT = 6,
+	TW_DROP_BAD_L2_HEADER = 7, /* frame shorter than an Ethernet header */
+	TW_DROP_BAD_VLAN_HEADER = 8, /* 802.1Q/802.1ad tag cut short */
+	TW_DROP_VLAN_LIMIT = 9, /* more stacked VLAN tags than the programs walk (TW_MAX_VLAN_TAGS) */
+	TW_DROP_BAD_IPV4_HEADER = 10, /* cut short, version != 4, IHL < 5, or total length below the header */
+	TW_DROP_BAD_IPV6_HEADER = 11, /* cut short or version != 6 */
+	TW_DROP_BAD_IPV6_EXT_HEADER = 12, /* an IPv6 extension header cut short or past the packet's end */
+	TW_DROP_BAD_AH_HEADER = 13, /* IPsec AH header cut short, too small, or past the packet's end */
+	TW_DROP_BAD_TCP_HEADER = 14, /* cut short, data offset < 5, or options past the packet's end */
+	TW_DROP_BAD_UDP_HEADER = 15, /* cut short or past the packet's end */
 	TW_DROP__MAX
 };
 
@@ -113,6 +142,8 @@ enum tw_stat {
 	TW_STAT_EMPTY_ACK = 7, /* payload-less TCP segments without SYN/FIN/RST: not recorded, by design */
 	TW_STAT_NOT_TARGETED = 8, /* neither address belongs to a targeted pod (by design, not a drop) */
 	TW_STAT_DUPLICATE = 9, /* already captured on another interface of this node (by design, not a drop) */
+	TW_STAT_IPSEC_ESP = 10, /* IPsec ESP: encrypted, no L4 header to read (by design, not a drop) */
+	TW_STAT_FIRST_FRAGMENTS = 11, /* first IP fragments captured, flagged TW_PKT_F_FRAGMENT */
 	TW_STAT__MAX
 };
 
@@ -121,7 +152,22 @@ struct tw_counters {
 	__u64 drop[TW_DROP__MAX];
 };
 
-/* Runtime filter settings, one entry in the tw_settings array map. */
+/*
+ * Runtime filter settings. The rule set (these settings, the CIDR and port
+ * rules, the interface set) exists in TW_RULE_GENERATIONS generations: the
+ * tw_settings array map holds one struct tw_settings per generation, and
+ * the array-of-maps tw_cidr4, tw_cidr6, tw_ports and tw_ifaces hold one
+ * inner map per generation. The programs read the active generation's index
+ * once per packet (the global tw_active_gen), so a packet is judged by one
+ * whole rule set: userspace fills the inactive generation, switches
+ * tw_active_gen with one store, waits until no program can still be using
+ * the old generation, and only then clears it.
+ */
+#define TW_RULE_GENERATIONS 2u
+/* Rules per rule map and generation (tw_cidr4, tw_cidr6, tw_ports), and
+ * interfaces per generation (tw_ifaces). */
+#define TW_MAX_RULES 1024u
+#define TW_MAX_IFACES 4096u
 enum tw_setting_flag {
 	TW_SET_CIDR_ALLOWLIST = 1u << 0, /* only addresses matching an allow rule */
 	TW_SET_PORT_ALLOWLIST = 1u << 1, /* only ports matching an allow rule */

@@ -93,17 +93,23 @@ std::vector<MetricFamily> sensor_families(const json& s) {
                     .add(num(c, "packets_seen"))
                     .f);
   out.push_back(FamilyBuilder("tapwire_packets_not_recorded_total",
-                              "Packets not recorded by design (filtered, not TCP/UDP, payload-less ACKs), by reason",
+                              "Packets not recorded by design (filtered, not TCP/UDP, payload-less ACKs, IPsec ESP), by reason",
                               MetricType::Counter)
                     .add(num(c, "filtered"), {{"reason", "filtered"}})
                     .add(num(c, "not_tcp_udp"), {{"reason", "not_tcp_udp"}})
                     .add(num(c, "empty_ack"), {{"reason", "empty_ack"}})
                     .add(num(c, "not_targeted"), {{"reason", "not_targeted"}})
                     .add(num(c, "duplicate"), {{"reason", "duplicate"}})
+                    .add(num(c, "ipsec_esp"), {{"reason", "ipsec_esp"}})
                     .f);
   out.push_back(FamilyBuilder("tapwire_packets_truncated_total", "Packets whose payload was cut (flagged)",
                               MetricType::Counter)
                     .add(num(c, "truncated"))
+                    .f);
+  out.push_back(FamilyBuilder("tapwire_packets_first_fragment_total",
+                              "First IP fragments captured (flagged: the payload is that fragment's part only)",
+                              MetricType::Counter)
+                    .add(num(c, "first_fragments"))
                     .f);
   FamilyBuilder drops("tapwire_drops_total", "Packets or records lost, by reason and CPU (cpu=\"all\" for userspace)",
                       MetricType::Counter);

@@ -338,7 +338,8 @@ def _col(name, typ="string", priority=0, fmt="", desc=""):
 
 def _table_columns(kind: str) -> list[dict]:
     name = _col("Name", fmt="name", desc="Name must be unique within a namespace.")
-    age = _col("Age", desc="CreationTimestamp is a timestamp representing the server time when this object was created.")
+    age = _col("Age", desc="CreationTimestamp is a timestamp representing the server time when this object "
+                           "was created.")
     if kind == "Pod":
         return [name, _col("Ready"), _col("Status"), _col("Restarts"), age, _col("IP", priority=1),
                 _col("Node", priority=1), _col("Nominated Node", priority=1), _col("Readiness Gates", priority=1)]
@@ -589,8 +590,9 @@ class KubeApiServer:
         token (this server's unless given), or the client certificate."""
         user: dict = {}
         if client_cert:
-            user["client-certificate-data"] = base64.b64encode((self.workdir / "kubeapi-client.crt").read_bytes()).decode()
-            user["client-key-data"] = base64.b64encode((self.workdir / "kubeapi-client.key").read_bytes()).decode()
+            for key, f in (("client-certificate-data", "kubeapi-client.crt"),
+                           ("client-key-data", "kubeapi-client.key")):
+                user[key] = base64.b64encode((self.workdir / f).read_bytes()).decode()
         else:
             user["token"] = token if token is not None else self.token
         cluster: dict = {"server": self.url}

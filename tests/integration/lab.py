@@ -704,6 +704,14 @@ def attachments(ns: str, dev: str) -> dict:
                             progs.append(f"{kind}/{e.get('kind', '')}: {e.get('name', '')} id {e.get('prog_id', e.get('id', ''))}")
         except ValueError:
             pass
+    # tcx links (Linux 6.6+): this system's bpftool and tc do not list them
+    tcx = build_dir() / "tapwire-tcx"
+    if os.access(tcx, os.X_OK):
+        r = run(["ip", "netns", "exec", ns, tcx, "query", dev], check=False)
+        if r.returncode == 0:
+            j = json.loads(r.stdout)
+            for hook in ("ingress", "egress"):
+                progs += [f"tcx/{hook}: {e['name']} id {e['prog_id']}" for e in j.get(hook, [])]
     return {"clsact": "clsact" in q, "qdisc": q.strip(), "filters": filters, "bpf": progs}
 
 

@@ -276,6 +276,8 @@ def expected(items, watched=("ReplicaSet", "Job")) -> dict:
                 if not cs.get("containerID"):
                     continue
                 scheme, _, cid = cs["containerID"].partition("://")
+                if not re.fullmatch(r"[0-9a-f]{64}", cid):
+                    continue  # not an id a cgroup path can name
                 e = {"name": cs["name"], "id": cid}
                 if scheme in RUNTIMES:
                     e["runtime"] = scheme

@@ -33,6 +33,27 @@ std::string describe(const EndpointIdentityPtr& p) {
          "/" + i.workload_name + " service=" + i.service + " node=" + i.node;
 }
 
+// A resolution, for tests: `->` on nothing fails the test (instead of
+// crashing it) and reads as an empty identity.
+struct Id {
+  EndpointIdentityPtr p;
+  Id(EndpointIdentityPtr x) : p(std::move(x)) {}
+  const EndpointIdentity* operator->() const {
+    static const EndpointIdentity none;
+    if (!p) ADD_FAILURE() << "resolved to nothing";
+    return p ? p.get() : &none;
+  }
+  operator EndpointIdentityPtr() const { return p; }
+  const EndpointIdentity* get() const { return p.get(); }
+  explicit operator bool() const { return p != nullptr; }
+  bool operator==(std::nullptr_t) const { return !p; }
+};
+void PrintTo(const Id& id, std::ostream* os) { *os << describe(id.p); }
+
+Id R(IdentityTable& t, uint8_t l4, const char* a, uint16_t ap, const char* b, uint16_t bp, uint64_t ts) {
+  return t.resolve(l4, ip(a), ap, ip(b), bp, ts);
+}
+
 EndpointIdentityPtr want(EndpointIdentity i) { return std::make_shared<const EndpointIdentity>(std::move(i)); }
 
 void apply_all(IdentityTable& t, const std::vector<IdentityRecord>& rs) {
@@ -128,26 +149,24 @@ EndpointIdentity pod_by_address(EndpointIdentity i) {
   return i;
 }
 
-struct Table : ::testing::Test {
+struct IdentityTableWorld : ::testing::Test {
   IdentityTable t;
   void SetUp() override { apply_all(t, world()); }
-  EndpointIdentityPtr r(uint8_t l4, const char* a, uint16_t ap, const char* b, uint16_t bp, uint64_t ts) {
-    return t.resolve(l4, ip(a), ap, ip(b), bp, ts);
-  }
-  EndpointIdentityPtr client(uint64_t ts) { return r(TCP, "10.244.1.7", 40000, "10.244.2.9", 8080, ts); }
-  EndpointIdentityPtr server(uint64_t ts) { return r(TCP, "10.244.2.9", 8080, "10.244.1.7", 40000, ts); }
+  Id r(uint8_t l4, const char* a, uint16_t ap, const char* b, uint16_t bp, uint64_t ts) { return R(t, l4, a, ap, b, bp, ts); }
+  Id client(uint64_t ts) { return r(TCP, "10.244.1.7", 40000, "10.244.2.9", 8080, ts); }
+  Id server(uint64_t ts) { return r(TCP, "10.244.2.9", 8080, "10.244.1.7", 40000, ts); }
 };
 
 // ------------------------------------------------------- by socket --
 
-TEST_F(Table, ConnectionBetweenLocalProcessesResolvesBothEnds) {
+TEST_F(IdentityTableWorld, ConnectionBetweenLocalProcessesResolvesBothEnds) {
   EXPECT_EQ(describe(client(at(20))), describe(want(web_id())));
   EXPECT_EQ(describe(server(at(20))), describe(want(api_id())));
   EXPECT_EQ(t.stats().resolved_by_socket, 2u);
   EXPECT_EQ(t.node(), "node-1");
 }
 
-TEST_F(Table, ProcessNameFallsBackToTheSocketsComm) {
+TEST_F(IdentityTableWorld, ProcessNameFallsBackToTheSocketsComm) {
   // No process record for 650: the creator's comm is all there is.
   t.apply(sock_open({.ts = at(10), .cookie = 3, .cgroup = 102, .tgid = 650, .local = "10.244.2.9", .lport = 9090,
                      .remote = "10.244.1.7", .rport = 41000, .comm = "grpc-worker"}));
@@ -159,7 +178,7 @@ TEST_F(Table, ProcessNameFallsBackToTheSocketsComm) {
   EXPECT_EQ(describe(id), describe(want(w)));
 }
 
-TEST_F(Table, ContainerNotInThePodSpecIsNamedByItsId) {
+TEST_F(IdentityTableWorld, ContainerNotInThePodSpecIsNamedByItsId) {
   t.apply(sock_open({.ts = at(10), .cookie = 4, .cgroup = 104, .tgid = 600, .local = "10.244.2.9", .lport = 15000,
                      .remote = "10.244.1.7", .rport = 41001}));
   auto id = r(TCP, "10.244.2.9", 15000, "10.244.1.7", 41001, at(20));
@@ -169,7 +188,7 @@ TEST_F(Table, ContainerNotInThePodSpecIsNamedByItsId) {
   EXPECT_EQ(id->pod, "api-7d9c-x2x");
 }
 
-TEST_F(Table, NodeProcessesAndUnknownCgroups) {
+TEST_F(IdentityTableWorld, NodeProcessesAndUnknownCgroups) {
   t.apply(sock_open({.ts = at(10), .cookie = 5, .cgroup = 103, .tgid = 700, .local = "10.0.0.5", .lport = 22,
                      .remote = "192.168.1.50", .rport = 51000, .comm = "sshd"}));
   t.apply(sock_open({.ts = at(10), .cookie = 6, .cgroup = 999, .tgid = 701, .local = "10.0.0.5", .lport = 9100,
@@ -190,7 +209,7 @@ TEST_F(Table, NodeProcessesAndUnknownCgroups) {
   EXPECT_EQ(t.stats().unresolved, 1u);
 }
 
-TEST_F(Table, PodCgroupOfAPodNotYetKnown) {
+TEST_F(IdentityTableWorld, PodCgroupOfAPodNotYetKnown) {
   // The cgroup says pod and container; the API has not told of the pod.
   t.apply(sock_open({.ts = at(10), .cookie = 7, .cgroup = 105, .tgid = 720, .local = "10.244.9.9", .lport = 80,
                      .remote = "10.244.1.7", .rport = 41002, .comm = "nginx"}));
@@ -203,7 +222,7 @@ TEST_F(Table, PodCgroupOfAPodNotYetKnown) {
   EXPECT_EQ(describe(r(TCP, "10.244.9.9", 80, "10.244.1.7", 41002, at(20))), describe(want(w)));
 }
 
-TEST_F(Table, UnconnectedUdpMatchesByLocalAddressOnly) {
+TEST_F(IdentityTableWorld, UnconnectedUdpMatchesByLocalAddressOnly) {
   t.apply(sock_open({.ts = at(10), .cookie = 8, .cgroup = 102, .tgid = 600, .l4 = UDP, .local = "10.244.2.9", .lport = 53}));
   // A connected UDP socket on the same port is more specific for its peer.
   t.apply(sock_open({.ts = at(10), .cookie = 9, .cgroup = 102, .tgid = 610, .l4 = UDP, .local = "10.244.2.9", .lport = 53,
@@ -216,7 +235,7 @@ TEST_F(Table, UnconnectedUdpMatchesByLocalAddressOnly) {
   EXPECT_EQ(describe(r(UDP, "fd00:244::9", 53, "10.244.1.7", 33333, at(20))), describe(want(pod_by_address(api_id()))));
 }
 
-TEST_F(Table, SlackAroundOpenAndClose) {
+TEST_F(IdentityTableWorld, SlackAroundOpenAndClose) {
   // Socket 2 opened at 10 s; closed at 100 s. Slack: 2 s either side.
   t.apply(sock_close(2, at(100)));
   EXPECT_EQ(server(at(8.5))->pid, 600u);
@@ -228,7 +247,7 @@ TEST_F(Table, SlackAroundOpenAndClose) {
   EXPECT_EQ(client(at(100000))->pid, 500u);
 }
 
-TEST_F(Table, ReusedTupleResolvesByTime) {
+TEST_F(IdentityTableWorld, ReusedTupleResolvesByTime) {
   Sock a{.ts = at(200), .cookie = 20, .cgroup = 103, .tgid = 800, .local = "10.0.0.5", .lport = 5000,
          .remote = "10.0.0.6", .rport = 6000, .comm = "first"};
   Sock b = a;
@@ -254,7 +273,7 @@ TEST_F(Table, ReusedTupleResolvesByTime) {
   EXPECT_EQ(q(310)->pid, 0u);
 }
 
-TEST_F(Table, CloseByCookieClosesEveryAddressOfTheSocket) {
+TEST_F(IdentityTableWorld, CloseByCookieClosesEveryAddressOfTheSocket) {
   // An unconnected UDP socket announced at two local addresses.
   t.apply(sock_open({.ts = at(10), .cookie = 30, .cgroup = 103, .tgid = 700, .l4 = UDP, .local = "10.0.0.5", .lport = 123}));
   t.apply(sock_open({.ts = at(11), .cookie = 30, .cgroup = 103, .tgid = 700, .l4 = UDP, .local = "fd00::5", .lport = 123}));
@@ -267,7 +286,7 @@ TEST_F(Table, CloseByCookieClosesEveryAddressOfTheSocket) {
   EXPECT_EQ(r(UDP, "10.0.0.5", 123, "1.1.1.1", 123, at(40))->pid, 700u);
 }
 
-TEST_F(Table, AnnouncedTwiceIsOneSocket) {
+TEST_F(IdentityTableWorld, AnnouncedTwiceIsOneSocket) {
   auto s = sock_open({.ts = at(10), .cookie = 1, .cgroup = 101, .tgid = 500, .local = "10.244.1.7", .lport = 40000,
                       .remote = "10.244.2.9", .rport = 8080, .comm = "worker-1"});
   const uint64_t before = t.stats().sockets;
@@ -278,7 +297,7 @@ TEST_F(Table, AnnouncedTwiceIsOneSocket) {
   EXPECT_EQ(client(at(9))->pid, 500u);
 }
 
-TEST_F(Table, Ipv6Sockets) {
+TEST_F(IdentityTableWorld, Ipv6Sockets) {
   t.apply(sock_open({.ts = at(10), .cookie = 40, .cgroup = 102, .tgid = 600, .local = "fd00:244::9", .lport = 8080,
                      .remote = "fd00:244::7", .rport = 40001}));
   EXPECT_EQ(describe(r(TCP, "fd00:244::9", 8080, "fd00:244::7", 40001, at(20))), describe(want(api_id())));
@@ -286,7 +305,7 @@ TEST_F(Table, Ipv6Sockets) {
   EXPECT_EQ(r(TCP, "10.244.2.9", 8080, "fd00:244::7", 40001, at(20))->pid, 0u);
 }
 
-TEST_F(Table, ProcessAndServiceAreTakenAtTheCallsTime) {
+TEST_F(IdentityTableWorld, ProcessAndServiceAreTakenAtTheCallsTime) {
   // Process 900 runs /bin/sh, opens a socket, then execs python3 (the
   // socket survives the exec); a slice starts listing web's address later.
   t.apply(process(at(1), 900, TW_IDENT_EXEC, "sh", "/bin/sh", 101));
@@ -315,7 +334,7 @@ TEST_F(Table, ProcessAndServiceAreTakenAtTheCallsTime) {
   EXPECT_EQ(r(TCP, "10.244.3.3", 5432, "10.0.0.6", 1000, at(50))->service, "");
 }
 
-TEST_F(Table, ExitEndsTheProcess) {
+TEST_F(IdentityTableWorld, ExitEndsTheProcess) {
   t.apply(process(at(300), 500, TW_IDENT_EXIT, "", ""));
   EXPECT_EQ(client(at(200))->process, "web");
   // After the exit (and its slack) only the socket's own comm is left.
@@ -327,7 +346,7 @@ TEST_F(Table, ExitEndsTheProcess) {
 
 // ------------------------------------------------------ by address --
 
-TEST_F(Table, PodAddressesNameThePod) {
+TEST_F(IdentityTableWorld, PodAddressesNameThePod) {
   EndpointIdentity db;
   db.pod = "db-0";
   db.namespace_ = "data";
@@ -341,7 +360,7 @@ TEST_F(Table, PodAddressesNameThePod) {
   EXPECT_GE(t.stats().resolved_by_ip, 3u);
 }
 
-TEST_F(Table, ServiceClusterIpNodeAndUnknown) {
+TEST_F(IdentityTableWorld, ServiceClusterIpNodeAndUnknown) {
   EndpointIdentity svc;
   svc.service = "api";
   svc.namespace_ = "shop";
@@ -356,7 +375,7 @@ TEST_F(Table, ServiceClusterIpNodeAndUnknown) {
   EXPECT_EQ(r(TCP, "10.244.2.10", 53, "10.244.1.7", 40000, at(20)), nullptr);
 }
 
-TEST_F(Table, AddressReusedByANewPod) {
+TEST_F(IdentityTableWorld, AddressReusedByANewPod) {
   // old owns 10.244.5.5 until t1 = 100 s; new gets it at t2 = 105 s.
   t.apply(pod_up(at(50), {.uid = "old", .ns = "ns", .name = "old-pod", .ips = {"10.244.5.5"}}));
   t.apply(pod_del(at(100), "old"));
@@ -373,7 +392,7 @@ TEST_F(Table, AddressReusedByANewPod) {
   EXPECT_EQ(pod_at(1000), "new-pod");
 }
 
-TEST_F(Table, FutureAndPastSlackOfAddresses) {
+TEST_F(IdentityTableWorld, FutureAndPastSlackOfAddresses) {
   // A gap longer than both slacks: 10 s ahead of an add, 2 s after a delete.
   t.apply(pod_up(at(200), {.uid = "p1", .ns = "ns", .name = "p1", .ips = {"10.244.6.6"}}));
   t.apply(pod_del(at(300), "p1"));
@@ -390,7 +409,7 @@ TEST_F(Table, FutureAndPastSlackOfAddresses) {
   EXPECT_EQ(pod_at(391), "p2");
 }
 
-TEST_F(Table, PodAddressChange) {
+TEST_F(IdentityTableWorld, PodAddressChange) {
   t.apply(pod_up(at(100), {.uid = kDbUid,
                            .ns = "data",
                            .name = "db-0",
@@ -404,7 +423,7 @@ TEST_F(Table, PodAddressChange) {
   EXPECT_EQ(r(TCP, "10.244.3.4", 1, "10.0.0.5", 1, at(50)), nullptr);
 }
 
-TEST_F(Table, HostNetworkPodsNeverClaimTheNodesAddress) {
+TEST_F(IdentityTableWorld, HostNetworkPodsNeverClaimTheNodesAddress) {
   t.apply(pod_up(at(0), {.uid = "hn", .ns = "kube-system", .name = "kube-proxy-x", .ips = {"10.0.0.5"},
                          .owner_kind = "DaemonSet", .owner_name = "kube-proxy", .host_network = true}));
   t.apply(pod_up(at(0), {.uid = "hn2", .ns = "kube-system", .name = "agent-y", .node = "node-2", .ips = {"10.0.0.6"},
@@ -436,7 +455,7 @@ TEST_F(Table, HostNetworkPodsNeverClaimTheNodesAddress) {
     }
 }
 
-TEST_F(Table, ServiceAndNodeLifecycles) {
+TEST_F(IdentityTableWorld, ServiceAndNodeLifecycles) {
   t.apply(workload(at(100), Workload{WorkloadOp::Delete, ServiceObject{"svc-api", "shop", "api", "", {}, {}}}));
   t.apply(workload(at(100), Workload{WorkloadOp::Delete, NodeObject{"n2", "node-2", {}}}));
   EXPECT_EQ(r(TCP, "10.96.0.12", 80, "10.244.1.7", 1, at(50))->service, "api");
@@ -477,7 +496,7 @@ std::vector<IdentityRecord> partial_dump(uint64_t ts) {
   return d;
 }
 
-TEST_F(Table, WhatADumpDoesNotRestateEndsAtItsTime) {
+TEST_F(IdentityTableWorld, WhatADumpDoesNotRestateEndsAtItsTime) {
   auto d = partial_dump(at(500));
   // Until the end marker, nothing ends.
   for (size_t i = 0; i + 1 < d.size(); i++) t.apply(d[i]);
@@ -500,7 +519,7 @@ TEST_F(Table, WhatADumpDoesNotRestateEndsAtItsTime) {
   EXPECT_EQ(names, std::vector<std::string>{"web-5d8f"});
 }
 
-TEST_F(Table, ProcessesNotRestatedEnd) {
+TEST_F(IdentityTableWorld, ProcessesNotRestatedEnd) {
   // Socket 2 restated, its process (600) not.
   auto d = partial_dump(at(500));
   d.pop_back();
@@ -517,19 +536,19 @@ TEST_F(Table, ProcessesNotRestatedEnd) {
   EXPECT_EQ(later->exe, "");  // the process record ended
 }
 
-TEST_F(Table, ADumpAloneTellsTheState) {
+TEST_F(IdentityTableWorld, ADumpAloneTellsTheState) {
   IdentityTable fresh;
   apply_all(fresh, partial_dump(at(500)));
   EXPECT_EQ(fresh.node(), "node-1");
-  EXPECT_EQ(describe(fresh.resolve(TCP, ip("10.244.1.7"), 40000, ip("10.244.2.9"), 8080, at(600))),
+  EXPECT_EQ(describe(R(fresh, TCP, "10.244.1.7", 40000, "10.244.2.9", 8080, at(600))),
             describe(want(web_id())));
   // The restated socket keeps its own open time.
-  EXPECT_EQ(fresh.resolve(TCP, ip("10.244.1.7"), 40000, ip("10.244.2.9"), 8080, at(20))->pid, 500u);
+  EXPECT_EQ(R(fresh, TCP, "10.244.1.7", 40000, "10.244.2.9", 8080, at(20))->pid, 500u);
   ASSERT_EQ(fresh.pods().size(), 1u);
   EXPECT_EQ(fresh.pods()[0].first_seen_ns, at(0));
 }
 
-TEST_F(Table, ADumpAppliedTwiceChangesNothing) {
+TEST_F(IdentityTableWorld, ADumpAppliedTwiceChangesNothing) {
   auto d = partial_dump(at(500));
   apply_all(t, d);
   auto snapshot = [&] {
@@ -552,7 +571,7 @@ TEST_F(Table, ADumpAppliedTwiceChangesNothing) {
   EXPECT_EQ(t.stats().dumps, 2u);
 }
 
-TEST_F(Table, ADumpRestatingAChangeAppliesItFromTheDumpsTime) {
+TEST_F(IdentityTableWorld, ADumpRestatingAChangeAppliesItFromTheDumpsTime) {
   // The sensor missed db-0's address change (it was not running); the dump
   // at 500 s restates db-0, first seen at 0 s, with its new address.
   auto d = partial_dump(at(500));
@@ -569,7 +588,7 @@ TEST_F(Table, ADumpRestatingAChangeAppliesItFromTheDumpsTime) {
   EXPECT_EQ(r(TCP, "10.244.3.4", 1, "10.0.0.5", 1, at(600))->pod, "db-0");
 }
 
-TEST_F(Table, AnIncompleteDumpEndsNothing) {
+TEST_F(IdentityTableWorld, AnIncompleteDumpEndsNothing) {
   // The end marker counts more records than the dump holds: some did not
   // fit its segment, so what is missing may well be alive.
   auto d = partial_dump(at(500));
@@ -580,7 +599,7 @@ TEST_F(Table, AnIncompleteDumpEndsNothing) {
   EXPECT_EQ(r(TCP, "10.0.0.6", 1, "10.0.0.5", 1, at(600))->node, "node-2");
 }
 
-TEST_F(Table, DumpMarkersOutOfOrder) {
+TEST_F(IdentityTableWorld, DumpMarkersOutOfOrder) {
   // An end without a begin, or a begin without an end: nothing ends.
   t.apply(dump_end(at(500), 1));
   EXPECT_EQ(t.pods().size(), 3u);
@@ -603,22 +622,22 @@ TEST(IdentityTablePrune, EndedEntriesGoLiveOnesStay) {
   EXPECT_EQ(t.stats().sockets, 2u);
   t.prune(at(149));  // ended at 50 s: kept until 150 s
   EXPECT_EQ(t.stats().sockets, 2u);
-  EXPECT_EQ(t.resolve(TCP, ip("10.244.2.9"), 8080, ip("10.244.1.7"), 40000, at(40))->pid, 600u);
-  EXPECT_EQ(t.resolve(TCP, ip("10.244.3.3"), 1, ip("10.0.0.5"), 1, at(40))->pod, "db-0");
+  EXPECT_EQ(R(t, TCP, "10.244.2.9", 8080, "10.244.1.7", 40000, at(40))->pid, 600u);
+  EXPECT_EQ(R(t, TCP, "10.244.3.3", 1, "10.0.0.5", 1, at(40))->pod, "db-0");
   t.prune(at(151));
   EXPECT_EQ(t.stats().sockets, 1u);
   EXPECT_EQ(t.stats().processes, 2u);
   EXPECT_EQ(t.stats().pods, 2u);
   // The closed socket and its process are gone even for times they covered;
   // the address still names the pod, which is alive.
-  auto s = t.resolve(TCP, ip("10.244.2.9"), 8080, ip("10.244.1.7"), 40000, at(40));
+  auto s = R(t, TCP, "10.244.2.9", 8080, "10.244.1.7", 40000, at(40));
   ASSERT_TRUE(s);
   EXPECT_EQ(s->pid, 0u);
   EXPECT_EQ(s->pod, "api-7d9c-x2x");
-  EXPECT_EQ(t.resolve(TCP, ip("10.244.3.3"), 1, ip("10.0.0.5"), 1, at(40)), nullptr);
+  EXPECT_EQ(R(t, TCP, "10.244.3.3", 1, "10.0.0.5", 1, at(40)), nullptr);
   // Live ones stay however late.
   t.prune(at(1e6));
-  EXPECT_EQ(t.resolve(TCP, ip("10.244.1.7"), 40000, ip("10.244.2.9"), 8080, at(1e6))->process, "web");
+  EXPECT_EQ(R(t, TCP, "10.244.1.7", 40000, "10.244.2.9", 8080, at(1e6))->process, "web");
   EXPECT_EQ(t.pods().size(), 2u);
   // A prune before keep_ended_ns has passed since 0 does nothing.
   IdentityTable early(lim);
@@ -638,7 +657,7 @@ TEST(IdentityTableCaps, Sockets) {
   EXPECT_EQ(t.stats().sockets, 3u);
   EXPECT_EQ(t.stats().evicted_sockets, 2u);
   for (uint16_t i = 0; i < 5; i++) {
-    auto id = t.resolve(TCP, ip("10.0.0.5"), static_cast<uint16_t>(1000 + i), ip("10.0.0.6"), 80, at(10));
+    auto id = R(t, TCP, "10.0.0.5", static_cast<uint16_t>(1000 + i), "10.0.0.6", 80, at(10));
     EXPECT_EQ(id ? id->pid : 0u, i < 2 ? 0u : 1000u + i) << i;  // the oldest went
   }
   // Closed and pruned sockets make room without eviction.
@@ -662,7 +681,7 @@ TEST(IdentityTableCaps, Processes) {
   for (uint32_t p = 1; p <= 3; p++)
     t.apply(sock_open({.ts = at(10), .cookie = p, .tgid = p, .local = "10.0.0.5", .lport = static_cast<uint16_t>(p),
                        .remote = "10.0.0.6", .rport = 80, .comm = "thread"}));
-  auto name = [&](uint16_t p) { return t.resolve(TCP, ip("10.0.0.5"), p, ip("10.0.0.6"), 80, at(20))->process; };
+  auto name = [&](uint16_t p) { return R(t, TCP, "10.0.0.5", p, "10.0.0.6", 80, at(20))->process; };
   EXPECT_EQ(name(1), "thread");  // evicted: only the socket's comm
   EXPECT_EQ(name(2), "proc2");
   EXPECT_EQ(name(3), "proc3");
@@ -690,7 +709,7 @@ TEST(IdentityTableCaps, ProcessesReusedPidAfterPruneIsYoung) {
   for (uint32_t p = 6; p <= 10; p++)
     t.apply(sock_open({.ts = at(110), .cookie = p, .tgid = p, .local = "10.0.0.5", .lport = static_cast<uint16_t>(p),
                        .remote = "10.0.0.6", .rport = 80, .comm = "sock"}));
-  auto name = [&](uint16_t p) { return t.resolve(TCP, ip("10.0.0.5"), p, ip("10.0.0.6"), 80, at(120))->process; };
+  auto name = [&](uint16_t p) { return R(t, TCP, "10.0.0.5", p, "10.0.0.6", 80, at(120))->process; };
   EXPECT_EQ(name(6), "sock");
   EXPECT_EQ(name(8), "sock");
   EXPECT_EQ(name(7), "new7");
@@ -706,14 +725,14 @@ TEST(IdentityTableCaps, Cgroups) {
   EXPECT_EQ(t.stats().cgroups, 2u);
   EXPECT_EQ(t.stats().evicted_cgroups, 3u);
   // 101 (web's) went: its socket is a process of the node now.
-  auto id = t.resolve(TCP, ip("10.244.1.7"), 40000, ip("10.244.2.9"), 8080, at(20));
+  auto id = R(t, TCP, "10.244.1.7", 40000, "10.244.2.9", 8080, at(20));
   EXPECT_EQ(id->pid, 500u);
   EXPECT_EQ(id->pod, "");
   EXPECT_EQ(id->node, "node-1");
   // 104 and 105 stay.
   t.apply(sock_open({.ts = at(10), .cookie = 7, .cgroup = 105, .tgid = 720, .local = "10.244.9.9", .lport = 80,
                      .remote = "10.244.1.7", .rport = 1}));
-  EXPECT_EQ(t.resolve(TCP, ip("10.244.9.9"), 80, ip("10.244.1.7"), 1, at(20))->container_id, container_id(5));
+  EXPECT_EQ(R(t, TCP, "10.244.9.9", 80, "10.244.1.7", 1, at(20))->container_id, container_id(5));
 }
 
 TEST(IdentityTableCaps, Objects) {
@@ -725,9 +744,9 @@ TEST(IdentityTableCaps, Objects) {
   t.apply(service_up(at(3), "s", "ns", "svc", {"10.96.0.1"}));
   EXPECT_EQ(t.stats().evicted_objects, 1u);
   EXPECT_EQ(t.stats().pods + t.stats().services, 2u);
-  EXPECT_EQ(t.resolve(TCP, ip("10.244.0.1"), 1, ip("10.0.0.1"), 1, at(10)), nullptr);
-  EXPECT_EQ(t.resolve(TCP, ip("10.244.0.2"), 1, ip("10.0.0.1"), 1, at(10))->pod, "b");
-  EXPECT_EQ(t.resolve(TCP, ip("10.96.0.1"), 1, ip("10.0.0.1"), 1, at(10))->service, "svc");
+  EXPECT_EQ(R(t, TCP, "10.244.0.1", 1, "10.0.0.1", 1, at(10)), nullptr);
+  EXPECT_EQ(R(t, TCP, "10.244.0.2", 1, "10.0.0.1", 1, at(10))->pod, "b");
+  EXPECT_EQ(R(t, TCP, "10.96.0.1", 1, "10.0.0.1", 1, at(10))->service, "svc");
   ASSERT_EQ(t.pods().size(), 1u);
   EXPECT_EQ(t.pods()[0].name, "b");
 }
@@ -750,7 +769,7 @@ TEST(IdentityTableCaps, ObjectsComingBackAreYoungAgain) {
 
 // ------------------------------------------------- pods, kube, node --
 
-TEST_F(Table, PodsListsLivePodsWithServices) {
+TEST_F(IdentityTableWorld, PodsListsLivePodsWithServices) {
   t.apply(pod_up(at(30), {.uid = "gone", .ns = "shop", .name = "aaa-gone", .ips = {"10.244.8.8"}}));
   t.apply(pod_del(at(40), "gone"));
   const auto pods = t.pods();
@@ -802,7 +821,7 @@ TEST(IdentityTableKube, SyncStates) {
 
 // --------------------------------------------------------- sharing --
 
-TEST_F(Table, IdentitiesAreSharedUntilSomethingChanges) {
+TEST_F(IdentityTableWorld, IdentitiesAreSharedUntilSomethingChanges) {
   auto a = client(at(20)), b = client(at(30));
   EXPECT_EQ(a.get(), b.get());
   auto p1 = r(TCP, "10.244.3.3", 1, "10.0.0.5", 1, at(20)), p2 = r(TCP, "10.244.3.3", 2, "10.0.0.5", 9, at(21));

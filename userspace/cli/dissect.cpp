@@ -74,6 +74,7 @@ struct DissectOptions {
   std::string snapshot, data_dir, db;
   unsigned jobs = 1;
   size_t max_body = 64 * 1024, max_header = 64 * 1024;
+  uint64_t memory_limit = DissectorOptions{}.memory_limit;
   std::string dissectors = "http,dns";
   bool quiet = false;
 };
@@ -128,6 +129,7 @@ DissectorOptions engine_options(const DissectOptions& o) {
   }
   opts.http.max_body_kept = o.max_body;
   opts.http.max_header_bytes = o.max_header;
+  opts.memory_limit = static_cast<size_t>(o.memory_limit);
   return opts;
 }
 
@@ -481,6 +483,10 @@ void register_dissect(CLI::App& app, Action& action) {
   sub->add_option("-j,--jobs", o->jobs, "worker processes; the work is split by flow")->capture_default_str();
   sub->add_option("--max-body", o->max_body, "body bytes kept per message")->capture_default_str();
   sub->add_option("--max-header", o->max_header, "header bytes allowed per message")->capture_default_str();
+  sub->add_option("--memory-limit", o->memory_limit,
+                  "heap for dissection state per worker, like 256Mi; beyond it the least useful state is shed; "
+                  "0: no limit (default 256Mi)")
+      ->transform(CLI::AsSizeValue(false));
   sub->add_option("--dissectors", o->dissectors, "protocols to dissect, comma-separated (http, dns), or none")
       ->capture_default_str();
   sub->add_flag("-q,--quiet", o->quiet, "no progress and no summary");

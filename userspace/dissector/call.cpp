@@ -21,7 +21,7 @@ std::vector<std::string> flag_names(uint32_t flags) {
   static const std::pair<uint32_t, const char*> kNames[] = {
       {kFlagGap, "gap"},           {kFlagTruncated, "truncated"}, {kFlagOrphanResponse, "orphan_response"},
       {kFlagTimeout, "timeout"},   {kFlagClosed, "closed"},       {kFlagUpgrade, "upgrade"},
-      {kFlagBodyTruncated, "body_truncated"},
+      {kFlagBodyTruncated, "body_truncated"}, {kFlagMemoryShed, "memory_shed"},  {kFlagIncomplete, "incomplete"},
   };
   std::vector<std::string> out;
   for (auto& [bit, name] : kNames)

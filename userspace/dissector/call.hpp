@@ -27,6 +27,11 @@ enum CallFlag : uint32_t {
   kFlagClosed = 1u << 4,  // the connection closed before a response
   kFlagUpgrade = 1u << 5,  // the connection switched protocols (101 / CONNECT)
   kFlagBodyTruncated = 1u << 6,  // body longer than the bytes kept
+  // State this call needed was dropped to keep the dissector within its
+  // memory limit (out-of-order data, a kept body, a header block, the whole
+  // connection or a waiting DNS query): parts of it may be missing.
+  kFlagMemoryShed = 1u << 7,
+  kFlagIncomplete = 1u << 8,  // the request or response was cut short: the stream ended (or was shed) inside it
 };
 std::vector<std::string> flag_names(uint32_t flags);
 

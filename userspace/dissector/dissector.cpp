@@ -1,5 +1,6 @@
 #include "dissector.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <list>
@@ -78,7 +79,73 @@ uint64_t call_key(const FlowKey& k, int client, uint64_t ts_ns, uint32_t extra) 
 
 bool is_interim(const proto::HttpMessage& m) { return !m.is_request && m.status >= 100 && m.status < 200 && m.status != 101; }
 
+// ---------------------------------------------------------------- memory ---
+// Estimated heap bytes (proto::heap_bytes counts allocator overhead).
+
+using proto::heap_bytes;
+using proto::string_heap_bytes;
+
+template <class T>
+size_t vector_heap_bytes(const std::vector<T>& v) {
+  return heap_bytes(v.capacity() * sizeof(T));
+}
+
+// A libstdc++ deque allocates its map and one 512-byte block even when empty.
+constexpr size_t kDequeFixed = heap_bytes(8 * sizeof(void*)) + heap_bytes(512);
+
+// A node of a hash table with cached hash codes (custom hashers), and its
+// share of the bucket array at load factor 1.
+template <class Value>
+constexpr size_t hash_node_bytes() {
+  return heap_bytes(sizeof(void*) + sizeof(Value) + sizeof(size_t)) + sizeof(void*);
+}
+
+size_t dns_message_heap_bytes(const proto::DnsMessage& m) {
+  size_t n = vector_heap_bytes(m.questions) + vector_heap_bytes(m.answers);
+  for (const auto& q : m.questions) n += string_heap_bytes(q.name);
+  for (const auto& a : m.answers) n += string_heap_bytes(a.name) + string_heap_bytes(a.data);
+  return n;
+}
+
+// A call held while it waits for its response (in a deque or a map node).
+size_t call_heap_bytes(const Call& c) {
+  size_t n = 0;
+  if (c.dns_query) n += dns_message_heap_bytes(*c.dns_query);
+  if (c.dns_response) n += dns_message_heap_bytes(*c.dns_response);
+  if (c.http_request) n += proto::message_heap_bytes(*c.http_request);
+  if (c.http_response) n += proto::message_heap_bytes(*c.http_response);
+  return n;
+}
+
+size_t queued_message_bytes(const proto::HttpMessage& m) { return sizeof(m) + proto::message_heap_bytes(m); }
+
+// Gives a vector's allocation back.
+template <class T>
+void release(std::vector<T>& v) {
+  std::vector<T>().swap(v);
+}
+
+// An empty parser buffer keeps its allocation for the next message, up to
+// this; a larger one (left by one big header block) goes back.
+constexpr size_t kKeepBufferCapacity = 16 << 10;
+
 }  // namespace
+
+const char* shed_reason_name(ShedReason r) {
+  switch (r) {
+    case ShedReason::OutOfOrder:
+      return "out_of_order";
+    case ShedReason::Body:
+      return "body";
+    case ShedReason::Buffer:
+      return "buffer";
+    case ShedReason::DnsQuery:
+      return "dns_query";
+    case ShedReason::Flow:
+      return "flow";
+  }
+  return "unknown";
+}
 
 void DissectorMetrics::Histogram::observe(double seconds) {
   size_t i = 0;
@@ -98,6 +165,11 @@ nlohmann::json metrics_json(const DissectorMetrics& m) {
   };
   nlohmann::json classes = nlohmann::json::object();
   for (int i = 0; i < 6; i++) classes[i == 0 ? "none" : std::to_string(i) + "xx"] = m.http_status_class[i];
+  nlohmann::json shed = nlohmann::json::object(), shed_bytes = nlohmann::json::object();
+  for (size_t i = 0; i < kShedReasons; i++) {
+    shed[shed_reason_name(static_cast<ShedReason>(i))] = m.shed[i];
+    shed_bytes[shed_reason_name(static_cast<ShedReason>(i))] = m.shed_bytes[i];
+  }
   return {{"packets", m.packets},
           {"bytes", m.bytes},
           {"tcp_flows", m.tcp_flows},
@@ -107,6 +179,8 @@ nlohmann::json metrics_json(const DissectorMetrics& m) {
           {"flows_ignored", m.flows_ignored},
           {"reassembly_gaps", m.reassembly_gaps},
           {"reassembly_gap_bytes", m.reassembly_gap_bytes},
+          {"reassembly_out_of_window", m.reassembly_out_of_window},
+          {"reassembly_resyncs", m.reassembly_resyncs},
           {"parse_errors", {{"http", m.parse_errors_http}, {"dns", m.parse_errors_dns}}},
           {"calls", {{"http", m.calls_http}, {"dns", m.calls_dns}}},
           {"calls_without_response", m.calls_without_response},
@@ -117,7 +191,10 @@ nlohmann::json metrics_json(const DissectorMetrics& m) {
           {"duration_seconds", {{"http", hist(m.http_duration)}, {"dns", hist(m.dns_duration)}}},
           {"buffered_bytes", m.buffered_bytes},
           {"dns_pending", m.dns_pending},
-          {"dns_pending_overflow", m.dns_pending_overflow}};
+          {"dns_pending_overflow", m.dns_pending_overflow},
+          {"memory", {{"bytes", m.memory_bytes}, {"peak_bytes", m.memory_peak_bytes}, {"limit", m.memory_limit}}},
+          {"shed", shed},
+          {"shed_bytes", shed_bytes}};
 }
 
 // ------------------------------------------------------------ the engine ---
@@ -148,6 +225,7 @@ struct Dissector::Impl {
     // them; orphans otherwise.
     std::deque<proto::HttpMessage> early;
     std::vector<proto::HttpMessage> out;
+    size_t queued = 0;  // queued_message_bytes of pending and early
     bool gap_pending[2] = {false, false};  // a gap hit this direction: flag its next message
     HttpState(const proto::HttpLimits& l)
         : requests(proto::Http1Parser::Side::Requests, l), responses(proto::Http1Parser::Side::Responses, l) {}
@@ -156,6 +234,7 @@ struct Dissector::Impl {
   struct DnsTcpState {
     std::vector<uint8_t> buf[2];  // by side
     std::deque<Call> pending;  // queries waiting, in order
+    size_t queued = 0;  // sizeof + call_heap_bytes of pending
   };
 
   struct Flow {
@@ -173,6 +252,10 @@ struct Dissector::Impl {
     std::unique_ptr<HttpState> http;
     std::unique_ptr<DnsTcpState> dns;
     std::list<Flow*>::iterator lru;
+    size_t charged = 0;  // this flow's bytes in Impl::mem_flows (flow_bytes when last counted)
+    bool shed_pending[2] = {false, false};  // state of this side was shed: flag its next message
+    uint8_t wscale[2] = {TW_WSCALE_NONE, TW_WSCALE_NONE};  // window scale each side's SYN offered
+    bool syn_sent[2] = {false, false};
     Flow(const ReassemblyLimits& l) : dir{TcpReassembler(l), TcpReassembler(l)} {}
   };
 
@@ -180,6 +263,7 @@ struct Dissector::Impl {
     Call call;
     uint64_t ts;
     SourcePosition pos;
+    size_t bytes = 0;  // counted in mem_dns
   };
   struct DnsKey {
     FlowKey flow;
@@ -201,6 +285,149 @@ struct Dissector::Impl {
   SourcePosition cur_pos, suppress_pos;
   bool suppressing = false;
   uint64_t suppressed = 0;
+  size_t mem_flows = 0;  // sum of Flow::charged
+  size_t mem_dns = 0;  // sum of DnsPending::bytes
+
+  // ----------------------------------------------------------- memory --
+
+  static constexpr size_t kFlowFixed = heap_bytes(sizeof(Flow)) +
+                                       hash_node_bytes<std::pair<const FlowKey, std::unique_ptr<Flow>>>() +
+                                       heap_bytes(2 * sizeof(void*) + sizeof(Flow*));  // its LRU list node
+  static constexpr size_t kHttpFixed = heap_bytes(sizeof(HttpState)) + 2 * kDequeFixed;
+  static constexpr size_t kDnsFixed = heap_bytes(sizeof(DnsTcpState)) + kDequeFixed;
+  static constexpr size_t kDnsEntry = hash_node_bytes<std::pair<const DnsKey, DnsPending>>();
+
+  // Everything one flow holds; O(1).
+  static size_t flow_bytes(const Flow& f) {
+    size_t n = kFlowFixed + f.dir[0].memory_bytes() + f.dir[1].memory_bytes() + vector_heap_bytes(f.detect[0]) +
+               vector_heap_bytes(f.detect[1]);
+    if (f.http) {
+      const HttpState& h = *f.http;
+      n += kHttpFixed + vector_heap_bytes(h.buf[0]) + vector_heap_bytes(h.buf[1]) + h.requests.memory_bytes() +
+           h.responses.memory_bytes() + vector_heap_bytes(h.out) + h.queued;
+    }
+    if (f.dns) n += kDnsFixed + vector_heap_bytes(f.dns->buf[0]) + vector_heap_bytes(f.dns->buf[1]) + f.dns->queued;
+    return n;
+  }
+
+  void recharge(Flow& f) {
+    const size_t n = flow_bytes(f);
+    mem_flows -= f.charged;
+    mem_flows += n;
+    f.charged = n;
+  }
+
+  size_t mem_total() const {
+    return mem_flows + mem_dns + dns_expiry.size() * sizeof(dns_expiry.front()) +
+           (flows.bucket_count() + dns_pending.bucket_count()) * sizeof(void*);
+  }
+
+  void note_memory() {
+    const size_t total = mem_total();
+    m.memory_bytes = total;
+    if (total > m.memory_peak_bytes) m.memory_peak_bytes = total;
+  }
+
+  void count_shed(ShedReason r, size_t before, size_t after) {
+    m.shed[static_cast<size_t>(r)]++;
+    m.shed_bytes[static_cast<size_t>(r)] += before > after ? before - after : 0;
+  }
+
+  // Over the limit: sheds the least useful state first, until an eighth
+  // below the limit (so that it runs in batches, not on every packet). Each
+  // level walks the flows from the one idle longest; see dissector.hpp.
+  void shed() {
+    const size_t target = opts.memory_limit - opts.memory_limit / 8;
+    auto over = [&] { return mem_total() > target; };
+    // 1. Out-of-order data: given up as a hole timeout would (what is held
+    //    is delivered, the holes become gaps).
+    for (auto it = lru.rbegin(); it != lru.rend() && over(); ++it) {
+      Flow& f = **it;
+      if (!f.dir[0].memory_bytes() && !f.dir[1].memory_bytes()) continue;
+      const size_t before = f.charged;
+      for (int s = 0; s < 2; s++) {
+        if (!f.dir[s].memory_bytes()) continue;
+        f.shed_pending[s] = true;
+        if (f.state == FlowState::Ignored)
+          f.dir[s].discard();
+        else
+          f.dir[s].flush(f.sink[s]);
+      }
+      recharge(f);
+      count_shed(ShedReason::OutOfOrder, before, f.charged);
+    }
+    // 2. Bodies kept for messages waiting for their pair, and for messages in progress.
+    for (auto it = lru.rbegin(); it != lru.rend() && over(); ++it) {
+      Flow& f = **it;
+      if (!f.http) continue;
+      HttpState& h = *f.http;
+      size_t freed = 0;
+      for (auto* q : {&h.pending, &h.early})
+        for (proto::HttpMessage& msg : *q) {
+          const size_t b = string_heap_bytes(msg.body);
+          if (!b) continue;
+          std::string().swap(msg.body);
+          msg.memory_shed = true;
+          msg.body_truncated = msg.body_size > 0;
+          h.queued -= b;
+          freed += b;
+        }
+      freed += h.requests.shed_body() + h.responses.shed_body();
+      if (!freed) continue;
+      const size_t before = f.charged;
+      recharge(f);
+      count_shed(ShedReason::Body, before, f.charged);
+    }
+    // 3. Bytes not parsed yet: an incomplete header block (reported as an
+    //    incomplete call when there is enough of it), detection buffers, a
+    //    DNS-over-TCP message in progress.
+    for (auto it = lru.rbegin(); it != lru.rend() && over(); ++it) {
+      Flow& f = **it;
+      bool any = false;
+      for (int s = 0; s < 2; s++)
+        if (f.detect[s].capacity()) {
+          if (!f.detect[s].empty()) f.shed_pending[s] = true;
+          release(f.detect[s]);
+          any = true;
+        }
+      if (f.http)
+        for (int role = 0; role < 2; role++) {
+          auto& buf = f.http->buf[role];
+          if (!buf.capacity()) continue;
+          if (!buf.empty()) {
+            auto& parser = role == 0 ? f.http->requests : f.http->responses;
+            if (!parser.shed_partial(buf, f.last_ts, f.http->out)) f.shed_pending[role == 0 ? f.client : 1 - f.client] = true;
+          }
+          release(buf);
+          if (!f.http->out.empty()) http_take(f, *f.http, role);
+          any = true;
+        }
+      if (f.dns)
+        for (int s = 0; s < 2; s++)
+          if (f.dns->buf[s].capacity()) {
+            if (!f.dns->buf[s].empty()) f.shed_pending[s] = true;
+            release(f.dns->buf[s]);
+            any = true;
+          }
+      if (!any) continue;
+      const size_t before = f.charged;
+      recharge(f);
+      count_shed(ShedReason::Buffer, before, f.charged);
+    }
+    // 4. DNS queries waiting for an answer, oldest first.
+    while (over() && !dns_pending.empty() && !dns_expiry.empty()) {
+      const size_t before = mem_dns;
+      dns_expire(UINT64_MAX, 1, kFlagMemoryShed);
+      count_shed(ShedReason::DnsQuery, before, mem_dns);
+    }
+    // 5. Whole flows, idle longest first.
+    while (over() && !lru.empty()) {
+      Flow& f = *lru.back();
+      const size_t before = f.charged;
+      close_flow(f, kFlagMemoryShed);
+      count_shed(ShedReason::Flow, before, 0);
+    }
+  }
 
   // ----------------------------------------------------------- emitting --
 
@@ -258,6 +485,8 @@ struct Dissector::Impl {
       if (req->gap) c.flags |= kFlagGap;
       if (req->body_truncated) c.flags |= kFlagBodyTruncated;
       if (req->upgrade) c.flags |= kFlagUpgrade;
+      if (req->incomplete) c.flags |= kFlagIncomplete;
+      if (req->memory_shed) c.flags |= kFlagMemoryShed;
       c.http_request = std::move(*req);
     }
     if (resp) {
@@ -269,54 +498,73 @@ struct Dissector::Impl {
       if (resp->gap) c.flags |= kFlagGap;
       if (resp->body_truncated) c.flags |= kFlagBodyTruncated;
       if (resp->upgrade) c.flags |= kFlagUpgrade;
+      if (resp->incomplete) c.flags |= kFlagIncomplete;
+      if (resp->memory_shed) c.flags |= kFlagMemoryShed;
       c.http_response = std::move(*resp);
     }
     c.key = call_key(f.key, f.client, c.ts_ns, ++f.calls);
     emit(std::move(c));
   }
 
+  // The queues of messages waiting for their pair, with their bytes counted.
+  static void enqueue(HttpState& h, std::deque<proto::HttpMessage>& q, proto::HttpMessage&& msg) {
+    h.queued += queued_message_bytes(msg);
+    q.push_back(std::move(msg));
+  }
+  static proto::HttpMessage dequeue(HttpState& h, std::deque<proto::HttpMessage>& q) {
+    h.queued -= queued_message_bytes(q.front());
+    proto::HttpMessage msg = std::move(q.front());
+    q.pop_front();
+    return msg;
+  }
+
   void http_flush_early(Flow& f, HttpState& h, uint64_t older_than) {
     while (!h.early.empty() && h.early.front().ts_last_ns < older_than) {
-      http_emit_pair(f, nullptr, &h.early.front(), 0);
-      h.early.pop_front();
+      proto::HttpMessage resp = dequeue(h, h.early);
+      http_emit_pair(f, nullptr, &resp, 0);
     }
   }
 
   void http_take(Flow& f, HttpState& h, int role) {
+    const int side = role == 0 ? f.client : 1 - f.client;
     for (auto& msg : h.out) {
       if (h.gap_pending[role]) {
         msg.gap = true;
         h.gap_pending[role] = false;
       }
+      if (side >= 0 && f.shed_pending[side]) {
+        msg.memory_shed = true;
+        f.shed_pending[side] = false;
+      }
       if (role == 0) {
         // Responses that came before this request was complete, oldest
         // first: those that began before it started answer nothing we saw.
         while (!h.early.empty() && h.early.front().ts_first_ns < msg.ts_first_ns) {
-          http_emit_pair(f, nullptr, &h.early.front(), 0);
-          h.early.pop_front();
+          proto::HttpMessage resp = dequeue(h, h.early);
+          http_emit_pair(f, nullptr, &resp, 0);
         }
         if (!h.early.empty() && h.pending.empty()) {
-          http_emit_pair(f, &msg, &h.early.front(), 0);
-          h.early.pop_front();
+          proto::HttpMessage resp = dequeue(h, h.early);
+          http_emit_pair(f, &msg, &resp, 0);
           continue;
         }
         h.responses.expect_response_to(msg.method);
         if (h.pending.size() >= opts.http.max_pending) {  // the oldest will never be answered in order
-          http_emit_pair(f, &h.pending.front(), nullptr, kFlagTimeout);
-          h.pending.pop_front();
+          proto::HttpMessage req = dequeue(h, h.pending);
+          http_emit_pair(f, &req, nullptr, kFlagTimeout);
         }
-        h.pending.push_back(std::move(msg));
+        enqueue(h, h.pending, std::move(msg));
       } else if (is_interim(msg)) {
         continue;  // 100 Continue, 103 Early Hints: the final response follows
       } else if (!h.pending.empty()) {
-        http_emit_pair(f, &h.pending.front(), &msg, 0);
-        h.pending.pop_front();
+        proto::HttpMessage req = dequeue(h, h.pending);
+        http_emit_pair(f, &req, &msg, 0);
       } else {
         if (h.early.size() >= opts.http.max_pending) {
-          http_emit_pair(f, nullptr, &h.early.front(), 0);
-          h.early.pop_front();
+          proto::HttpMessage resp = dequeue(h, h.early);
+          http_emit_pair(f, nullptr, &resp, 0);
         }
-        h.early.push_back(std::move(msg));
+        enqueue(h, h.early, std::move(msg));
       }
     }
     h.out.clear();
@@ -348,6 +596,7 @@ struct Dissector::Impl {
     // incomplete header block, which its own cap bounds.
     if (used >= in.size()) {
       buf.clear();
+      if (buf.capacity() > kKeepBufferCapacity) release(buf);
     } else if (in.data() == buf.data()) {
       buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(used));
     } else {
@@ -359,16 +608,24 @@ struct Dissector::Impl {
     }
   }
 
+  // One direction ended: its message in progress, and a header block cut
+  // short in the bytes not parsed yet, come out as incomplete messages.
+  void http_end(Flow& f, int role) {
+    HttpState& h = *f.http;
+    (role == 0 ? h.requests : h.responses).on_close(f.last_ts, h.out, h.buf[role]);
+    release(h.buf[role]);
+    if (!h.out.empty()) http_take(f, h, role);
+  }
+
   void http_close(Flow& f, uint32_t why) {
     HttpState& h = *f.http;
-    h.requests.on_close(f.last_ts, h.out);
-    if (!h.out.empty()) http_take(f, h, 0);
-    h.responses.on_close(f.last_ts, h.out);
-    if (!h.out.empty()) http_take(f, h, 1);
+    if (why & kFlagMemoryShed) f.shed_pending[0] = f.shed_pending[1] = true;
+    http_end(f, 0);
+    http_end(f, 1);
     http_flush_early(f, h, UINT64_MAX);
     while (!h.pending.empty()) {
-      http_emit_pair(f, &h.pending.front(), nullptr, why);
-      h.pending.pop_front();
+      proto::HttpMessage req = dequeue(h, h.pending);
+      http_emit_pair(f, &req, nullptr, why);
     }
   }
 
@@ -376,8 +633,8 @@ struct Dissector::Impl {
     HttpState& h = *f.http;
     if (now > opts.request_timeout_ns) http_flush_early(f, h, now - opts.request_timeout_ns);
     while (!h.pending.empty() && h.pending.front().ts_last_ns + opts.request_timeout_ns < now) {
-      http_emit_pair(f, &h.pending.front(), nullptr, kFlagTimeout);
-      h.pending.pop_front();
+      proto::HttpMessage req = dequeue(h, h.pending);
+      http_emit_pair(f, &req, nullptr, kFlagTimeout);
     }
   }
 
@@ -401,32 +658,45 @@ struct Dissector::Impl {
         }
         continue;
       }
-      dns_tcp_message(f, d, std::move(msg));
+      dns_tcp_message(f, side, d, std::move(msg));
     }
     buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(used));
     if (buf.size() > 70000) {  // a message is at most 65535 + 2 bytes
       buf.clear();
       m.parse_errors_dns++;
     }
+    if (buf.empty() && buf.capacity() > kKeepBufferCapacity) release(buf);
   }
 
-  void dns_tcp_message(Flow& f, DnsTcpState& d, proto::DnsMessage&& msg) {
+  static size_t queued_call_bytes(const Call& c) { return sizeof(Call) + call_heap_bytes(c); }
+
+  void dns_tcp_message(Flow& f, int side, DnsTcpState& d, proto::DnsMessage&& msg) {
+    uint32_t shed = 0;
+    if (f.shed_pending[side]) {
+      shed = kFlagMemoryShed;
+      f.shed_pending[side] = false;
+    }
     if (!msg.is_response) {
       Call c = new_call(f, Protocol::Dns);
       c.ts_ns = f.last_ts;
       c.key = call_key(f.key, f.client, c.ts_ns, (++f.calls << 16) | msg.id);
       c.dns_query = std::move(msg);
+      c.flags |= shed;
       if (d.pending.size() >= 256) {
+        d.queued -= queued_call_bytes(d.pending.front());
         emit(std::move(d.pending.front()));
         d.pending.pop_front();
       }
+      d.queued += queued_call_bytes(c);
       d.pending.push_back(std::move(c));
       return;
     }
     for (auto it = d.pending.begin(); it != d.pending.end(); ++it) {
       if (it->dns_query->id != msg.id) continue;
+      d.queued -= queued_call_bytes(*it);
       Call c = std::move(*it);
       d.pending.erase(it);
+      c.flags |= shed;
       c.end_ns = f.last_ts;
       c.dns_response = std::move(msg);
       emit(std::move(c));
@@ -434,7 +704,7 @@ struct Dissector::Impl {
     }
     Call c = new_call(f, Protocol::Dns);
     c.ts_ns = c.end_ns = f.last_ts;
-    c.flags |= kFlagOrphanResponse;
+    c.flags |= kFlagOrphanResponse | shed;
     c.key = call_key(f.key, f.client, c.ts_ns, (++f.calls << 16) | msg.id);
     c.dns_response = std::move(msg);
     emit(std::move(c));
@@ -467,10 +737,13 @@ struct Dissector::Impl {
       c.ts_ns = p.meta.ts_ns;
       c.key = call_key(k, src_side, c.ts_ns, msg.id);
       c.dns_query = std::move(msg);
-      auto [it, fresh] = dns_pending.try_emplace(dk, DnsPending{std::move(c), p.meta.ts_ns, p.pos});
+      const size_t bytes = kDnsEntry + call_heap_bytes(c);
+      mem_dns += bytes;
+      auto [it, fresh] = dns_pending.try_emplace(dk, DnsPending{std::move(c), p.meta.ts_ns, p.pos, bytes});
       if (!fresh) {  // same id again before an answer: a retransmission, or a new query reusing the id
+        mem_dns -= it->second.bytes;
         Call old = std::move(it->second.call);
-        it->second = DnsPending{std::move(c), p.meta.ts_ns, p.pos};
+        it->second = DnsPending{std::move(c), p.meta.ts_ns, p.pos, bytes};
         old.flags |= kFlagTimeout;
         emit(std::move(old));
       }
@@ -493,15 +766,16 @@ struct Dissector::Impl {
       return;
     }
     Call c = std::move(it->second.call);
+    mem_dns -= it->second.bytes;
     dns_pending.erase(it);
     c.end_ns = p.meta.ts_ns;
     c.dns_response = std::move(msg);
     emit(std::move(c));
   }
 
-  // Emits queries older than `before` unanswered; at most `max` of them when
-  // making room.
-  void dns_expire(uint64_t before, size_t max = SIZE_MAX) {
+  // Emits queries older than `before` unanswered (flagged `why`); at most
+  // `max` of them when making room.
+  void dns_expire(uint64_t before, size_t max = SIZE_MAX, uint32_t why = kFlagTimeout) {
     size_t n = 0;
     while (!dns_expiry.empty() && n < max) {
       auto& [ts, key] = dns_expiry.front();
@@ -509,8 +783,9 @@ struct Dissector::Impl {
       auto it = dns_pending.find(key);
       if (it != dns_pending.end() && it->second.ts == ts) {
         Call c = std::move(it->second.call);
+        mem_dns -= it->second.bytes;
         dns_pending.erase(it);
-        c.flags |= kFlagTimeout;
+        c.flags |= why;
         emit(std::move(c));
         n++;
       }
@@ -647,8 +922,17 @@ struct Dissector::Impl {
         c.flags |= why;
         emit(std::move(c));
       }
+    mem_flows -= f.charged;
     lru.erase(f.lru);
     flows.erase(f.key);  // destroys f
+  }
+
+  // The window scale that applies to what `side` advertises: its SYN's, once
+  // both SYNs were seen offering one (RFC 7323); else none (a window known
+  // too small is still a lower bound).
+  static unsigned window_shift(const Flow& f, int side) {
+    if (!f.syn_sent[0] || !f.syn_sent[1] || f.wscale[0] == TW_WSCALE_NONE || f.wscale[1] == TW_WSCALE_NONE) return 0;
+    return std::min<unsigned>(f.wscale[side], 14);
   }
 
   void tcp(const Packet& p) {
@@ -661,25 +945,47 @@ struct Dissector::Impl {
     }
     if (p.meta.ts_ns > f.last_ts) f.last_ts = p.meta.ts_ns;
     const uint8_t fl = p.meta.tcp_flags;
-    if ((fl & TW_TCP_SYN) && !(fl & TW_TCP_ACK) && f.syn_client < 0) f.syn_client = side;
-    if ((fl & TW_TCP_SYN) && (fl & TW_TCP_ACK) && f.syn_client < 0) f.syn_client = 1 - side;
-    if (f.state != FlowState::Ignored)
-      f.dir[side].segment(p.meta.seq, fl, p.payload, p.meta.chunk_off, p.meta.payload_len, p.meta.ts_ns,
-                          f.sink[side]);
-    if (fl & TW_TCP_RST) {
+    if (fl & TW_TCP_SYN) {
+      if (!(fl & TW_TCP_ACK) && f.syn_client < 0) f.syn_client = side;
+      if ((fl & TW_TCP_ACK) && f.syn_client < 0) f.syn_client = 1 - side;
+      f.syn_sent[side] = true;
+      f.wscale[side] = p.meta.tcp_wscale;
+    }
+    bool believed = true;
+    if (f.state != FlowState::Ignored) {
+      const uint64_t oow = f.dir[0].stats().out_of_window_segments + f.dir[1].stats().out_of_window_segments;
+      const uint64_t rs = f.dir[0].stats().resyncs + f.dir[1].stats().resyncs;
+      believed = f.dir[side].segment(p.meta.seq, fl, p.payload, p.meta.chunk_off, p.meta.payload_len, p.meta.ts_ns,
+                                     f.sink[side]);
+      // The other direction's window and what it acknowledges (a SYN's own window is never scaled).
+      if (believed && (fl & TW_TCP_ACK) && f.state != FlowState::Ignored)
+        f.dir[1 - side].peer_ack(p.meta.ack, uint64_t{p.meta.window} << ((fl & TW_TCP_SYN) ? 0 : window_shift(f, side)),
+                                 f.sink[1 - side]);
+      m.reassembly_out_of_window +=
+          f.dir[0].stats().out_of_window_segments + f.dir[1].stats().out_of_window_segments - oow;
+      m.reassembly_resyncs += f.dir[0].stats().resyncs + f.dir[1].stats().resyncs - rs;
+      // A flow no parser wants keeps nothing (detection gave up on it just now).
+      if (f.state == FlowState::Ignored) {
+        f.dir[0].discard();
+        f.dir[1].discard();
+      }
+    }
+    // A segment outside the window is not this connection's stream: its
+    // FIN or RST is not believed either.
+    if (believed && (fl & TW_TCP_RST)) {
       close_flow(f, kFlagClosed);
       return;
     }
-    if ((fl & TW_TCP_FIN) && !(p.meta.flags & TW_PKT_F_MORE)) {
+    if (believed && (fl & TW_TCP_FIN) && !(p.meta.flags & TW_PKT_F_MORE)) {
       f.fin[side] = true;
       if (f.state != FlowState::Ignored) f.dir[side].flush(f.sink[side]);
-      if (f.state == FlowState::Http) {
-        auto& parser = side == f.client ? f.http->requests : f.http->responses;
-        parser.on_close(f.last_ts, f.http->out);
-        if (!f.http->out.empty()) http_take(f, *f.http, side == f.client ? 0 : 1);
+      if (f.state == FlowState::Http) http_end(f, side == f.client ? 0 : 1);
+      if (f.fin[0] && f.fin[1]) {
+        close_flow(f, kFlagClosed);
+        return;
       }
-      if (f.fin[0] && f.fin[1]) close_flow(f, kFlagClosed);
     }
+    recharge(f);
   }
 
   // ------------------------------------------------------------- time --
@@ -693,12 +999,14 @@ struct Dissector::Impl {
       if (f->http) {
         http_expire(*f);
         buffered += f->http->buf[0].size() + f->http->buf[1].size();
+        recharge(*f);
       }
       if (f->dns) buffered += f->dns->buf[0].size() + f->dns->buf[1].size();
     }
     m.buffered_bytes = buffered;
     m.flows_active = flows.size();
     dns_expire(now);
+    note_memory();
   }
 
   void advance(uint64_t ts) {
@@ -718,6 +1026,11 @@ struct Dissector::Impl {
       tcp(p);
     else if (p.meta.l4_proto == kUdp)
       udp(p);
+    note_memory();  // the peak before shedding: how far one packet took it
+    if (opts.memory_limit && m.memory_bytes > opts.memory_limit) {
+      shed();
+      note_memory();
+    }
     advance(p.meta.ts_ns);
   }
 
@@ -726,12 +1039,14 @@ struct Dissector::Impl {
     dns_expire(UINT64_MAX);
     m.flows_active = 0;
     m.buffered_bytes = 0;
+    note_memory();
   }
 };
 
 Dissector::Dissector(DissectorOptions opts, CallSink sink) : impl_(std::make_unique<Impl>()) {
   impl_->opts = std::move(opts);
   impl_->sink = std::move(sink);
+  impl_->m.memory_limit = impl_->opts.memory_limit;
 }
 
 Dissector::~Dissector() = default;

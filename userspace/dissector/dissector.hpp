@@ -30,7 +30,20 @@ struct DissectorOptions {
   size_t max_dns_pending = 100000;  // DNS queries waiting for an answer, all flows together
   bool enable_http = true;
   bool enable_dns = true;
+  // Heap the engine's state may take, all flows together: flows and their
+  // table entries, out-of-order segments, parser buffers, kept bodies,
+  // requests and DNS queries waiting for their answer; 0: no limit. Beyond it
+  // the engine sheds state (see Dissector) instead of growing.
+  size_t memory_limit = 256ull << 20;
 };
+
+// Why state was shed to stay within DissectorOptions::memory_limit, in the
+// order the engine sheds: out-of-order data, kept bodies, unparsed buffers
+// (a header block still incomplete, detection, DNS over TCP), waiting DNS
+// queries, whole flows.
+enum class ShedReason : uint8_t { OutOfOrder, Body, Buffer, DnsQuery, Flow };
+inline constexpr size_t kShedReasons = 5;
+const char* shed_reason_name(ShedReason r);  // "out_of_order", "body", "buffer", "dns_query", "flow"
 
 // Upper bounds (seconds) of the call duration histogram buckets; the last
 // bucket is +Inf. Prometheus-style cumulative counts are derived on export.
@@ -48,7 +61,15 @@ struct DissectorMetrics {
   uint64_t parse_errors_http = 0, parse_errors_dns = 0;
   uint64_t calls_http = 0, calls_dns = 0;
   uint64_t calls_without_response = 0, orphan_responses = 0;
-  uint64_t buffered_bytes = 0;  // reassembly + parser buffers now (memory in use)
+  uint64_t buffered_bytes = 0;  // reassembly + parser buffers now (payload bytes, at the last sweep)
+  uint64_t reassembly_out_of_window = 0;  // segments beyond the window: dropped, the stream kept where it was
+  uint64_t reassembly_resyncs = 0;  // streams found to have moved on beyond the window (capture loss)
+  // The engine's heap now (an estimate that counts allocator and container
+  // overhead), its highest value, and the limit (0: none).
+  uint64_t memory_bytes = 0, memory_peak_bytes = 0, memory_limit = 0;
+  // Shedding, by ShedReason: times (flows, or DNS queries) and estimated bytes freed.
+  uint64_t shed[kShedReasons] = {};
+  uint64_t shed_bytes[kShedReasons] = {};
   uint64_t dns_pending = 0, dns_pending_overflow = 0;
   // Calls by HTTP method (the common ones; others count as "OTHER") and by
   // status class (index 1..5 = 1xx..5xx, 0 = no response), DNS by rcode.
@@ -73,6 +94,14 @@ nlohmann::json metrics_json(const DissectorMetrics& m);
 
 using CallSink = std::function<void(Call&&)>;
 
+// Memory: every flow's state is counted as it changes (after each packet,
+// O(1)); when the total passes DissectorOptions::memory_limit, state is shed
+// until it is an eighth below the limit, least useful first: out-of-order
+// data of the flows idle longest (their holes given up, as a timeout would),
+// then the bodies kept for messages, then buffered bytes not yet parsed
+// (an incomplete header block is reported as an incomplete call), then the
+// oldest DNS queries waiting for an answer, then whole flows, idle longest
+// first. Calls that lose something carry the flag memory_shed.
 class Dissector {
  public:
   Dissector(DissectorOptions opts, CallSink sink);

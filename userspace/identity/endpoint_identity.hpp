@@ -23,6 +23,8 @@ struct EndpointIdentity {
   std::string service;
   std::string node;
 
+  bool operator==(const EndpointIdentity&) const = default;
+
   bool empty() const {
     return pid == 0 && process.empty() && exe.empty() && container.empty() && container_id.empty() && pod.empty() &&
            namespace_.empty() && workload_kind.empty() && workload_name.empty() && service.empty() && node.empty();

@@ -102,11 +102,14 @@ struct AddressBook {
   }
   // The interval holding ts; else one that starts soon after (the API told
   // us late); else one that ended just before.
-  const Interval* at(const IpKey& ip, uint64_t ts, uint64_t future, uint64_t past) const {
+  // Only intervals `keep` accepts count.
+  template <typename Keep>
+  const Interval* at(const IpKey& ip, uint64_t ts, uint64_t future, uint64_t past, Keep&& keep) const {
     auto it = by_ip.find(ip);
     if (it == by_ip.end()) return nullptr;
     const Interval *hold = nullptr, *next = nullptr, *prev = nullptr;
     for (auto& i : it->second) {
+      if (!keep(i)) continue;
       if (i.from <= ts && ts < i.to) {
         if (!hold || i.from > hold->from) hold = &i;
       } else if (i.from > ts && i.from - ts <= future) {
@@ -116,6 +119,9 @@ struct AddressBook {
       }
     }
     return hold ? hold : next ? next : prev;
+  }
+  const Interval* at(const IpKey& ip, uint64_t ts, uint64_t future, uint64_t past) const {
+    return at(ip, ts, future, past, [](const Interval&) { return true; });
   }
   void prune(uint64_t before) {
     for (auto it = by_ip.begin(); it != by_ip.end();) {
@@ -140,7 +146,7 @@ struct IdentityTable::Impl {
   size_t sock_count = 0;
 
   std::unordered_map<uint32_t, std::vector<ProcEntry>> procs;
-  std::deque<uint32_t> proc_order;
+  std::deque<std::pair<uint32_t, uint64_t>> proc_order;  // (tgid, start) in arrival order, for the cap
   size_t proc_count = 0;
 
   std::unordered_map<uint64_t, CgroupEntry> cgroups;
@@ -150,22 +156,34 @@ struct IdentityTable::Impl {
   std::unordered_map<std::string, ObjEntry<ServiceObject>> services;
   std::unordered_map<std::string, ObjEntry<EndpointSliceObject>> slices;
   std::unordered_map<std::string, ObjEntry<NodeObject>> nodes;
-  std::deque<std::pair<char, std::string>> object_order;  // for the cap
+  // Arrival order, for the cap. `first` tells an entry from a later object
+  // of the same uid (deleted, then back): a stale entry evicts nothing.
+  struct ObjRef {
+    char kind;
+    std::string uid;
+    uint64_t first;
+  };
+  std::deque<ObjRef> object_order;
   AddressBook pod_ips, service_ips, endpoint_ips, node_ips;
   std::map<std::string, KubeResourceState> kube;
 
   // Dumps: what a dump does not restate has ended.
   uint64_t dump_gen = 0, dump_ts = 0;
+  uint64_t dump_count = 0;  // records of the open dump so far, its begin marker included
   bool in_dump = false;
 
-  // Resolved identities are shared by the calls they name until something
-  // they depend on changes (generation).
-  uint64_t generation = 1;
-  struct Cached {
-    uint64_t generation;
-    EndpointIdentityPtr ptr;
-  };
-  std::unordered_map<uint64_t, Cached> cache;
+  // Resolved identities are shared by the calls they name while they stay
+  // the same: one object per socket (or address) as long as what it says
+  // does not change. Keyed by socket or address; a collision of keys only
+  // costs an allocation.
+  std::unordered_map<uint64_t, EndpointIdentityPtr> cache;
+
+  EndpointIdentityPtr share(uint64_t key, EndpointIdentity&& id) {
+    if (cache.size() > 200000) cache.clear();
+    auto& slot = cache[key];
+    if (!slot || !(*slot == id)) slot = std::make_shared<const EndpointIdentity>(std::move(id));
+    return slot;
+  }
 
   // ------------------------------------------------------------ sockets --
 
@@ -209,6 +227,11 @@ struct IdentityTable::Impl {
     auto& v = it->second;
     auto e = std::find_if(v.begin(), v.end(), [&](const SockEntry& s) { return s.cookie == cookie; });
     if (e == v.end()) return false;
+    if (e->close == kForever)  // evicted while open: its close will find nothing
+      if (auto c = by_cookie.find(cookie); c != by_cookie.end()) {
+        std::erase(c->second, k);
+        if (c->second.empty()) by_cookie.erase(c);
+      }
     v.erase(e);
     sock_count--;
     if (v.empty()) sockets.erase(it);
@@ -268,19 +291,35 @@ struct IdentityTable::Impl {
     }
     v.push_back({r.ts_ns, kForever, r.cgroup_id, r.comm, r.exe, dump_gen});
     proc_count++;
-    proc_order.push_back(r.tgid);
+    proc_order.emplace_back(r.tgid, r.ts_ns);
     while (proc_count > lim.max_processes && !proc_order.empty()) {
-      uint32_t t = proc_order.front();
+      auto [t, start] = proc_order.front();
       proc_order.pop_front();
-      auto it = procs.find(t);
-      if (it == procs.end() || it->second.empty()) continue;
-      it->second.erase(it->second.begin());
-      proc_count--;
-      st.evicted_processes++;
-      if (it->second.empty()) procs.erase(it);
+      if (erase_process(t, start)) st.evicted_processes++;
     }
     st.processes = proc_count;
-    generation++;
+  }
+
+  // The entry of `tgid` that started at `start` (an entry of the cap's
+  // queue may name one that is gone: pruned, or pushed out by pid reuse).
+  const ProcEntry* find_entry(uint32_t tgid, uint64_t start) const {
+    auto it = procs.find(tgid);
+    if (it == procs.end()) return nullptr;
+    for (auto& e : it->second)
+      if (e.start == start) return &e;
+    return nullptr;
+  }
+
+  bool erase_process(uint32_t tgid, uint64_t start) {
+    auto it = procs.find(tgid);
+    if (it == procs.end()) return false;
+    auto& v = it->second;
+    auto e = std::find_if(v.begin(), v.end(), [&](const ProcEntry& p) { return p.start == start; });
+    if (e == v.end()) return false;
+    v.erase(e);
+    proc_count--;
+    if (v.empty()) procs.erase(it);
+    return true;
   }
 
   const ProcEntry* find_process(uint32_t tgid, uint64_t ts) const {
@@ -309,18 +348,37 @@ struct IdentityTable::Impl {
       }
     }
     st.cgroups = cgroups.size();
-    generation++;
   }
 
   // ----------------------------------------------------------- workloads --
 
-  void track_object(char kind, const std::string& uid) {
-    object_order.emplace_back(kind, uid);
+  // Is the object a queue entry names still the one it was queued for?
+  bool object_current(const ObjRef& r) const {
+    auto check = [&](const auto& m) {
+      auto it = m.find(r.uid);
+      return it != m.end() && it->second.first == r.first;
+    };
+    switch (r.kind) {
+      case 'p':
+        return check(pods);
+      case 's':
+        return check(services);
+      case 'e':
+        return check(slices);
+      default:
+        return check(nodes);
+    }
+  }
+
+  void track_object(char kind, const std::string& uid, uint64_t first) {
+    object_order.push_back({kind, uid, first});
     while (pods.size() + services.size() + slices.size() + nodes.size() > lim.max_objects && !object_order.empty()) {
-      auto [k, u] = object_order.front();
+      ObjRef ref = std::move(object_order.front());
       object_order.pop_front();
+      if (!object_current(ref)) continue;
+      const std::string& u = ref.uid;
       bool gone = false;
-      switch (k) {
+      switch (ref.kind) {
         case 'p':
           if (auto it = pods.find(u); it != pods.end()) {
             set_pod_ips(it->second, {}, 0, true);
@@ -367,11 +425,28 @@ struct IdentityTable::Impl {
     for (auto& ip : after) pod_ips.open(ip, p.obj.uid, ts);
   }
 
+  // Closes the addresses of `before` (held by before_owner) that `after` no
+  // longer holds (or holds for another owner), and opens those of `after`.
+  // Unchanged addresses keep their interval.
+  static void move_addresses(AddressBook& book, const std::vector<IpKey>& before, const std::string& before_owner,
+                             const std::vector<IpKey>& after, const std::string& after_owner, uint64_t ts,
+                             const std::string& owner2 = {}) {
+    for (auto& ip : before)
+      if (before_owner != after_owner || std::find(after.begin(), after.end(), ip) == after.end())
+        book.close(ip, before_owner, ts, owner2);
+    if (!after_owner.empty())
+      for (auto& ip : after) book.open(ip, after_owner, ts, owner2);
+  }
+
   void apply_workload(const WorkloadRecord& r) {
     const Workload& w = r.workload;
     const uint64_t ts = r.ts_ns;
     const bool del = w.op == WorkloadOp::Delete;
-    generation++;
+    // A dump restates an object with the time it was first seen. What it
+    // says differently about an object already known (a change no sensor saw
+    // happen) took effect by the dump's time, not at that first sighting:
+    // the old state stays true for the time before the dump.
+    const uint64_t change_ts = in_dump && (r.flags & TW_IDENT_REC_F_DUMP) ? std::max(ts, dump_ts) : ts;
     std::visit(
         [&](const auto& o) {
           using T = std::decay_t<decltype(o)>;
@@ -384,73 +459,85 @@ struct IdentityTable::Impl {
               }
               return;
             }
-            if (it == pods.end() || it->second.deleted != kForever) {
+            const bool fresh = it == pods.end() || it->second.deleted != kForever;
+            if (fresh) {
               if (it != pods.end()) pods.erase(it);  // a uid comes back only after a delete restated wrongly
               PodEntry e;
               e.obj.uid = o.uid;
               e.obj.host_network = true;  // no addresses registered yet
               e.first = ts;
               it = pods.emplace(o.uid, std::move(e)).first;
-              track_object('p', o.uid);
+              track_object('p', o.uid, ts);
             }
-            set_pod_ips(it->second, o.ips, ts, o.host_network);
+            set_pod_ips(it->second, o.ips, fresh ? ts : change_ts, o.host_network);
             it->second.obj = o;
             it->second.dump_gen = dump_gen;
           } else if constexpr (std::is_same_v<T, ServiceObject>) {
             auto it = services.find(o.uid);
-            if (it != services.end() && it->second.deleted == kForever)
-              for (auto& ip : it->second.obj.cluster_ips) service_ips.close(ip, svc_name(it->second.obj), ts);
+            const bool live = it != services.end() && it->second.deleted == kForever;
             if (del) {
+              if (live)
+                for (auto& ip : it->second.obj.cluster_ips) service_ips.close(ip, svc_name(it->second.obj), ts);
               if (it != services.end()) it->second.deleted = std::min(it->second.deleted, ts);
               return;
             }
+            const uint64_t at = live ? change_ts : ts;
+            if (live)
+              move_addresses(service_ips, it->second.obj.cluster_ips, svc_name(it->second.obj), o.cluster_ips,
+                             svc_name(o), at);
+            else
+              for (auto& ip : o.cluster_ips) service_ips.open(ip, svc_name(o), at);
             if (it == services.end()) {
               it = services.emplace(o.uid, ObjEntry<ServiceObject>{o, ts}).first;
-              track_object('s', o.uid);
+              track_object('s', o.uid, ts);
             }
             it->second.obj = o;
             it->second.deleted = kForever;
             it->second.dump_gen = dump_gen;
-            for (auto& ip : o.cluster_ips) service_ips.open(ip, svc_name(o), ts);
           } else if constexpr (std::is_same_v<T, EndpointSliceObject>) {
             auto it = slices.find(o.uid);
-            std::vector<IpKey> before;
-            if (it != slices.end() && it->second.deleted == kForever) before = it->second.obj.addresses;
-            const std::string old_owner = it != slices.end() ? slice_owner(it->second.obj) : "";
+            const bool live = it != slices.end() && it->second.deleted == kForever;
             if (del) {
-              for (auto& ip : before) endpoint_ips.close(ip, old_owner, ts, o.uid);
+              if (live)
+                for (auto& ip : it->second.obj.addresses) endpoint_ips.close(ip, slice_owner(it->second.obj), ts, o.uid);
               if (it != slices.end()) it->second.deleted = std::min(it->second.deleted, ts);
               return;
             }
-            for (auto& ip : before)
-              if (std::find(o.addresses.begin(), o.addresses.end(), ip) == o.addresses.end() ||
-                  old_owner != slice_owner(o))
-                endpoint_ips.close(ip, old_owner, ts, o.uid);
+            const uint64_t at = live ? change_ts : ts;
+            if (live)
+              move_addresses(endpoint_ips, it->second.obj.addresses,
+                             it->second.obj.service.empty() ? "" : slice_owner(it->second.obj), o.addresses,
+                             o.service.empty() ? "" : slice_owner(o), at, o.uid);
+            else if (!o.service.empty())
+              for (auto& ip : o.addresses) endpoint_ips.open(ip, slice_owner(o), at, o.uid);
             if (it == slices.end()) {
               it = slices.emplace(o.uid, ObjEntry<EndpointSliceObject>{o, ts}).first;
-              track_object('e', o.uid);
+              track_object('e', o.uid, ts);
             }
             it->second.obj = o;
             it->second.deleted = kForever;
             it->second.dump_gen = dump_gen;
-            if (!o.service.empty())
-              for (auto& ip : o.addresses) endpoint_ips.open(ip, slice_owner(o), ts, o.uid);
           } else if constexpr (std::is_same_v<T, NodeObject>) {
             auto it = nodes.find(o.uid);
-            if (it != nodes.end() && it->second.deleted == kForever)
-              for (auto& ip : it->second.obj.addresses) node_ips.close(ip, it->second.obj.name, ts);
+            const bool live = it != nodes.end() && it->second.deleted == kForever;
             if (del) {
+              if (live)
+                for (auto& ip : it->second.obj.addresses) node_ips.close(ip, it->second.obj.name, ts);
               if (it != nodes.end()) it->second.deleted = std::min(it->second.deleted, ts);
               return;
             }
+            const uint64_t at = live ? change_ts : ts;
+            if (live)
+              move_addresses(node_ips, it->second.obj.addresses, it->second.obj.name, o.addresses, o.name, at);
+            else
+              for (auto& ip : o.addresses) node_ips.open(ip, o.name, at);
             if (it == nodes.end()) {
               it = nodes.emplace(o.uid, ObjEntry<NodeObject>{o, ts}).first;
-              track_object('n', o.uid);
+              track_object('n', o.uid, ts);
             }
             it->second.obj = o;
             it->second.deleted = kForever;
             it->second.dump_gen = dump_gen;
-            for (auto& ip : o.addresses) node_ips.open(ip, o.name, ts);
           } else if constexpr (std::is_same_v<T, SelfObject>) {
             self_node = o.node;
             self_addresses = o.addresses;
@@ -474,12 +561,20 @@ struct IdentityTable::Impl {
     if (d.phase == TW_DUMP_BEGIN) {
       dump_gen++;
       dump_ts = d.ts_ns;
+      dump_count = 1;
       in_dump = true;
       return;
     }
     if (!in_dump) return;
     in_dump = false;
     st.dumps++;
+    // The end marker counts the dump's records (its begin marker included).
+    // Fewer here: some did not fit the segment, or could not be read. Then
+    // what was not restated may well be alive: nothing ends.
+    if (d.records != dump_count) {
+      st.dumps_incomplete++;
+      return;
+    }
     // A dump is the whole state: what it did not restate ended (while no
     // sensor was there to see it go).
     const uint64_t ts = dump_ts;
@@ -513,15 +608,31 @@ struct IdentityTable::Impl {
     for (auto& [t, v] : procs)
       for (auto& e : v)
         if (e.end == kForever && e.dump_gen != dump_gen) e.end = std::max(ts, e.start);
-    generation++;
   }
 
   // ------------------------------------------------------------- resolve --
 
-  // The service an address serves at ts: an EndpointSlice listing it, else a
-  // Service's cluster IP.
-  std::pair<std::string, std::string> service_of(const IpKey& ip, uint64_t ts) const {
-    const Interval* i = endpoint_ips.at(ip, ts, lim.ip_future_slack_ns, lim.ip_past_slack_ns);
+  // Does the slice of an endpoint interval list `port`?
+  bool slice_lists_port(const Interval& i, uint16_t port) const {
+    auto s = slices.find(i.owner2);
+    if (s == slices.end()) return false;
+    for (auto& p : s->second.obj.ports)
+      if (p.port == port) return true;
+    return false;
+  }
+
+  // The service an address serves at ts: an EndpointSlice listing it (one
+  // that lists `port` too first), else a Service's cluster IP. A node's
+  // address (a hostNetwork pod's) is listed by the slices of every
+  // hostNetwork pod of the node: there only the port tells them apart, and
+  // a slice counts only if it lists the port (`by_port_only`).
+  std::pair<std::string, std::string> service_of(const IpKey& ip, uint64_t ts, int port = -1,
+                                                 bool by_port_only = false) const {
+    const Interval* i = nullptr;
+    if (port >= 0)
+      i = endpoint_ips.at(ip, ts, lim.ip_future_slack_ns, lim.ip_past_slack_ns,
+                          [&](const Interval& x) { return slice_lists_port(x, static_cast<uint16_t>(port)); });
+    if (!i && !by_port_only) i = endpoint_ips.at(ip, ts, lim.ip_future_slack_ns, lim.ip_past_slack_ns);
     if (!i) i = service_ips.at(ip, ts, 0, 0);
     if (!i) return {};
     auto slash = i->owner.find('/');
@@ -543,85 +654,85 @@ struct IdentityTable::Impl {
       if (!container_id.empty() && c.id == container_id) id.container = c.name;
   }
 
-  uint64_t cache_key(uint64_t a, uint64_t b) const { return (a * 0x9e3779b97f4a7c15ull) ^ (b + 0x7f4a7c15ull); }
+  static uint64_t cache_key(uint64_t a, uint64_t b) { return (a * 0x9e3779b97f4a7c15ull) ^ (b + 0x7f4a7c15ull); }
 
   EndpointIdentityPtr resolve(uint8_t l4, const IpKey& ip, uint16_t port, const IpKey& peer, uint16_t peer_port,
                               uint64_t ts) {
+    // Everything below depends on ts (the process, the services of an
+    // address): an identity is built for each call, and shared with the
+    // previous call of the same socket or address if it came out the same.
+    //
     // 1. A local socket: the process, and through its cgroup the container and pod.
     const SockEntry* s = find_socket(sock_key(l4, ip, port, &peer, peer_port), ts);
     if (!s) s = find_socket(sock_key(l4, ip, port, nullptr, 0), ts);
     if (s) {
       st.resolved_by_socket++;
-      const uint64_t key = cache_key(s->cookie, 1);
-      if (auto c = cache.find(key); c != cache.end() && c->second.generation == generation) return c->second.ptr;
-      auto id = std::make_shared<EndpointIdentity>();
-      id->pid = s->tgid;
+      EndpointIdentity id;
+      id.pid = s->tgid;
       // The process's name: its main thread's, as exec or the scan saw it; a
       // socket may be created by a thread with a name of its own.
-      id->process = comm_string(s->comm);
+      id.process = comm_string(s->comm);
       if (const ProcEntry* p = s->tgid ? find_process(s->tgid, ts) : nullptr) {
-        id->exe = p->exe;
-        if (!p->comm.empty()) id->process = p->comm;
+        id.exe = p->exe;
+        if (!p->comm.empty()) id.process = p->comm;
       }
       const CgroupEntry* cg = nullptr;
       if (auto it = cgroups.find(s->cgroup); it != cgroups.end()) cg = &it->second;
       if (cg && cg->info.in_pod()) {
-        id->container_id = cg->info.container_id;
-        id->container = cg->info.container_id.substr(0, 12);
+        id.container_id = cg->info.container_id;
+        id.container = cg->info.container_id.substr(0, 12);
         if (auto p = pods.find(cg->info.pod_uid); p != pods.end()) {
-          fill_pod(*id, p->second, cg->info.container_id);
+          fill_pod(id, p->second, cg->info.container_id);
           // A hostNetwork pod shares the node's addresses: its service comes
-          // from the slices listing its address and port, like any pod's.
+          // from the slices listing its address and port.
+          const bool host = p->second.obj.host_network;
           for (auto& pip : p->second.obj.ips) {
-            auto [ns, svc] = service_of(pip, ts);
+            auto [ns, svc] = service_of(pip, ts, port, host);
             if (!svc.empty()) {
-              id->service = svc;
+              id.service = svc;
               break;
             }
           }
-          if (id->service.empty()) id->service = service_of(ip, ts).second;
+          if (id.service.empty()) id.service = service_of(ip, ts, port, host).second;
         }
       } else {
-        id->node = self_node;  // a process of the node itself
+        id.node = self_node;  // a process of the node itself
       }
-      if (id->node.empty()) id->node = self_node;
-      EndpointIdentityPtr ptr = std::move(id);
-      cache[key] = {generation, ptr};
-      return ptr;
+      if (id.node.empty()) id.node = self_node;
+      return share(cache_key(s->cookie, 1), std::move(id));
     }
     // 2. An address: a pod's, a service's, a node's.
+    const uint64_t ip_key = IpKeyHash{}(ip);
     if (const Interval* i = pod_ips.at(ip, ts, lim.ip_future_slack_ns, lim.ip_past_slack_ns)) {
       auto p = pods.find(i->owner);
       if (p != pods.end()) {
         st.resolved_by_ip++;
-        const uint64_t key = cache_key(IpKeyHash{}(ip), std::hash<std::string>{}(i->owner));
-        if (auto c = cache.find(key); c != cache.end() && c->second.generation == generation) return c->second.ptr;
-        auto id = std::make_shared<EndpointIdentity>();
-        fill_pod(*id, p->second, {});
-        id->service = service_of(ip, ts).second;
-        EndpointIdentityPtr ptr = std::move(id);
-        cache[key] = {generation, ptr};
-        return ptr;
+        EndpointIdentity id;
+        fill_pod(id, p->second, {});
+        id.service = service_of(ip, ts, port).second;
+        return share(cache_key(ip_key, std::hash<std::string>{}(i->owner)), std::move(id));
       }
     }
-    auto [svc_ns, svc] = service_of(ip, ts);
     const Interval* n = node_ips.at(ip, ts, 0, 0);
     bool is_self = std::find(self_addresses.begin(), self_addresses.end(), ip) != self_addresses.end();
+    // A node's address is in a slice only for a hostNetwork pod's service:
+    // it is that service only at a port the slice lists.
+    auto [svc_ns, svc] = service_of(ip, ts, port, n || is_self);
     if (svc.empty() && !n && !is_self) {
       st.unresolved++;
       return nullptr;
     }
     st.resolved_by_ip++;
-    auto id = std::make_shared<EndpointIdentity>();
+    EndpointIdentity id;
     if (!svc.empty()) {
-      id->service = svc;
-      id->namespace_ = svc_ns;
+      id.service = svc;
+      id.namespace_ = svc_ns;
     }
     if (n)
-      id->node = n->owner;
+      id.node = n->owner;
     else if (is_self)
-      id->node = self_node;
-    return id;
+      id.node = self_node;
+    return share(cache_key(ip_key, 3), std::move(id));
   }
 
   // --------------------------------------------------------------- prune --
@@ -637,8 +748,6 @@ struct IdentityTable::Impl {
       sock_count -= n - v.size();
       it = v.empty() ? sockets.erase(it) : std::next(it);
     }
-    // The arrival-order queue only needs entries that may still exist.
-    while (!sock_order.empty() && !sockets.count(sock_order.front().first)) sock_order.pop_front();
     for (auto it = procs.begin(); it != procs.end();) {
       auto& v = it->second;
       size_t n = v.size();
@@ -647,7 +756,6 @@ struct IdentityTable::Impl {
       proc_count -= n - v.size();
       it = v.empty() ? procs.erase(it) : std::next(it);
     }
-    while (!proc_order.empty() && !procs.count(proc_order.front())) proc_order.pop_front();
     auto drop_deleted = [&](auto& m) {
       for (auto it = m.begin(); it != m.end();)
         it = it->second.deleted != kForever && it->second.deleted < before ? m.erase(it) : std::next(it);
@@ -656,6 +764,16 @@ struct IdentityTable::Impl {
     drop_deleted(services);
     drop_deleted(slices);
     drop_deleted(nodes);
+    // The caps' arrival-order queues keep only entries that still name
+    // something: without this they would grow with every socket, process
+    // and object ever seen behind one that lives long.
+    std::erase_if(sock_order, [&](const std::pair<SockKey, uint64_t>& o) {
+      auto it = sockets.find(o.first);
+      return it == sockets.end() ||
+             std::none_of(it->second.begin(), it->second.end(), [&](const SockEntry& e) { return e.cookie == o.second; });
+    });
+    std::erase_if(proc_order, [&](const std::pair<uint32_t, uint64_t>& o) { return !find_entry(o.first, o.second); });
+    std::erase_if(object_order, [&](const ObjRef& r) { return !object_current(r); });
     pod_ips.prune(before);
     service_ips.prune(before);
     endpoint_ips.prune(before);
@@ -676,6 +794,7 @@ IdentityTable::~IdentityTable() = default;
 void IdentityTable::apply(const IdentityRecord& r) {
   Impl& m = *impl_;
   m.st.records++;
+  if (m.in_dump && !std::holds_alternative<DumpRecord>(r)) m.dump_count++;
   std::visit(
       [&](const auto& x) {
         using T = std::decay_t<decltype(x)>;

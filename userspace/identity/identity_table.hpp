@@ -36,6 +36,7 @@ struct TableStats {
   uint64_t sockets = 0, processes = 0, cgroups = 0, pods = 0, services = 0, slices = 0, nodes = 0;
   uint64_t evicted_sockets = 0, evicted_processes = 0, evicted_cgroups = 0, evicted_objects = 0;
   uint64_t dumps = 0;
+  uint64_t dumps_incomplete = 0;  // dumps with fewer records than their end marker counts: nothing ended by them
   uint64_t resolved_by_socket = 0, resolved_by_ip = 0, unresolved = 0;
 };
 

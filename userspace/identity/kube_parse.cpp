@@ -108,9 +108,17 @@ ListPage parse_list_page(std::string_view body, const std::function<void(Json& i
   const Json* rv = meta ? find(*meta, "resourceVersion") : nullptr;
   if (!rv || !rv->is_string() || rv->get_ref<const std::string&>().empty())
     throw ParseError("list response has no metadata.resourceVersion");
+  if (rv->get_ref<const std::string&>().size() > kMaxResourceVersion)
+    throw ParseError("list response has a resourceVersion longer than " + std::to_string(kMaxResourceVersion) +
+                     " bytes");
   page.resource_version = rv->get<std::string>();
   const Json* cont = find(*meta, "continue");
-  if (cont && cont->is_string()) page.continue_token = cont->get<std::string>();
+  if (cont && cont->is_string()) {
+    if (cont->get_ref<const std::string&>().size() > kMaxContinue)
+      throw ParseError("list response has a continue token longer than " + std::to_string(kMaxContinue >> 10) +
+                       " KiB");
+    page.continue_token = cont->get<std::string>();
+  }
   return page;
 }
 

@@ -17,6 +17,8 @@ namespace tapwire::identity::kube {
 
 inline constexpr size_t kMaxWatchLine = 4u << 20;  // one watch event
 inline constexpr size_t kMaxListPage = 64u << 20;  // one list response
+inline constexpr size_t kMaxResourceVersion = 256;  // the API sends decimal numbers
+inline constexpr size_t kMaxContinue = 64u << 10;
 
 // What a server sent could not be used; what() is one line that says why.
 struct ParseError : std::runtime_error {

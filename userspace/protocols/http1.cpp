@@ -193,6 +193,15 @@ int hex_value(uint8_t c) {
 
 }  // namespace
 
+size_t message_heap_bytes(const HttpMessage& m) {
+  size_t n = string_heap_bytes(m.method) + string_heap_bytes(m.target) + string_heap_bytes(m.reason) +
+             string_heap_bytes(m.body) + heap_bytes(m.headers.capacity() * sizeof(Header)) +
+             heap_bytes(m.trailers.capacity() * sizeof(Header));
+  for (const auto* list : {&m.headers, &m.trailers})
+    for (const Header& h : *list) n += string_heap_bytes(h.name) + string_heap_bytes(h.value);
+  return n;
+}
+
 const std::string* HttpMessage::header(std::string_view lower_name) const {
   for (const Header& h : headers)
     if (h.name == lower_name) return &h.value;
@@ -204,6 +213,7 @@ Http1Parser::Http1Parser(Side side, HttpLimits limits) : side_(side), lim_(limit
 void Http1Parser::reset_message() {
   msg_ = HttpMessage{};
   msg_.is_request = side_ == Side::Requests;
+  msg_heap_ = 0;
   scan_pos_ = line_start_ = lines_ = 0;
   last_kept_ = last_framing_ = false;
   content_length_ = 0;
@@ -259,6 +269,7 @@ bool Http1Parser::start_line(std::string_view line) {
     msg_.method.assign(method);
     msg_.target.assign(target);
     msg_.version_minor = minor;
+    msg_heap_ += string_heap_bytes(msg_.method) + string_heap_bytes(msg_.target);
     return true;
   }
   // HTTP-version SP 3DIGIT SP [reason-phrase]; the SP before an empty reason is often left out.
@@ -280,6 +291,7 @@ bool Http1Parser::start_line(std::string_view line) {
   msg_.status = status;
   msg_.reason.assign(reason);
   msg_.version_minor = minor;
+  msg_heap_ += string_heap_bytes(msg_.reason);
   return true;
 }
 
@@ -294,8 +306,10 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
     if (!all_of(v, kValue)) return false;
     if (last_kept_ && !v.empty()) {
       std::string& value = list.back().value;
+      const size_t before = string_heap_bytes(value);
       if (!value.empty()) value.push_back(' ');
       value.append(v);
+      msg_heap_ += string_heap_bytes(value) - before;
     }
     return true;
   }
@@ -347,11 +361,14 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
     last_kept_ = false;
     return true;
   }
+  const size_t cap0 = list.capacity();
   if (list.empty()) list.reserve(std::min<size_t>(lim_.max_headers, 16));  // one allocation for most messages
   Header& h = list.emplace_back();
   h.name.resize(name.size());
   for (size_t i = 0; i < name.size(); i++) h.name[i] = kLower[static_cast<uint8_t>(name[i])];
   h.value.assign(value);
+  msg_heap_ += heap_bytes(list.capacity() * sizeof(Header)) - heap_bytes(cap0 * sizeof(Header)) +
+               string_heap_bytes(h.name) + string_heap_bytes(h.value);
   last_kept_ = true;
   return true;
 }
@@ -361,7 +378,9 @@ void Http1Parser::keep_body(const uint8_t* p, size_t n) {
   msg_.wire_size += n;
   if (!body_keep_ || msg_.body.size() >= lim_.max_body_kept) return;
   const size_t take = std::min(n, lim_.max_body_kept - msg_.body.size());
+  const size_t before = string_heap_bytes(msg_.body);
   msg_.body.append(reinterpret_cast<const char*>(p), take);
+  msg_heap_ += string_heap_bytes(msg_.body) - before;
 }
 
 void Http1Parser::finish(uint64_t ts, std::vector<HttpMessage>& out) {
@@ -778,7 +797,93 @@ void Http1Parser::on_gap(uint64_t len) {
   enter_resync(true);
 }
 
-void Http1Parser::on_close(uint64_t ts, std::vector<HttpMessage>& out) {
+// A header block cut short (state Start, its bytes in `u`) as a message,
+// flagged incomplete, when there is enough of it to say what it is.
+bool Http1Parser::take_partial(std::span<const uint8_t> u, uint64_t ts, std::vector<HttpMessage>& out) {
+  if (st_ != State::Start || u.empty()) return false;
+  if (lines_ == 0) {
+    // Not even the start line is complete: what there is of it must begin
+    // like one (and no line of it has been checked yet).
+    const uint8_t* b = u.data();
+    const size_t n = std::min(u.size(), lim_.max_header_bytes);
+    std::string_view line(reinterpret_cast<const char*>(b), n);
+    if (const size_t lf = line.find('\n'); lf != std::string_view::npos) line = line.substr(0, lf);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (side_ == Side::Requests) {
+      size_t mlen = 0;
+      if (match_request_start(b, line.size(), &mlen) != Match::Yes) return false;
+      const std::string_view rest = line.substr(mlen + 1);
+      const size_t sp = rest.find(' ');
+      const std::string_view target = rest.substr(0, sp);
+      if (target.empty() || !all_of(target, kTarget)) return false;
+      msg_.method.assign(line.substr(0, mlen));
+      msg_.target.assign(target);
+      if (sp != std::string_view::npos && parse_version(rest.substr(sp + 1)) >= 0)
+        msg_.version_minor = parse_version(rest.substr(sp + 1));
+    } else {
+      if (line.size() < 12 || match_response_start(b, line.size()) != Match::Yes) return false;
+      int status = 0;
+      for (size_t i = 9; i < 12; i++) {
+        if (line[i] < '0' || line[i] > '9') return false;
+        status = status * 10 + (line[i] - '0');
+      }
+      if (status < 100 || (line.size() > 12 && line[12] != ' ')) return false;
+      const std::string_view reason = line.size() > 13 ? line.substr(13) : std::string_view();
+      if (!all_of(reason, kValue)) return false;
+      msg_.status = status;
+      msg_.reason.assign(reason);
+      msg_.version_minor = parse_version(line.substr(0, 8));
+    }
+  }
+  // A response that got as far as its status line answers a request: keep the
+  // queue of what responses answer in step.
+  if (side_ == Side::Responses && (msg_.status >= 200 || msg_.status == 101)) pop_expect();
+  msg_.incomplete = true;
+  msg_.header_bytes = msg_.wire_size = u.size();
+  msg_.ts_last_ns = last_ts_ ? last_ts_ : ts;
+  if (!msg_.ts_first_ns) msg_.ts_first_ns = msg_.ts_last_ns;
+  out.push_back(std::move(msg_));
+  reset_message();
+  return true;
+}
+
+size_t Http1Parser::shed_body() {
+  const size_t freed = string_heap_bytes(msg_.body);
+  if (!freed) return 0;
+  std::string().swap(msg_.body);
+  msg_heap_ -= freed;
+  body_keep_ = false;  // what is kept stays a prefix: nothing more of this body
+  msg_.memory_shed = true;
+  return freed;
+}
+
+bool Http1Parser::shed_partial(std::span<const uint8_t> u, uint64_t ts, std::vector<HttpMessage>& out) {
+  if (st_ == State::Tunnel || u.empty()) return false;
+  const bool at_line_start = u.back() == '\n';
+  bool emitted = false;
+  if (st_ == State::Start) {
+    emitted = take_partial(u, ts, out);
+    if (emitted) out.back().memory_shed = true;
+  } else if (st_ == State::Trailers) {  // the body is complete; its trailers are not kept
+    msg_.headers_truncated = true;
+    msg_.memory_shed = true;
+    msg_.incomplete = true;
+    finish(last_ts_ ? last_ts_ : ts, out);
+    emitted = true;
+  }
+  // What follows continues the bytes dropped: look for the next message.
+  enter_resync(at_line_start);
+  return emitted;
+}
+
+size_t Http1Parser::memory_bytes() const {
+  size_t n = msg_heap_ + heap_bytes(expect_.capacity() * sizeof(Expect)) +
+             heap_bytes(ready_.capacity() * sizeof(HttpMessage));
+  for (const HttpMessage& m : ready_) n += message_heap_bytes(m);
+  return n;
+}
+
+void Http1Parser::on_close(uint64_t ts, std::vector<HttpMessage>& out, std::span<const uint8_t> unconsumed) {
   for (HttpMessage& m : ready_) out.push_back(std::move(m));
   ready_.clear();
   const uint64_t last = last_ts_ ? last_ts_ : ts;
@@ -795,13 +900,17 @@ void Http1Parser::on_close(uint64_t ts, std::vector<HttpMessage>& out) {
     case State::ChunkDataCR:
     case State::ChunkDataLF:
       msg_.body_truncated = true;  // the body never ended
+      msg_.incomplete = true;
       finish(last, out);
       break;
     case State::Trailers:  // the body ended; the trailers did not
       msg_.headers_truncated = true;
+      msg_.incomplete = true;
       finish(last, out);
       break;
-    case State::Start:  // a partial header block stays the caller's unconsumed bytes
+    case State::Start:  // a header block cut short, if there is enough of it
+      take_partial(unconsumed, last, out);
+      break;
     case State::Resync:
     case State::Tunnel:
       break;

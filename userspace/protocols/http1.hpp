@@ -44,11 +44,17 @@ struct HttpMessage {
   bool upgrade = false;  // 101 Switching Protocols (or a request asking for an Upgrade)
   bool websocket = false;  // Upgrade: websocket handshake
   bool interim = false;  // 1xx response other than 101
+  bool incomplete = false;  // the stream ended (or its bytes were shed) before the message did
+  bool memory_shed = false;  // part of it (its kept body, its header block) was dropped to stay within memory
   uint64_t ts_first_ns = 0;  // timestamp of the first byte
   uint64_t ts_last_ns = 0;  // timestamp of the last byte
 
   const std::string* header(std::string_view lower_name) const;  // first field with that name
 };
+
+// Heap bytes a message owns beyond its own size (strings, header lists):
+// memory accounting, O(headers).
+size_t message_heap_bytes(const HttpMessage& m);
 
 // Parses one direction. feed() consumes what it can: complete messages are
 // appended to `out`; a partially received start line or header block is left
@@ -83,9 +89,26 @@ class Http1Parser {
   // before the gap are dropped: present only what follows it.
   void on_gap(uint64_t len);
   // The stream ended (FIN/RST or idle timeout): completes a close-delimited
-  // body; an incomplete message in progress is emitted with what it has
-  // (flag truncated through body_truncated/gap as appropriate).
-  void on_close(uint64_t ts_ns, std::vector<HttpMessage>& out);
+  // body; an incomplete message in progress is emitted with what it has,
+  // flagged `incomplete` (and body_truncated when its body never ended).
+  // `unconsumed` is what the caller still holds of the stream (what feed()
+  // left unconsumed): a header block cut short there is emitted too, as an
+  // incomplete message with the start line and the fields it got, when its
+  // start line got far enough to say what it is (a known method and a target;
+  // a status code).
+  void on_close(uint64_t ts_ns, std::vector<HttpMessage>& out, std::span<const uint8_t> unconsumed = {});
+
+  // Memory pressure (the dissector's memory limit). shed_body() drops the
+  // kept body of the message in progress and keeps no more of it (flagged
+  // memory_shed, body_truncated once it ends); returns the heap bytes freed.
+  // shed_partial() gives up a header (or trailer) block still incomplete in
+  // `unconsumed`, which the caller then drops: the message is emitted as
+  // incomplete and memory_shed when there is enough of it to say what it
+  // is, and the parser resynchronises on what follows. True if it emitted.
+  size_t shed_body();
+  bool shed_partial(std::span<const uint8_t> unconsumed, uint64_t ts_ns, std::vector<HttpMessage>& out);
+  // Heap bytes held for the message in progress and the parser's queues.
+  size_t memory_bytes() const;
   // After a 101 response (or a CONNECT 2xx) the stream is no longer HTTP.
   bool switched_protocols() const;
 
@@ -122,6 +145,7 @@ class Http1Parser {
   void finish(uint64_t ts, std::vector<HttpMessage>& out);
   void reset_message();
   void enter_resync(bool at_line_start);
+  bool take_partial(std::span<const uint8_t> unconsumed, uint64_t ts, std::vector<HttpMessage>& out);
 
   Side side_;
   HttpLimits lim_;
@@ -151,6 +175,7 @@ class Http1Parser {
   std::vector<HttpMessage> ready_;  // completed by on_gap, handed out by the next feed/on_close
   uint64_t invalid_ = 0;
   uint64_t last_ts_ = 0;
+  size_t msg_heap_ = 0;  // message_heap_bytes(msg_), kept up to date as msg_ grows
 };
 
 // Quick content check for protocol detection: could these first bytes of a

@@ -24,6 +24,17 @@ struct ParseResult {
 
 const char* to_string(ParseStatus s);
 
+// Memory accounting (the dissector's memory limit): what one heap
+// allocation of `n` bytes costs, allocator overhead included: glibc malloc's
+// 8-byte header, 16-byte granules and 32-byte minimum chunk. mimalloc (the
+// dissector's allocator) has no header and finer classes: this overestimates
+// it a little, never underestimates by much.
+constexpr size_t heap_bytes(size_t n) { return n == 0 ? 0 : n + 8 <= 32 ? 32 : (n + 8 + 15) & ~size_t{15}; }
+// A std::string's own allocation: none while it fits in the object (SSO).
+inline size_t string_heap_bytes(const std::string& s) {
+  return s.capacity() > 15 ? heap_bytes(s.capacity() + 1) : 0;
+}
+
 // A header as seen on the wire, the name lower-cased.
 struct Header {
   std::string name;

@@ -10,6 +10,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <set>
 #include <stdexcept>
 
 #include "capture.skel.h"
@@ -71,9 +72,10 @@ Cidr parse_cidr(const std::string& text) {
   return c;
 }
 
-void clear_map(int fd, size_t key_size) {
+// Empties a map. Collects the keys first: deleting while iterating restarts
+// the walk on hash maps. Returns false if a key could not be deleted.
+bool clear_map(int fd, size_t key_size) {
   std::vector<uint8_t> key(key_size), next(key_size);
-  // Collect first: deleting while iterating restarts the walk on hash maps.
   std::vector<std::vector<uint8_t>> keys;
   void* prev = nullptr;
   while (bpf_map_get_next_key(fd, prev, next.data()) == 0 && keys.size() < 100000) {
@@ -81,7 +83,19 @@ void clear_map(int fd, size_t key_size) {
     key = next;
     prev = key.data();
   }
-  for (auto& k : keys) bpf_map_delete_elem(fd, k.data());
+  bool ok = true;
+  for (auto& k : keys) ok &= bpf_map_delete_elem(fd, k.data()) == 0 || errno == ENOENT;
+  return ok;
+}
+
+template <typename K>
+size_t distinct_keys(const std::vector<std::pair<K, uint32_t>>& v) {
+  std::set<std::vector<uint8_t>> keys;
+  for (auto& [k, a] : v) {
+    auto* b = reinterpret_cast<const uint8_t*>(&k);
+    keys.emplace(b, b + sizeof k);
+  }
+  return keys.size();
 }
 
 }  // namespace
@@ -121,7 +135,15 @@ BpfCapture::BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes) {
       fail("cannot install ring buffer " + std::to_string(cpu), err);
     }
   }
-  write_settings();
+  if (!skel_->bss) {
+    release();
+    throw std::runtime_error("cannot map the capture programs' global data: this kernel lacks BPF_F_MMAPABLE "
+                             "(Linux 5.5 or later is needed)");
+  }
+  // The first rule set: no filter, no interface yet. Generation 0 starts
+  // with empty settings, so this also turns the interface allowlist on
+  // before anything is attached.
+  commit(rules_, ifaces_, targeting_);
 }
 
 BpfCapture::~BpfCapture() { release(); }
@@ -136,69 +158,143 @@ void BpfCapture::release() {
 int BpfCapture::ingress_prog_fd() const { return bpf_program__fd(skel_->progs.tw_ingress); }
 int BpfCapture::egress_prog_fd() const { return bpf_program__fd(skel_->progs.tw_egress); }
 
-void BpfCapture::write_settings() {
-  tw_settings s{};
-  s.flags = settings_flags_ | (iface_allowlist_ ? TW_SET_IFACE_ALLOWLIST : 0) | (targeting_ ? TW_SET_TARGETS : 0);
-  s.snaplen = snaplen_;
-  uint32_t key = 0;
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tw_settings), &key, &s, BPF_ANY) != 0)
-    fail("cannot write capture settings", errno);
+int BpfCapture::inner_fd(const char* what, uint32_t gen) const {
+  const auto& m = skel_->maps;
+  const std::string w = what;
+  bpf_map* g[2] = {nullptr, nullptr};
+  if (w == "cidr4") g[0] = m.tw_cidr4_g0, g[1] = m.tw_cidr4_g1;
+  if (w == "cidr6") g[0] = m.tw_cidr6_g0, g[1] = m.tw_cidr6_g1;
+  if (w == "ports") g[0] = m.tw_ports_g0, g[1] = m.tw_ports_g1;
+  if (w == "ifaces") g[0] = m.tw_ifaces_g0, g[1] = m.tw_ifaces_g1;
+  static_assert(TW_RULE_GENERATIONS == 2, "one inner map per generation in the skeleton");
+  return bpf_map__fd(g[gen & 1]);
 }
 
-void BpfCapture::set_filters(const CaptureFilters& f) {
-  // Parse everything before touching a map, so a bad rule changes nothing.
-  std::vector<std::pair<Cidr, uint32_t>> cidrs;
-  for (auto& c : f.allow_cidrs) cidrs.emplace_back(parse_cidr(c), TW_RULE_ALLOW);
-  for (auto& c : f.deny_cidrs) cidrs.emplace_back(parse_cidr(c), TW_RULE_DENY);
-
-  int fd4 = bpf_map__fd(skel_->maps.tw_cidr4), fd6 = bpf_map__fd(skel_->maps.tw_cidr6);
-  int fdp = bpf_map__fd(skel_->maps.tw_ports);
-  clear_map(fd4, sizeof(tw_cidr4_key));
-  clear_map(fd6, sizeof(tw_cidr6_key));
-  clear_map(fdp, sizeof(uint16_t));
-  for (auto& [c, action] : cidrs) {
-    int rc;
+BpfCapture::Rules BpfCapture::parse(const CaptureFilters& f) {
+  Rules r;
+  auto add = [&](const std::string& text, uint32_t action) {
+    Cidr c = parse_cidr(text);
     if (c.family == AF_INET) {
       tw_cidr4_key k{};
       k.prefixlen = c.prefix;
       std::memcpy(k.addr, c.addr, 4);
-      rc = bpf_map_update_elem(fd4, &k, &action, BPF_ANY);
+      r.cidr4.emplace_back(k, action);
     } else {
       tw_cidr6_key k{};
       k.prefixlen = c.prefix;
       std::memcpy(k.addr, c.addr, 16);
-      rc = bpf_map_update_elem(fd6, &k, &action, BPF_ANY);
+      r.cidr6.emplace_back(k, action);
     }
-    if (rc != 0) fail("cannot install a CIDR rule", errno);
-  }
-  auto put_port = [&](uint16_t port, uint32_t action) {
-    if (bpf_map_update_elem(fdp, &port, &action, BPF_ANY) != 0) fail("cannot install a port rule", errno);
   };
-  for (auto p : f.allow_ports) put_port(p, TW_RULE_ALLOW);
-  for (auto p : f.deny_ports) put_port(p, TW_RULE_DENY);
+  // Allows first, then denies: a prefix given both ways ends up denied.
+  for (auto& c : f.allow_cidrs) add(c, TW_RULE_ALLOW);
+  for (auto& c : f.deny_cidrs) add(c, TW_RULE_DENY);
+  for (auto p : f.allow_ports) r.ports.emplace_back(p, TW_RULE_ALLOW);
+  for (auto p : f.deny_ports) r.ports.emplace_back(p, TW_RULE_DENY);
+  const size_t n4 = distinct_keys(r.cidr4), n6 = distinct_keys(r.cidr6), np = distinct_keys(r.ports);
+  if (n4 > TW_MAX_RULES || n6 > TW_MAX_RULES)
+    throw std::runtime_error("too many CIDR rules (" + std::to_string(n4) + " IPv4, " + std::to_string(n6) +
+                             " IPv6): at most " + std::to_string(TW_MAX_RULES) + " of each");
+  if (np > TW_MAX_RULES)
+    throw std::runtime_error("too many port rules (" + std::to_string(np) + "): at most " +
+                             std::to_string(TW_MAX_RULES));
+  r.flags = (f.allow_cidrs.empty() ? 0 : TW_SET_CIDR_ALLOWLIST) | (f.allow_ports.empty() ? 0 : TW_SET_PORT_ALLOWLIST) |
+            (r.cidr4.empty() && r.cidr6.empty() ? 0 : TW_SET_CIDR_RULES) | (r.ports.empty() ? 0 : TW_SET_PORT_RULES);
+  r.snaplen = f.snaplen;
+  return r;
+}
 
-  settings_flags_ = (f.allow_cidrs.empty() ? 0 : TW_SET_CIDR_ALLOWLIST) |
-                    (f.allow_ports.empty() ? 0 : TW_SET_PORT_ALLOWLIST) |
-                    (cidrs.empty() ? 0 : TW_SET_CIDR_RULES) |
-                    (f.allow_ports.empty() && f.deny_ports.empty() ? 0 : TW_SET_PORT_RULES);
-  snaplen_ = f.snaplen;
-  write_settings();
+void BpfCapture::clear_generation(uint32_t gen) {
+  bool ok = clear_map(inner_fd("cidr4", gen), sizeof(tw_cidr4_key)) &&
+            clear_map(inner_fd("cidr6", gen), sizeof(tw_cidr6_key)) &&
+            clear_map(inner_fd("ports", gen), sizeof(uint16_t)) && clear_map(inner_fd("ifaces", gen), sizeof(uint32_t));
+  tw_settings none{};
+  if (!ok || bpf_map_update_elem(bpf_map__fd(skel_->maps.tw_settings), &gen, &none, BPF_ANY) != 0)
+    fail("cannot clear rule generation " + std::to_string(gen), errno);
+}
+
+void BpfCapture::fill_generation(uint32_t gen, const Rules& r, const std::map<uint32_t, uint32_t>& ifaces,
+                                 bool targeting) {
+  auto put = [&](const char* what, const void* key, const void* value) {
+    if (bpf_map_update_elem(inner_fd(what, gen), key, value, BPF_ANY) != 0)
+      fail(std::string("cannot install a rule (") + what + ")", errno);
+  };
+  for (auto& [k, action] : r.cidr4) put("cidr4", &k, &action);
+  for (auto& [k, action] : r.cidr6) put("cidr6", &k, &action);
+  for (auto& [port, action] : r.ports) put("ports", &port, &action);
+  for (auto& [idx, flags] : ifaces) put("ifaces", &idx, &flags);
+  tw_settings s{};
+  s.flags = r.flags | TW_SET_IFACE_ALLOWLIST | (targeting ? TW_SET_TARGETS : 0);
+  s.snaplen = r.snaplen;
+  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tw_settings), &gen, &s, BPF_ANY) != 0)
+    fail("cannot write capture settings", errno);
+}
+
+void BpfCapture::commit(const Rules& r, const std::map<uint32_t, uint32_t>& ifaces, bool targeting) {
+  const uint32_t old = active_, next = (active_ + 1) % TW_RULE_GENERATIONS;
+  // The generation not in force has no reader (the previous switch waited
+  // for them) and is empty unless a clean-up failed: start from nothing.
+  try {
+    clear_generation(next);
+    fill_generation(next, r, ifaces, targeting);
+  } catch (...) {
+    try {
+      clear_generation(next);
+    } catch (...) {
+    }
+    throw;  // the rules in force are untouched
+  }
+  // The switch: one aligned 4-byte store into the programs' mmap'd .bss.
+  // Every packet from here on reads the new generation.
+  __atomic_store_n(&skel_->bss->tw_active_gen, next, __ATOMIC_SEQ_CST);
+  active_ = next;
+  switches_++;
+  // Packets that read the old generation just before the store may still be
+  // in a program. An update of an array-of-maps returns only after an RCU
+  // grace period (the kernel waits for running non-sleepable BPF programs so
+  // that userspace knows they all see the new value, kernel/bpf/syscall.c
+  // maybe_wait_bpf_programs), and TC programs run inside RCU read-side
+  // sections: putting the old generation's own inner map back into its slot
+  // changes nothing but returns only once no program reads the old rules.
+  int outer = bpf_map__fd(skel_->maps.tw_ifaces), old_inner = inner_fd("ifaces", old);
+  if (bpf_map_update_elem(outer, &old, &old_inner, BPF_ANY) != 0) {
+    // Without the grace period the old rules stay as they are (a packet
+    // still on them sees a whole set); the next switch clears them.
+    return;
+  }
+  try {
+    clear_generation(old);
+  } catch (const std::exception&) {
+    // Left for the next switch, which starts by clearing its generation.
+  }
+}
+
+void BpfCapture::set_filters(const CaptureFilters& f, const std::set<uint32_t>* keep_ifaces) {
+  Rules r = parse(f);  // a bad rule throws before any map is touched
+  std::map<uint32_t, uint32_t> ifaces = ifaces_;
+  if (keep_ifaces)
+    std::erase_if(ifaces, [&](const auto& e) { return !keep_ifaces->count(e.first); });
+  commit(r, ifaces, targeting_);
+  rules_ = std::move(r);
+  ifaces_ = std::move(ifaces);
 }
 
 void BpfCapture::set_interface(uint32_t ifindex, bool has_l2) {
   uint32_t flags = TW_IF_CAPTURE | (has_l2 ? 0 : TW_IF_NO_L2);
-  if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tw_ifaces), &ifindex, &flags, BPF_ANY) != 0)
+  if (bpf_map_update_elem(inner_fd("ifaces", active_), &ifindex, &flags, BPF_ANY) != 0)
     fail("cannot register interface " + std::to_string(ifindex), errno);
+  ifaces_[ifindex] = flags;
 }
 
 void BpfCapture::forget_interface(uint32_t ifindex) {
-  bpf_map_delete_elem(bpf_map__fd(skel_->maps.tw_ifaces), &ifindex);
+  bpf_map_delete_elem(inner_fd("ifaces", active_), &ifindex);
+  ifaces_.erase(ifindex);
 }
 
 void BpfCapture::set_targeting(bool on) {
   if (on == targeting_) return;
+  commit(rules_, ifaces_, on);
   targeting_ = on;
-  write_settings();
 }
 
 void BpfCapture::add_target(uint8_t ip_version, const uint8_t addr[16]) {

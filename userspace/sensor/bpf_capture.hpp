@@ -1,10 +1,20 @@
 // Loads the capture BPF programs (bpf/capture.bpf.c) through the bpftool
 // skeleton, creates one ring buffer per CPU, and gives userspace its handles
 // on the maps: rings to drain, counters to read, filters to set.
+//
+// The rule set (filters, snap length, interface set, pod targeting on/off)
+// lives in two generations (tapwire_abi.h, TW_RULE_GENERATIONS). A change
+// fills the generation not in force, switches the programs to it with one
+// store, waits until no program can still be reading the old one, and then
+// clears the old one: every packet is judged by the old rules or by the new
+// ones, never by a mix or by a half-written set.
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tapwire_abi.h"
@@ -33,15 +43,20 @@ class BpfCapture {
   const std::vector<int>& ring_fds() const { return ring_fds_; }
   uint32_t ring_bytes() const { return ring_bytes_; }
 
-  // Replaces every filter map and setting. Throws on a bad CIDR.
-  void set_filters(const CaptureFilters& f);
-  // Marks an interface: capture on it, and whether it has an L2 header.
+  // Replaces the filters and the snap length in one step. With keep_ifaces,
+  // the interface set shrinks to those ifindexes in the same step (a reload
+  // that drops interfaces). Throws std::runtime_error (one line) on a bad
+  // CIDR or too many rules, and then nothing changes.
+  void set_filters(const CaptureFilters& f, const std::set<uint32_t>* keep_ifaces = nullptr);
+  // Adds an interface to the interface set of the rules in force: capture on
+  // it, and whether it has an L2 header. One map update: atomic by itself.
   void set_interface(uint32_t ifindex, bool has_l2);
   void forget_interface(uint32_t ifindex);
 
   // Pod targeting: with it on, only traffic to or from an address in the
   // target set is captured. The set is changed address by address, so a
-  // packet never sees a half-written set.
+  // packet never sees a half-written set; switching it on or off is a new
+  // rule generation.
   void set_targeting(bool on);
   bool targeting() const { return targeting_; }
   void add_target(uint8_t ip_version, const uint8_t addr[16]);
@@ -50,15 +65,31 @@ class BpfCapture {
   // Counters per CPU (index = CPU id).
   std::vector<tw_counters> read_counters() const;
 
+  // The rule generation in force, and how many times it was switched.
+  uint32_t active_generation() const { return active_; }
+  uint64_t generation_switches() const { return switches_; }
+
  private:
+  struct Rules {
+    std::vector<std::pair<tw_cidr4_key, uint32_t>> cidr4;
+    std::vector<std::pair<tw_cidr6_key, uint32_t>> cidr6;
+    std::vector<std::pair<uint16_t, uint32_t>> ports;
+    uint32_t flags = 0;  // TW_SET_* of the filters alone
+    uint32_t snaplen = 0;
+  };
   capture_bpf* skel_ = nullptr;
   std::vector<int> ring_fds_;
   uint32_t ring_bytes_;
-  bool iface_allowlist_ = true;
-  uint32_t settings_flags_ = 0;
-  uint32_t snaplen_ = 0;
+  Rules rules_;
+  std::map<uint32_t, uint32_t> ifaces_;  // ifindex -> TW_IF_* (the set in force)
   bool targeting_ = false;
-  void write_settings();
+  uint32_t active_ = 0;
+  uint64_t switches_ = 0;
+  static Rules parse(const CaptureFilters& f);
+  void commit(const Rules& r, const std::map<uint32_t, uint32_t>& ifaces, bool targeting);
+  void clear_generation(uint32_t gen);
+  void fill_generation(uint32_t gen, const Rules& r, const std::map<uint32_t, uint32_t>& ifaces, bool targeting);
+  int inner_fd(const char* what, uint32_t gen) const;
   void release();
 };
 

@@ -120,6 +120,9 @@ int main(int argc, char** argv) {
   app.add_flag("--no-identity", no_identity, "no process identity hooks and no identity stream (tap.identity.enabled: false)");
   app.add_option("--kube-watch", o.kube_watch_path, "the tapwire-kube-watch binary (default: next to this one)");
   app.add_option("--kube-watch-arg", kube_args, "an extra flag for tapwire-kube-watch (repeatable; tests)");
+  app.add_option("--attach", o.attach, "how to attach to interfaces: tcx (links, Linux 6.6+), tc (clsact filters), "
+                                       "or auto (tcx where the kernel has it; default)")
+      ->check(CLI::IsMember({"auto", "tc", "tcx"}));
 
   tapwire::config::FlagOverrides flags;
   TapwireConfig cfg;

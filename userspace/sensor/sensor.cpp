@@ -21,6 +21,7 @@
 #include <map>
 #include <algorithm>
 #include <optional>
+#include <set>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
@@ -207,7 +208,9 @@ struct Sensor::Impl {
     const std::string state = opts.data_dir + "/tc-state.json";
     if (int n = TcAttacher::cleanup_leftovers(state); n > 0)
       std::fprintf(stderr, "tapwire-sensor: removed %d filter(s) left by a previous run\n", n);
-    tc = std::make_unique<TcAttacher>(bpf->ingress_prog_fd(), bpf->egress_prog_fd(), state);
+    auto mode = parse_attach_mode(opts.attach);
+    if (!mode) throw std::runtime_error("--attach must be tc, tcx or auto, not '" + opts.attach + "'");
+    tc = std::make_unique<TcAttacher>(bpf->ingress_prog_fd(), bpf->egress_prog_fd(), state, *mode);
     for (int fd : bpf->ring_fds()) rings.emplace_back(fd, bpf->ring_bytes());
     links = std::make_unique<LinkMonitor>();
     setup_identity();
@@ -464,7 +467,8 @@ struct Sensor::Impl {
       auto rec = iface_record(i);
       store->append(TW_REC_IFACE, {reinterpret_cast<const uint8_t*>(&rec), sizeof rec}, {}, rec.ts_ns);
     }
-    std::fprintf(stderr, "tapwire-sensor: capturing on %s (ifindex %u)\n", i.name.c_str(), i.ifindex);
+    std::fprintf(stderr, "tapwire-sensor: capturing on %s (ifindex %u, %s)\n", i.name.c_str(), i.ifindex,
+                 tc->mode() == AttachMode::kTcx ? "tcx link" : "TC filter");
   }
 
   void detach(uint32_t ifindex, const char* why) {
@@ -670,7 +674,12 @@ struct Sensor::Impl {
         throw std::runtime_error("pod targeting needs Kubernetes identity, which this sensor was not started with");
       PodTargets check;
       check.set_rules(next.targets);  // a bad regex refuses the file before anything changes
-      bpf->set_filters(next.filters);
+      // The new filters and the interfaces that stay selected, in one step:
+      // the interfaces that go stop being captured at the same instant.
+      std::set<uint32_t> keep;
+      for (auto& [idx, i] : attached)
+        if (sel->matches(i)) keep.insert(idx);
+      bpf->set_filters(next.filters, &keep);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "tapwire-sensor: config reload rejected, keeping the current configuration: %s\n", e.what());
       return {{"ok", false}, {"error", std::string("rejected, the current configuration stays: ") + e.what()}};
@@ -879,6 +888,8 @@ struct Sensor::Impl {
             {"started_ns", started_ns},
             {"updated_ns", clock_ns(CLOCK_REALTIME)},
             {"interfaces", ifaces},
+            {"attach", tc ? attach_mode_name(tc->mode()) : "none"},
+            {"rule_generation", {{"active", bpf->active_generation()}, {"switches", bpf->generation_switches()}}},
             {"counters", counters},
             {"drops", drops},
             {"drops_by_cpu", by_cpu},

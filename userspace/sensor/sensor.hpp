@@ -37,6 +37,7 @@ struct SensorOptions {
   std::string dissector_path;  // default: tapwire-dissector next to this binary
   std::vector<std::string> dissector_args;  // extra flags for the dissector (caps, dissectors)
   bool raw_capture = true;  // tap.capture.raw.enabled: false = attach nowhere
+  std::string attach = "auto";  // --attach: tcx links ("tcx"), TC filters ("tc"), or tcx where the kernel has it
   // Reloading (SIGHUP, `tapwire config reload`): the file again, with the
   // same flags on top. Empty when the sensor was started without --config.
   std::string config_path;

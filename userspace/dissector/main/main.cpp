@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
   bool no_identity = false;
   bool keep_priority = false, quiet = false;
   size_t body_kept = 64 * 1024, header_bytes = 64 * 1024;
+  uint64_t memory_limit = DissectorOptions{}.memory_limit;
   CLI::App app{"tapwire-dissector: dissects captured traffic into API calls (HTTP, DNS)"};
   std::string version = std::string("tapwire-dissector ") + TAPWIRE_VERSION;
 #ifdef TW_WITH_MIMALLOC
@@ -147,6 +148,10 @@ int main(int argc, char** argv) {
   app.add_option("--stats", stats_path, "write the dissector's metrics as JSON here (live default: DATA_DIR/dissector.json)");
   app.add_option("--max-body", body_kept, "body bytes kept per message")->capture_default_str();
   app.add_option("--max-header", header_bytes, "header bytes allowed per message")->capture_default_str();
+  app.add_option("--memory-limit", memory_limit,
+                 "heap for dissection state (flows, reassembly, buffers, waiting requests), like 256Mi; beyond it "
+                 "the least useful state is shed; 0: no limit (default 256Mi)")
+      ->transform(CLI::AsSizeValue(false));
   std::string dissectors = "http,dns";
   app.add_option("--dissectors", dissectors, "protocols to dissect, comma-separated (http, dns), or none")
       ->capture_default_str();
@@ -253,6 +258,7 @@ int main(int argc, char** argv) {
     }
     opts.http.max_body_kept = body_kept;
     opts.http.max_header_bytes = header_bytes;
+    opts.memory_limit = static_cast<size_t>(memory_limit);
     Dissector d(opts, [&](Call&& c) {
       identity.annotate(c);
       out.add(std::move(c));

@@ -31,7 +31,9 @@ std::string resource_version_of(const k::Json& obj) {
   auto m = obj.find("metadata");
   if (m == obj.end() || !m->is_object()) return {};
   auto rv = m->find("resourceVersion");
-  return rv != m->end() && rv->is_string() ? rv->get<std::string>() : std::string();
+  if (rv == m->end() || !rv->is_string() || rv->get_ref<const std::string&>().size() > k::kMaxResourceVersion)
+    return {};  // an unusable version is not followed: the last good one stays
+  return rv->get<std::string>();
 }
 
 }  // namespace
@@ -88,10 +90,19 @@ void Reflector::recovered(const std::string& how) {
   backoff_.reset();
 }
 
+namespace {
+// Kept per object until it is deleted: an object without a usable uid and
+// name (or with oversized ones, which no API server sends) is left out.
+bool usable(const k::ObjectRef& ref) {
+  return !ref.uid.empty() && !ref.name.empty() && ref.uid.size() <= k::kMaxName && ref.name.size() <= k::kMaxName &&
+         ref.namespace_.size() <= k::kMaxName;
+}
+}  // namespace
+
 void Reflector::upsert(const k::Json& obj) {
   k::ObjectRef ref = k::object_ref(obj);
   k::Counters n;
-  if (ref.uid.empty() || ref.name.empty()) {  // nothing to name or delete it by
+  if (!usable(ref)) {
     n.invalid++;
     s_.out.add(n);
     return;
@@ -141,7 +152,7 @@ void Reflector::vanished(const k::ObjectRef& ref) {
 
 void Reflector::remove(const k::Json& obj) {
   k::ObjectRef ref = k::object_ref(obj);
-  if (ref.uid.empty()) {
+  if (ref.uid.empty() || ref.uid.size() > k::kMaxName) {
     k::Counters n;
     n.invalid++;
     s_.out.add(n);
@@ -158,7 +169,6 @@ std::optional<std::string> Reflector::list(bool& stopped, bool forced) {
   if (listed_once_) s_.out.count_relist();
   objects_.begin_list();
   std::string body, cont, rv, page_error;
-  size_t items = 0;
   const milliseconds stall = std::min(s_.opts.idle_timeout, kListStall);
   do {
     std::string q = path() + "?limit=" + std::to_string(s_.opts.page_size);
@@ -187,7 +197,6 @@ std::optional<std::string> Reflector::list(bool& stopped, bool forced) {
       auto page = k::parse_list_page(body, [&](k::Json& item) { upsert(item); });
       cont = page.continue_token;
       rv = page.resource_version;
-      items += page.items;
     } catch (const k::ParseError& e) {
       return std::string(e.what());
     }

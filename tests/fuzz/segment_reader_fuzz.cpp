@@ -1,0 +1,206 @@
+// Segment files (shm/FORMAT.md) as the readers meet them: a file from
+// anywhere (a snapshot, a truncated copy, a crafted file). The input is the
+// whole file; it is written to tmpfs and read with SegmentReader, followed
+// as a packet source (into the dissector) and as an identity stream (into an
+// identity table), then a copy goes through recover_segment.
+//
+// The bytes at offset 92 (tw_seg_header.reserved0, which readers ignore) tell
+// the harness to rewrite every record's CRC before writing the file (bit 0),
+// so that mutations of record bodies get past the CRC to the code behind it.
+//
+// Checked: the records returned lie below `committed` and inside the file,
+// back to back, 8-byte aligned, with a matching CRC and a non-zero type;
+// corrupt() implies exhausted(); recovery keeps exactly the records the
+// reader returned (the longest valid prefix), leaves a sealed segment that
+// reads back the same and clean, and a second recovery changes nothing.
+// libFuzzer: -max_len=65536
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+
+#include "dissector.hpp"
+#include "fuzz_common.hpp"
+#include "identity_feed.hpp"
+#include "packet_source.hpp"
+#include "segment.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace tapwire;
+
+constexpr size_t kHeader = TW_SEG_HEADER_SIZE;
+
+struct Copy {
+  uint16_t type;
+  std::vector<uint8_t> body;
+  uint64_t offset;
+  bool operator==(const Copy&) const = default;
+};
+
+// A scratch directory on tmpfs, one per fuzzing process (jobs run side by
+// side), removed at exit. Its files are rewritten for every input.
+const fs::path& scratch() {
+  static const fs::path dir = [] {
+    fs::path d = fs::path("/dev/shm") / ("tapwire-fuzz-segment-" + std::to_string(getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d / "capture" / "segments");
+    fs::create_directories(d / "capture" / "identity");
+    fs::create_directories(d / "recover");
+    std::atexit([] { fs::remove_all(fs::path("/dev/shm") / ("tapwire-fuzz-segment-" + std::to_string(getpid()))); });
+    return d;
+  }();
+  return dir;
+}
+
+void write_file(const fs::path& p, const std::vector<uint8_t>& b) {
+  fs::remove(p);  // a fresh inode: a mapping of the previous input must not see these bytes
+  std::ofstream o(p, std::ios::binary);
+  o.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+std::vector<uint8_t> read_file(const fs::path& p) {
+  std::ifstream i(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(i), std::istreambuf_iterator<char>()};
+}
+
+// Rewrites the CRC of every record the framing reaches.
+void fix_crcs(std::vector<uint8_t>& f) {
+  if (f.size() < kHeader) return;
+  uint8_t* area = f.data() + kHeader;
+  const uint64_t n = f.size() - kHeader;
+  for (uint64_t off = 0; off + sizeof(tw_seg_rec_hdr) <= n;) {
+    tw_seg_rec_hdr h;
+    std::memcpy(&h, area + off, sizeof h);
+    const uint64_t rs = shm::SegmentWriter::record_size(h.len);
+    if (rs > n - off) break;
+    h.crc32c = shm::crc32c({area + off + sizeof h, h.len});
+    std::memcpy(area + off, &h, sizeof h);
+    off += rs;
+  }
+}
+
+// Every record the reader returns, checked against the file's bytes.
+std::vector<Copy> read_all(const std::string& path, const std::vector<uint8_t>& file, bool* corrupt, bool* sealed) {
+  shm::SegmentReader r = shm::SegmentReader::open(path);
+  const tw_seg_header h = r.header();
+  const uint64_t area = file.size() - kHeader;
+  std::vector<Copy> out;
+  uint64_t end = 0;
+  // A record takes at least 16 bytes: more than this many is a loop.
+  for (uint64_t guard = 0; guard <= area / 16 + 1; guard++) {
+    auto rec = r.next();
+    if (!rec) break;
+    const uint64_t rs = shm::SegmentWriter::record_size(rec->body.size());
+    FUZZ_CHECK(rec->offset == end, "records back to back");
+    FUZZ_CHECK(rec->offset % TW_SEG_ALIGN == 0);
+    FUZZ_CHECK(rec->type != 0);
+    FUZZ_CHECK(rec->offset + rs <= h.committed && rec->offset + rs <= area, "a record beyond committed or the file");
+    FUZZ_CHECK(rec->body.data() ==
+               reinterpret_cast<const uint8_t*>(&r.header()) + kHeader + rec->offset + sizeof(tw_seg_rec_hdr));
+    tw_seg_rec_hdr rh;
+    std::memcpy(&rh, file.data() + kHeader + rec->offset, sizeof rh);
+    FUZZ_CHECK(rh.len == rec->body.size() && rh.type == rec->type && rh.crc32c == shm::crc32c(rec->body));
+    out.push_back({rec->type, {rec->body.begin(), rec->body.end()}, rec->offset});
+    end = rec->offset + rs;
+  }
+  FUZZ_CHECK(!r.next(), "the reader did not stop");
+  if (r.corrupt()) FUZZ_CHECK(r.exhausted());
+  if (r.sealed() && !r.corrupt()) FUZZ_CHECK(r.exhausted() && end == h.committed);
+  *corrupt = r.corrupt();
+  *sealed = r.sealed();
+  return out;
+}
+
+// The packets, as tapwire-dissector --snapshot reads them, into the engine.
+void as_packet_source(const fs::path& dir) {
+  std::unique_ptr<dissect::PacketSource> src;
+  try {
+    src = dissect::open_segment_source(dir.string(), false);
+  } catch (const std::runtime_error&) {
+    return;
+  }
+  dissect::Dissector d({}, [](dissect::Call&& c) {
+    (void)to_json(c).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  });
+  dissect::Packet p;
+  try {
+    for (int guard = 0; guard < 100000; guard++) {
+      auto n = src->next(p);
+      if (n != dissect::PacketSource::Next::Packet) {
+        FUZZ_CHECK(n == dissect::PacketSource::Next::End, "a finished directory never says Wait");
+        break;
+      }
+      FUZZ_CHECK(p.payload.size() == p.meta.cap_len);
+      d.packet(p);
+    }
+  } catch (const std::runtime_error&) {
+    // A file named like a segment that is not one: the dissector stops with this error.
+  }
+  d.finish();
+}
+
+// The identity stream of a snapshot, into the table the dissector names calls from.
+void as_identity_stream(const fs::path& dir) {
+  identity::TableLimits lim;
+  lim.max_sockets = lim.max_processes = lim.max_cgroups = lim.max_objects = 8;
+  identity::IdentityTable table(lim);
+  identity::IdentityFeed feed(dir.string(), false);
+  feed.advance_all(table);
+  const auto& st = table.stats();
+  FUZZ_CHECK(st.sockets <= lim.max_sockets && st.processes <= lim.max_processes && st.cgroups <= lim.max_cgroups);
+  (void)table.pods();
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::vector<uint8_t> file(data, data + size);
+  if (file.size() >= 96 && (file[92] & 1)) fix_crcs(file);
+
+  const fs::path& dir = scratch();
+  const fs::path seg = dir / "capture" / "segments" / "0000000000000000.twseg";
+  const fs::path ident = dir / "capture" / "identity" / "0000000000000000.twseg";
+  const fs::path copy = dir / "recover" / "0000000000000000.twseg";
+  write_file(seg, file);
+
+  std::vector<Copy> records;
+  bool corrupt = false, sealed = false, opened = true;
+  try {
+    records = read_all(seg.string(), file, &corrupt, &sealed);
+  } catch (const shm::SegmentError&) {
+    opened = false;
+  }
+
+  as_packet_source(seg.parent_path());
+  fs::remove(ident);
+  fs::create_hard_link(seg, ident);
+  as_identity_stream(ident.parent_path());
+
+  // Recovery of a copy: the valid prefix is what the reader returned.
+  write_file(copy, file);
+  uint64_t kept = 0;
+  try {
+    kept = shm::recover_segment(copy.string());
+  } catch (const shm::SegmentError&) {
+    FUZZ_CHECK(!opened, "recover_segment refused a segment the reader opened");
+    return 0;
+  }
+  FUZZ_CHECK(opened, "recover_segment took a file the reader refused");
+  FUZZ_CHECK(kept == records.size(), "recovery kept " + std::to_string(kept) + " records, the reader read " +
+                                         std::to_string(records.size()));
+  const std::vector<uint8_t> recovered = read_file(copy);
+  bool corrupt2 = false, sealed2 = false;
+  std::vector<Copy> again = read_all(copy.string(), recovered, &corrupt2, &sealed2);
+  FUZZ_CHECK(sealed2 && !corrupt2, "a recovered segment is sealed and clean");
+  FUZZ_CHECK(again == records, "a recovered segment holds the records read before");
+  FUZZ_CHECK(shm::recover_segment(copy.string()) == kept);
+  FUZZ_CHECK(read_file(copy) == recovered, "a second recovery changed the file");
+  return 0;
+}
