@@ -5,9 +5,9 @@
 // Input: [limits u8] then entries:
 //   [type u8][len u16][body]: a record of that type (4 socket, 5 process,
 //       6 cgroup, 7 workload, 8 dump; others are refused) applied to the table
-//   [0xF0][l4 u8][v6 u8][a u8][b u8][port u16][peer_port u16][ts u64]: resolve
-//       address a:port talking to b:peer_port (a, b: the last byte of
-//       10.0.0.x or fd00::x) at ts
+//   [0xF0][l4 u8][v6 u8][a u32][b u32][port u16][peer_port u16][ts u64]:
+//       resolve address a:port talking to b:peer_port at ts (a, b: an IPv4
+//       address as on the wire, or the last 4 bytes of fd00::/16)
 //   [0xF1][ts u64]: prune
 //   limits: small table caps (bit 0) and slacks (bit 1)
 //
@@ -27,16 +27,11 @@ namespace {
 using tapwire::fuzz::Reader;
 using namespace tapwire::identity;
 
-IpKey address(bool v6, uint8_t last) {
+IpKey address(bool v6, uint32_t wire) {
   IpKey k;
   k.version = v6 ? 6 : 4;
-  if (v6) {
-    k.addr[0] = 0xfd;
-    k.addr[15] = last;
-  } else {
-    k.addr[0] = 10;
-    k.addr[3] = last;
-  }
+  if (v6) k.addr[0] = 0xfd;
+  std::memcpy(k.addr + (v6 ? 12 : 0), &wire, 4);
   return k;
 }
 
@@ -77,7 +72,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (type == 0xF0) {
       const uint8_t l4 = (in.u8() & 1) ? IPPROTO_UDP : IPPROTO_TCP;
       const bool v6 = in.flag();
-      const IpKey a = address(v6, in.u8()), b = address(v6, in.u8());
+      const IpKey a = address(v6, in.u32());
+      const IpKey b = address(v6, in.u32());
       const uint16_t port = in.u16(), peer_port = in.u16();
       const uint64_t ts = in.u64();
       if (auto id = table.resolve(l4, a, port, b, peer_port, ts)) {

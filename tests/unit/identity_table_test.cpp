@@ -455,6 +455,56 @@ TEST_F(IdentityTableWorld, HostNetworkPodsNeverClaimTheNodesAddress) {
     }
 }
 
+TEST_F(IdentityTableWorld, HostNetworkServicesAreToldApartByPort) {
+  // Two hostNetwork pods of node-1 behind two services: both slices list
+  // the node's address; only the port says which is which.
+  const std::string exporter = "e0e0e0e0-0000-4000-8000-00000000e0e0", proxy = "f0f0f0f0-0000-4000-8000-00000000f0f0";
+  t.apply(pod_up(at(0), {.uid = exporter, .ns = "monitoring", .name = "node-exporter-a", .ips = {"10.0.0.5"},
+                         .owner_kind = "DaemonSet", .owner_name = "node-exporter", .host_network = true}));
+  t.apply(pod_up(at(0), {.uid = proxy, .ns = "kube-system", .name = "kube-proxy-b", .ips = {"10.0.0.5"},
+                         .owner_kind = "DaemonSet", .owner_name = "kube-proxy", .host_network = true}));
+  t.apply(cgroup(at(0), 120, container_cgroup(exporter, container_id(20))));
+  t.apply(cgroup(at(0), 121, container_cgroup(proxy, container_id(21))));
+  auto slice = [](const char* uid, const char* ns, const char* svc, uint16_t port) {
+    EndpointSliceObject e;
+    e.uid = uid;
+    e.namespace_ = ns;
+    e.name = std::string(svc) + "-x";
+    e.service = svc;
+    e.addresses = {ip("10.0.0.5")};
+    e.ports = {{"metrics", port, "TCP"}};
+    return workload(at(0), Workload{WorkloadOp::Upsert, e});
+  };
+  t.apply(slice("es-ne", "monitoring", "node-exporter", 9100));
+  t.apply(slice("es-kp", "kube-system", "kube-proxy-metrics", 10249));
+  t.apply(sock_open({.ts = at(10), .cookie = 70, .cgroup = 120, .tgid = 1100, .local = "10.0.0.5", .lport = 9100,
+                     .remote = "10.244.1.7", .rport = 1, .comm = "node_exporter"}));
+  t.apply(sock_open({.ts = at(10), .cookie = 71, .cgroup = 121, .tgid = 1200, .local = "10.0.0.5", .lport = 10249,
+                     .remote = "10.244.1.7", .rport = 2, .comm = "kube-proxy"}));
+  t.apply(sock_open({.ts = at(10), .cookie = 72, .cgroup = 121, .tgid = 1200, .local = "10.0.0.5", .lport = 45000,
+                     .remote = "10.96.0.1", .rport = 443, .comm = "kube-proxy"}));
+  auto ne = r(TCP, "10.0.0.5", 9100, "10.244.1.7", 1, at(20));
+  EXPECT_EQ(ne->pod, "node-exporter-a");
+  EXPECT_EQ(ne->service, "node-exporter");
+  auto kp = r(TCP, "10.0.0.5", 10249, "10.244.1.7", 2, at(20));
+  EXPECT_EQ(kp->pod, "kube-proxy-b");
+  EXPECT_EQ(kp->service, "kube-proxy-metrics");
+  // Its connection out is no service's endpoint.
+  auto out = r(TCP, "10.0.0.5", 45000, "10.96.0.1", 443, at(20));
+  EXPECT_EQ(out->pod, "kube-proxy-b");
+  EXPECT_EQ(out->service, "");
+  // By address alone (no socket of this peer): the port decides too, and
+  // the node's other ports are the node's.
+  EndpointIdentity by_port;
+  by_port.service = "node-exporter";
+  by_port.namespace_ = "monitoring";
+  by_port.node = "node-1";
+  EXPECT_EQ(describe(r(TCP, "10.0.0.5", 9100, "10.244.3.3", 7, at(20))), describe(want(by_port)));
+  EndpointIdentity node_only;
+  node_only.node = "node-1";
+  EXPECT_EQ(describe(r(TCP, "10.0.0.5", 22, "10.244.3.3", 7, at(20))), describe(want(node_only)));
+}
+
 TEST_F(IdentityTableWorld, ServiceAndNodeLifecycles) {
   t.apply(workload(at(100), Workload{WorkloadOp::Delete, ServiceObject{"svc-api", "shop", "api", "", {}, {}}}));
   t.apply(workload(at(100), Workload{WorkloadOp::Delete, NodeObject{"n2", "node-2", {}}}));

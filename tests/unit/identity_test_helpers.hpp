@@ -21,7 +21,10 @@ namespace tapwire::identity::testing {
 inline constexpr uint64_t kSec = 1'000'000'000ull;
 // A fixed wall-clock origin (2027-01-15), far from 0 so that "before" is never negative.
 inline constexpr uint64_t kT0 = 1'800'000'000ull * kSec;
-inline constexpr uint64_t at(double seconds) { return kT0 + static_cast<uint64_t>(seconds * 1e9); }
+// kT0 + seconds (which may be negative: "before the stream").
+inline constexpr uint64_t at(double seconds) {
+  return static_cast<uint64_t>(static_cast<int64_t>(kT0) + static_cast<int64_t>(seconds * 1e9));
+}
 
 inline IpKey ip(const char* text) {
   auto k = IpKey::parse(text);

@@ -38,7 +38,11 @@ class SegmentSource final : public PacketSource {
           close_current();
           continue;
         }
-        if (reader_->exhausted()) {
+        // Not following (a snapshot, a copied directory), a segment left open
+        // (its writer died before recovery, or the file was made that way) gets
+        // nothing more: what it holds is all there is. Waiting for more would
+        // hang `tapwire-dissector --snapshot` forever (tests/fuzz/regressions/segment_reader).
+        if (reader_->exhausted() || !follow_) {
           close_current();
           continue;
         }

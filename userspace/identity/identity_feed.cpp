@@ -17,6 +17,7 @@ struct IdentityFeed::Impl {
   bool have_current = false;
   std::optional<shm::SegmentReader> reader;
   std::optional<IdentityRecord> held;  // read, but later than the target time
+  bool in_dump = false;  // between a dump's begin and end markers: applied whole
   uint64_t last_look_ts = 0;  // when the directory was last listed for want of a segment
   bool looked = false;
   FeedStats st;
@@ -71,6 +72,15 @@ struct IdentityFeed::Impl {
   void close_current() {
     reader.reset();
     next_seq = current_seq + 1;
+    in_dump = false;  // a dump cut short by the end of its segment
+  }
+
+  // Applies one record; a dump, once begun, is applied to its end whatever
+  // the times its records carry.
+  void apply(IdentityTable& t, const IdentityRecord& r) {
+    if (auto* d = std::get_if<DumpRecord>(&r)) in_dump = d->phase == TW_DUMP_BEGIN;
+    t.apply(r);
+    st.records++;
   }
 
   void advance(IdentityTable& t, uint64_t ts) {
@@ -90,9 +100,8 @@ struct IdentityFeed::Impl {
     const uint64_t target = ts > UINT64_MAX - lookahead ? UINT64_MAX : ts + lookahead;
     if (held) {
       if (record_ts(*held) > target) return;
-      t.apply(*held);
+      apply(t, *held);
       held.reset();
-      st.records++;
     }
     for (int guard = 0; guard < 1 << 22; guard++) {
       if (!reader && (!may_look() || !open_next())) return;
@@ -116,12 +125,13 @@ struct IdentityFeed::Impl {
         st.invalid++;
         continue;
       }
-      if (!record_in_dump(*r) && record_ts(*r) > target) {
+      // A dump tells the state at its time: not before (the next segment's
+      // dump would end what is alive now but gone by then), and then whole.
+      if (!in_dump && record_ts(*r) > target) {
         held = std::move(r);
         return;
       }
-      t.apply(*r);
-      st.records++;
+      apply(t, *r);
     }
   }
 };

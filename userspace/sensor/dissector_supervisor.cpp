@@ -1,5 +1,7 @@
 #include "dissector_supervisor.hpp"
 
+#include "child_process.hpp"
+
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -34,40 +36,18 @@ DissectorSupervisor::DissectorSupervisor(SupervisorOptions opts) : opts_(std::mo
 
 DissectorSupervisor::~DissectorSupervisor() {
   enabled_ = false;
-  if (pid_ <= 0) return;
-  if (!stopping_) kill(pid_, SIGTERM);
-  const uint64_t deadline = mono_ns() + kStopGrace;
-  int status;
-  while (waitpid(pid_, &status, WNOHANG) == 0) {
-    if (mono_ns() > deadline) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &status, 0);
-      break;
-    }
-    usleep(20000);
-  }
+  stop_child(pid_, kStopGrace, stopping_);
   pid_ = -1;
 }
 
 void DissectorSupervisor::start(uint64_t now_ns) {
-  pid_t pid = fork();
+  std::vector<std::string> argv = {opts_.dissector_path, "--data-dir", opts_.data_dir, "-q"};
+  argv.insert(argv.end(), opts_.extra_args.begin(), opts_.extra_args.end());
+  pid_t pid = spawn_child(argv);
   if (pid < 0) {
     last_exit_ = std::string("cannot start: ") + std::strerror(errno);
     restart_at_ = now_ns + backoff_ns_;
     return;
-  }
-  if (pid == 0) {
-    // The child: die with the sensor, take signals again, become the dissector.
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    std::vector<const char*> argv = {opts_.dissector_path.c_str(), "--data-dir", opts_.data_dir.c_str(), "-q"};
-    for (auto& a : opts_.extra_args) argv.push_back(a.c_str());
-    argv.push_back(nullptr);
-    execv(argv[0], const_cast<char* const*>(argv.data()));
-    std::fprintf(stderr, "tapwire-sensor: cannot run %s: %s\n", argv[0], std::strerror(errno));
-    _exit(127);
   }
   pid_ = pid;
   stopping_ = false;

@@ -139,7 +139,7 @@ void IdentityRecorder::dump(shm::SegmentWriter& w) {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
   const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-  uint64_t n = 0, bytes = 0;
+  uint64_t n = 0, total = 0, bytes = 0;
   bool complete = true;
   // The dump takes at most 3/4 of the segment: the events that follow must
   // fit too, or every one of them would open a new segment with a new dump.
@@ -147,6 +147,7 @@ void IdentityRecorder::dump(shm::SegmentWriter& w) {
   auto put = [&](const IdentityRecord& r) {
     auto [body, type] = identity::encode(r);
     bytes += shm::SegmentWriter::record_size(body.size());
+    total++;
     if (!complete) return;
     if (w.used() + shm::SegmentWriter::record_size(body.size()) > budget ||
         !w.append(type, body, {}, identity::record_ts(r))) {
@@ -174,11 +175,12 @@ void IdentityRecorder::dump(shm::SegmentWriter& w) {
       put(SocketRecord{e});
     }
   if (!complete) {
-    // What did fit stays a valid stream; the end marker is written anyway
-    // (its count tells a reader how much there is).
+    // What did fit stays a valid stream; the end marker is written anyway.
+    // It counts the records the whole dump has (begin included): more than
+    // a reader finds, which tells it the dump is incomplete, so that it ends
+    // nothing the dump left out.
     complete = true;
-    const uint64_t kept = n;
-    auto [body, type] = identity::encode(DumpRecord{now, TW_DUMP_END, kept});
+    auto [body, type] = identity::encode(DumpRecord{now, TW_DUMP_END, total});
     w.append(type, body, {}, now);
     st_.dumps_incomplete++;
     if (!warned_incomplete_)
@@ -213,7 +215,10 @@ void IdentityRecorder::tick(uint64_t now_real_ns) {
   store_->tick(now_real_ns);
   // Segments grow with the state they restate: a dump fills at most half of
   // one, up to a quarter of the storage.
-  const uint64_t cap = std::max<uint64_t>(opts_.storage_size / 4 / 4096 * 4096, 1u << 20);
+  // The store's own bound (a quarter of the storage, whole pages, 64 KiB at
+  // least): asking for more would reopen the store at every tick, each time
+  // with a new segment and dump, without it ever growing.
+  const uint64_t cap = std::max<uint64_t>(opts_.storage_size / 4 / 4096 * 4096, 64u << 10);
   const uint64_t need = std::max(last_dump_bytes_, state_bytes());
   const uint64_t want = std::min(cap, std::max(opts_.segment_size, (need * 2 + 4096) / 4096 * 4096 + 4096));
   if (want > segment_size_ && segment_size_ < cap) open_store(want);

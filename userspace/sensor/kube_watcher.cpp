@@ -1,5 +1,7 @@
 #include "kube_watcher.hpp"
 
+#include "child_process.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -18,12 +20,6 @@ constexpr uint64_t kMaxBackoff = 60 * kSecond;
 constexpr size_t kMaxFrame = identity::kMaxWorkloadJson;
 // Unparsed bytes held at most: one whole frame and a read's worth.
 constexpr size_t kMaxBuffered = kMaxFrame + 4 + (1u << 16);
-
-uint64_t mono_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * kSecond + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 std::string describe_exit(int status) {
   if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
@@ -64,29 +60,15 @@ void KubeWatcher::start(uint64_t now_ns) {
     restart_later(now_ns, std::string("cannot create a pipe: ") + std::strerror(errno));
     return;
   }
-  pid_t pid = fork();
+  // Objects on its stdout; its stderr stays the sensor's, for its log lines.
+  std::vector<std::string> argv = {opts_.watcher_path};
+  argv.insert(argv.end(), opts_.args.begin(), opts_.args.end());
+  pid_t pid = spawn_child(argv, p[1]);
   if (pid < 0) {
     close(p[0]);
     close(p[1]);
     restart_later(now_ns, std::string("cannot start: ") + std::strerror(errno));
     return;
-  }
-  if (pid == 0) {
-    // The child: die with the sensor, take signals again, write objects on
-    // stdout (its stderr stays the sensor's, for its log lines).
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    dup2(p[1], STDOUT_FILENO);
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
-    std::vector<const char*> argv = {opts_.watcher_path.c_str()};
-    for (auto& a : opts_.args) argv.push_back(a.c_str());
-    argv.push_back(nullptr);
-    execv(argv[0], const_cast<char* const*>(argv.data()));
-    std::fprintf(stderr, "tapwire-sensor: cannot run %s: %s\n", argv[0], std::strerror(errno));
-    _exit(127);
   }
   close(p[1]);
   fcntl(p[0], F_SETFL, O_NONBLOCK);
@@ -104,18 +86,7 @@ void KubeWatcher::stop() {
     close(fd_);
     fd_ = -1;
   }
-  if (pid_ <= 0) return;
-  kill(pid_, SIGTERM);
-  const uint64_t deadline = mono_ns() + 5 * kSecond;
-  int status;
-  while (waitpid(pid_, &status, WNOHANG) == 0) {
-    if (mono_ns() > deadline) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &status, 0);
-      break;
-    }
-    usleep(10000);
-  }
+  stop_child(pid_, 5 * kSecond);
   pid_ = -1;
 }
 

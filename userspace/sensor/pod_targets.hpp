@@ -71,6 +71,7 @@ class PodTargets {
   size_t targeted_pods_ = 0;
   bool match(const std::string& ns, const std::string& name) const;
   void add_refs(const Pod& p);
+  void note_change(const Address& a, bool targeted);
   void drop_refs(const Pod& p);
 };
 

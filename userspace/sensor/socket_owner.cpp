@@ -64,6 +64,12 @@ std::vector<SockLine> read_table(const std::string& path, uint8_t ver) {
   return out;
 }
 
+// Is `a6` the IPv4-mapped form (::ffff:a.b.c.d) of `a4`?
+bool is_mapped(const uint8_t a6[16], const uint8_t a4[16]) {
+  static const uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return std::memcmp(a6, kPrefix, 12) == 0 && std::memcmp(a6 + 12, a4, 4) == 0;
+}
+
 std::vector<uint32_t> cgroup_pids(const std::string& dir) {
   std::vector<uint32_t> out;
   std::ifstream in(dir + "/cgroup.procs");
@@ -106,7 +112,7 @@ bool SocketOwnerResolver::lookup(const tw_sock_event& ev, const std::string& cgr
   const char* table = ev.l4_proto == 6 ? (ev.ip_version == 6 ? "tcp6" : "tcp") : (ev.ip_version == 6 ? "udp6" : "udp");
   // The socket's inode, and the listener's, from the first process's view of
   // its network namespace (a pod's processes share one); IPv4 sockets on an
-  // IPv6 listener are in tcp6 as mapped addresses: the local port decides there.
+  // IPv6 listener are in tcp6, with mapped addresses (::ffff:a.b.c.d).
   std::set<uint64_t> connection, listener;
   const size_t alen = ev.ip_version == 6 ? 16 : 4;
   std::set<std::string> seen_netns;
@@ -114,16 +120,19 @@ bool SocketOwnerResolver::lookup(const tw_sock_event& ev, const std::string& cgr
     char ns[64] = {};
     const std::string nspath = proc_ + "/" + std::to_string(pids[i]) + "/ns/net";
     if (readlink(nspath.c_str(), ns, sizeof ns - 1) <= 0 || !seen_netns.insert(ns).second) continue;
-    for (const char* t : {table, ev.l4_proto == 6 && ev.ip_version == 4 ? "tcp6" : ""}) {
+    // IPv4 traffic of a dual-stack socket (bound to [::]) shows in the v6 table.
+    for (const char* t : {table, ev.ip_version == 4 ? (ev.l4_proto == 6 ? "tcp6" : "udp6") : ""}) {
       if (!*t) continue;
       const uint8_t ver = std::strcmp(t, "tcp6") == 0 || std::strcmp(t, "udp6") == 0 ? 6 : 4;
       for (auto& s : read_table(proc_ + "/" + std::to_string(pids[i]) + "/net/" + t, ver)) {
         if (s.lport != ev.lport || s.inode == 0) continue;
         const bool same_ver = ver == ev.ip_version;
+        const bool mapped = ver == 6 && ev.ip_version == 4 && is_mapped(s.laddr, ev.laddr) && is_mapped(s.raddr, ev.raddr);
         if (ev.l4_proto == 6 && s.state == kTcpListen) {
           listener.insert(s.inode);
-        } else if (same_ver && s.rport == ev.rport && std::memcmp(s.raddr, ev.raddr, alen) == 0 &&
-                   std::memcmp(s.laddr, ev.laddr, alen) == 0) {
+        } else if (s.rport == ev.rport && ((same_ver && std::memcmp(s.raddr, ev.raddr, alen) == 0 &&
+                                            std::memcmp(s.laddr, ev.laddr, alen) == 0) ||
+                                           mapped)) {
           connection.insert(s.inode);
         } else if (ev.l4_proto == 17) {
           listener.insert(s.inode);  // an unconnected UDP socket bound to the port

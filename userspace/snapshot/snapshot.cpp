@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -318,6 +319,39 @@ std::string sha256_file(const std::string& path) {
 
 namespace {
 
+// Seals the open segments of `dir` a snapshot needs: the sensor rotates when
+// it runs (it holds the directory's lock), or, with no sensor alive, recovery
+// seals what a dead writer left open (holding its lock meanwhile: a sensor
+// starting then fails to lock instead of writing behind our back).
+void seal_open(const std::string& dir, const std::vector<SegHeader>& open_ones,
+               const std::function<void()>& request_rotate, const std::string& what) {
+  WriterLock lock;
+  if (lock.try_lock(dir)) {
+    for (const auto& h : open_ones) {
+      try {
+        shm::recover_segment(h.path);
+      } catch (const shm::SegmentError& e) {
+        throw SnapshotError("cannot seal the open " + what, h.path, e.what());
+      }
+    }
+    return;
+  }
+  if (!request_rotate)
+    throw SnapshotError("cannot seal the open " + what, open_ones.front().path, "tapwire-sensor is writing it; ask it to rotate");
+  request_rotate();
+  for (const auto& h : open_ones) {
+    bool sealed = false;
+    for (int i = 0; i < 100 && !sealed; i++) {
+      SegHeader now;
+      if (!read_header(h.path, h.seq, now)) break;
+      sealed = now.sealed;
+      if (!sealed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    if (!sealed)
+      throw SnapshotError("the open " + what + " was not sealed", h.path, "tapwire-sensor did not rotate it within 5 s; retry");
+  }
+}
+
 // The identity segments a window [from, to] needs, sealed: the newest one
 // created at or before `from` (its dump tells the state then; the oldest
 // there is when none is that old) and every later one created before `to`.
@@ -341,33 +375,7 @@ std::vector<SegHeader> identity_segments(const CreateOptions& o, uint64_t from, 
   for (const auto& h : chosen)
     if (!h.sealed) open_ones.push_back(h);
   if (open_ones.empty()) return chosen;
-  WriterLock lock;
-  if (lock.try_lock(dir)) {
-    for (const auto& h : open_ones) {
-      try {
-        shm::recover_segment(h.path);
-      } catch (const shm::SegmentError& e) {
-        throw SnapshotError("cannot seal the open identity segment", h.path, e.what());
-      }
-    }
-  } else {
-    if (!o.request_rotate)
-      throw SnapshotError("cannot seal the open identity segment", open_ones.front().path,
-                          "tapwire-sensor is writing it; ask it to rotate");
-    o.request_rotate();
-    for (const auto& h : open_ones) {
-      bool sealed = false;
-      for (int i = 0; i < 100 && !sealed; i++) {
-        SegHeader now;
-        if (!read_header(h.path, h.seq, now)) break;
-        sealed = now.sealed;
-        if (!sealed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      }
-      if (!sealed)
-        throw SnapshotError("the open identity segment was not sealed", h.path,
-                            "tapwire-sensor did not rotate it within 5 s; retry");
-    }
-  }
+  seal_open(dir, open_ones, o.request_rotate, "identity segment");
   auto again = pick();
   std::erase_if(again, [](const SegHeader& h) { return !h.sealed; });  // opened by the rotation: after the window
   return again;
@@ -403,33 +411,7 @@ Manifest create(const CreateOptions& o) {
   // 2. Seal the open one(s): the sensor rotates, or, with no sensor alive,
   // recovery seals what a dead writer left open (holding its lock).
   if (!open_ones.empty()) {
-    WriterLock lock;  // held only while recovering: a sensor starting meanwhile would fail to lock
-    if (lock.try_lock(seg_dir)) {
-      for (const auto& h : open_ones) {
-        try {
-          shm::recover_segment(h.path);
-        } catch (const shm::SegmentError& e) {
-          throw SnapshotError("cannot seal the open segment", h.path, e.what());
-        }
-      }
-    } else {
-      if (!o.request_rotate)
-        throw SnapshotError("cannot seal the open segment", open_ones.front().path,
-                            "tapwire-sensor is writing it; ask it to rotate");
-      o.request_rotate();
-      for (const auto& h : open_ones) {
-        bool sealed = false;
-        for (int i = 0; i < 100 && !sealed; i++) {
-          SegHeader now;
-          if (!read_header(h.path, h.seq, now)) break;
-          sealed = now.sealed;
-          if (!sealed) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-        }
-        if (!sealed)
-          throw SnapshotError("the open segment was not sealed", h.path,
-                              "tapwire-sensor did not rotate it within 5 s; retry");
-      }
-    }
+    seal_open(seg_dir, open_ones, o.request_rotate, "segment");
     // Sealing can change the timestamps (recovery cuts a damaged tail).
     for (auto& h : chosen) read_header(h.path, h.seq, h);
     std::erase_if(chosen, [&](const SegHeader& h) { return !overlaps(h, o.from_ns, o.to_ns); });

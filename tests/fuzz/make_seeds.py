@@ -1,0 +1,552 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora of the fuzz targets, tests/fuzz/corpus/NAME/, from
+real bytes: the HTTP and DNS fixtures (tests/fixtures), configs/tapwire.yaml,
+the workload objects of docs/IDENTITY.md, Kubernetes API answers shaped like
+the real API's, and segment files captured by tapwire-sensor
+(tests/fuzz/corpus/segment_reader/sensor-*.twseg, kept as they are; --capture
+makes them again, as root, with build/tapwire-sensor in two network
+namespaces). Identity segments are written here byte by byte as
+shm/FORMAT.md describes them.
+
+Usage: make_seeds.py [--capture]     (rewrites every generated seed; deterministic)
+Each target's input layout is described at the top of tests/fuzz/NAME_fuzz.cpp.
+"""
+import glob
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CORPUS = os.path.join(ROOT, "tests", "fuzz", "corpus")
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+
+
+def out_dir(name, keep=()):
+    """The corpus folder of a target, emptied but for the files named in keep."""
+    d = os.path.join(CORPUS, name)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+        if not any(f.startswith(k) for k in keep):
+            os.remove(os.path.join(d, f))
+    return d
+
+
+def write(d, name, data):
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ----------------------------------------------------------------- CRC-32C --
+
+def _crc_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+CRC_TABLE = _crc_table()
+
+
+def crc32c(b):
+    c = 0xFFFFFFFF
+    for x in b:
+        c = CRC_TABLE[(c ^ x) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283  # shm/FORMAT.md
+
+# ---------------------------------------------------------------- segments --
+
+SEG_MAGIC = b"TWSEG\r\n\x1a"
+REC_PACKET, REC_IFACE, REC_LOSS, REC_SOCKET, REC_PROCESS, REC_CGROUP, REC_WORKLOAD, REC_DUMP = range(1, 9)
+T0 = 1_764_513_000_000_000_000  # a CLOCK_REALTIME in ns
+
+
+def record(rtype, body):
+    pad = (-len(body)) % 8
+    return struct.pack("<IHHII", len(body), rtype, 0, crc32c(body), 0) + body + b"\0" * pad
+
+
+def segment(records, seq=0, sealed=True, capacity=None, committed=None):
+    area = b"".join(records)
+    capacity = capacity if capacity is not None else len(area)
+    committed = committed if committed is not None else len(area)
+    hdr = struct.pack("<8sIIQQQQIIQQQQII", SEG_MAGIC, 1, 4096, capacity, seq, T0, T0 + 10**9 if sealed else 0,
+                      2 if sealed else 1, 4242, committed, len(records), T0, T0 + 10**9, 1, 0)
+    return hdr + b"\0" * (4096 - len(hdr)) + area
+
+
+def sock_event(ts, cookie, cgroup, tgid, typ, l4, laddr, lport, raddr, rport, comm, flags=0):
+    def a(ip):
+        return bytes(ip) + b"\0" * (16 - len(ip))
+    return struct.pack("<QQQQIIBBBBHH16s16s16s", ts, cookie, cgroup, 0xfeed, tgid, tgid, typ, l4, 4, flags,
+                       lport, rport, a(laddr), a(raddr), comm.encode())
+
+
+def process(ts, cgroup, tgid, ppid, typ, comm, exe, flags=0):
+    exe = exe.encode()
+    return struct.pack("<QQIIBBHI16s", ts, cgroup, tgid, ppid, typ, flags, len(exe), 0, comm.encode()) + exe
+
+
+def cgroup(ts, cid, path, flags=0):
+    path = path.encode()
+    return struct.pack("<QQHB5s", ts, cid, len(path), flags, b"") + path
+
+
+def workload(ts, obj, flags=0):
+    return struct.pack("<QB7s", ts, flags, b"") + json.dumps(obj, separators=(",", ":")).encode()
+
+
+def dump(ts, phase, n=0):
+    return struct.pack("<QIIQ", ts, phase, 0, n)
+
+
+POD_UID = "5b9c3e2a-6f1d-4c2b-9a7e-0d1f2e3c4b5a"
+CID = "3f2a" * 16
+POD = {"v": 1, "kind": "Pod", "op": "upsert", "uid": POD_UID, "namespace": "shop", "name": "api-7d9c-x2x",
+       "node": "node-1", "hostNetwork": False, "ips": ["10.244.1.7"], "phase": "Running",
+       "labels": {"app": "api", "pod-template-hash": "7d9c"}, "owner": {"kind": "Deployment", "name": "api"},
+       "containers": [{"name": "api", "id": CID, "runtime": "containerd"}]}
+WORKLOADS = [
+    {"v": 1, "kind": "Self", "node": "node-1", "addresses": ["10.0.0.5", "fd00::5"]},
+    POD,
+    {"v": 1, "kind": "Pod", "op": "delete", "uid": POD_UID, "namespace": "shop", "name": "api-7d9c-x2x"},
+    {"v": 1, "kind": "Service", "op": "upsert", "uid": "0e5b1c2d-1111-4222-8333-944455566677", "namespace": "shop",
+     "name": "api", "type": "ClusterIP", "clusterIPs": ["10.96.0.12"],
+     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+    {"v": 1, "kind": "EndpointSlice", "op": "upsert", "uid": "7a7a7a7a-2222-4333-8444-955566677788",
+     "namespace": "shop", "name": "api-abcde", "service": "api", "addresses": ["10.244.1.7"],
+     "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
+    {"v": 1, "kind": "Node", "op": "upsert", "uid": "9c9c9c9c-3333-4444-8555-a66677788899", "name": "node-1",
+     "addresses": ["10.0.0.5"]},
+    {"v": 1, "kind": "Sync", "resource": "pods", "state": "synced"},
+    {"v": 1, "kind": "Sync", "resource": "pods", "state": "lost",
+     "error": "401 Unauthorized: check the service account token"},
+    {"v": 1, "kind": "Stats", "requests": {"pods/list": 1, "pods/watch": 3}, "events": 120, "relists": 0},
+]
+CGROUP_PATH = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{POD_UID.replace('-', '_')}.slice/cri-containerd-{CID}.scope"
+
+# (type, body) of an identity stream: a state dump, then events.
+IDENTITY = [
+    (REC_DUMP, dump(T0, 1)),
+    (REC_WORKLOAD, workload(T0, WORKLOADS[0], 1)),
+    (REC_CGROUP, cgroup(T0, 4242, CGROUP_PATH, 1)),
+    (REC_CGROUP, cgroup(T0, 7, "/system.slice/sshd.service", 1)),
+    (REC_PROCESS, process(T0, 4242, 1234, 1, 5, "api", "/usr/local/bin/api", 1)),
+    (REC_SOCKET, sock_event(T0, 99, 4242, 1234, 1, 6, [10, 244, 1, 7], 8080, [0, 0, 0, 0], 0, "api", 0x4 | 0x8)),
+] + [(REC_WORKLOAD, workload(T0, w, 1)) for w in WORKLOADS[1:2] + WORKLOADS[3:6]] + [
+    (REC_DUMP, dump(T0, 2, 9)),
+    (REC_PROCESS, process(T0 + 10**9, 4242, 1300, 1234, 3, "curl", "/usr/bin/curl")),
+    (REC_SOCKET, sock_event(T0 + 2 * 10**9, 100, 4242, 1300, 1, 6, [10, 244, 1, 7], 41000, [10, 96, 0, 12], 80,
+                            "curl")),
+    (REC_SOCKET, sock_event(T0 + 3 * 10**9, 100, 4242, 1300, 2, 6, [10, 244, 1, 7], 41000, [10, 96, 0, 12], 80,
+                            "curl")),
+    (REC_PROCESS, process(T0 + 4 * 10**9, 4242, 1300, 1234, 4, "curl", "")),
+    (REC_WORKLOAD, workload(T0 + 5 * 10**9, WORKLOADS[6])),
+    (REC_WORKLOAD, workload(T0 + 6 * 10**9, WORKLOADS[2])),
+    (REC_WORKLOAD, workload(T0 + 7 * 10**9, WORKLOADS[8])),
+]
+
+# ------------------------------------------------------------ the targets --
+
+
+def http1():
+    d = out_dir("http1")
+    for f in sorted(glob.glob(os.path.join(FIXTURES, "http1", "*.req"))):
+        base = os.path.basename(f)[:-4]
+        req = open(f, "rb").read()
+        resp = open(f[:-4] + ".resp", "rb").read()
+        head = 0x20 if base == "head" else 0
+        # [flags][limits][seed u32][cut u16][stream]
+        write(d, base + ".req", bytes([0, 0]) + struct.pack("<IH", 0x12345678, 0) + req)
+        write(d, base + ".resp", bytes([1 | head | 16, 0]) + struct.pack("<IH", 0x12345678, 0) + resp)
+        write(d, base + ".conv", bytes([2 | 16, 0]) + struct.pack("<IH", 0x9abcdef0, len(req)) + req + resp)
+    # small limits, and a lossy stream
+    req = open(os.path.join(FIXTURES, "http1", "pipelined.req"), "rb").read()
+    write(d, "pipelined.small", bytes([4, 0x55]) + struct.pack("<IH", 7, 0) + req)
+    resp = open(os.path.join(FIXTURES, "http1", "gzip_chunked.resp"), "rb").read()
+    write(d, "gzip_chunked.gaps", bytes([1 | 8 | 16, 0]) + struct.pack("<IH", 11, 0) + resp)
+
+
+def dns_messages():
+    """(transport, payload) of every DNS message in the fixture, in order."""
+    out = []
+    for block in open(os.path.join(FIXTURES, "dns", "dig_dnsmasq.txt")).read().split("\n\n"):
+        lines = block.strip().split("\n")
+        p = [l.split("\t")[1] for l in lines if l.startswith("payload")]
+        t = [l.split("\t")[1] for l in lines if l.startswith("transport")]
+        if p:
+            out.append((t[0], bytes.fromhex(p[0])))
+    return out
+
+
+def dns():
+    d = out_dir("dns")
+    seen = set()
+    tcp = []
+    for i, (t, payload) in enumerate(dns_messages()):
+        if payload in seen:
+            continue
+        seen.add(payload)
+        # [mode][limits][seed u32][bytes]
+        write(d, f"{t}-{i:02d}", bytes([1 if t == "tcp" else 0, 0]) + struct.pack("<I", i * 7919) + payload)
+        if t == "tcp":
+            tcp.append(payload)
+    write(d, "tcp-stream", bytes([1, 0]) + struct.pack("<I", 42) + b"".join(tcp))
+    for i, l in enumerate(x for x in open(os.path.join(FIXTURES, "dns", "non_dns.txt")) if not x.startswith("#")):
+        if i < 2:
+            write(d, f"not-dns-{i}", bytes([i & 1, 0]) + struct.pack("<I", i) + bytes.fromhex(l.split("\t")[-1].strip()))
+
+
+def tcp_reassembly():
+    d = out_dir("tcp_reassembly")
+    SYN, FIN, RST, ACK = 2, 1, 4, 16
+
+    def seg(flags=ACK, mode=0, delta=0, ln=100, extra=0, step=1):
+        return struct.pack("<BBhHBB", flags, mode, delta, ln, extra, step)
+
+    hdr = lambda l=0, hw=0, isn=1000: struct.pack("<BBI", l, hw, isn)  # noqa: E731
+    write(d, "in-order", hdr() + seg(SYN, ln=0) + b"".join(seg(ln=100) for _ in range(5)) + seg(FIN | ACK, ln=0))
+    write(d, "out-of-order", hdr() + seg(SYN, ln=0) + seg(delta=200) + seg(delta=-300) + seg(delta=-200) + seg())
+    write(d, "retransmit", hdr() + seg(ln=300) + seg(delta=-300, ln=300) + seg(delta=-150, ln=300) + seg(delta=0))
+    write(d, "no-syn-keepalive", hdr(isn=0xfffffff0) + seg(ln=0, delta=-1) + seg(ln=40) + seg(ln=40) + seg(ln=40))
+    write(d, "truncated-tail", hdr() + seg(mode=16, ln=100, extra=20) + seg(mode=8, ln=60, extra=6) + seg(ln=50))
+    write(d, "caps", hdr(l=0x21, hw=3) + seg(delta=500) + seg(delta=500) + seg(delta=500) + seg(step=250) + seg())
+    write(d, "rst", hdr() + seg(SYN, ln=0) + seg(ln=10) + seg(RST, ln=0) + seg(delta=5000, ln=10))
+
+
+def dissector():
+    d = out_dir("dissector")
+    SYN, FIN, ACK, PSH = 2, 1, 16, 8
+
+    def pkt(flow, payload=b"", tcp_flags=ACK | PSH, delta=0, pflags=0, extra=0, step=1):
+        return struct.pack("<BBBhHBB", flow, pflags, tcp_flags, delta, len(payload), extra, step) + payload
+
+    for name in ("get_keepalive", "pipelined", "put_chunked", "head", "websocket", "expect_continue"):
+        req = open(os.path.join(FIXTURES, "http1", name + ".req"), "rb").read()
+        resp = open(os.path.join(FIXTURES, "http1", name + ".resp"), "rb").read()
+        c, s = 0x00, 0x04  # pair 0, port 80; 0x04: server to client
+        stream = (pkt(c, tcp_flags=SYN) + pkt(s, tcp_flags=SYN | ACK) + pkt(c, tcp_flags=ACK) +
+                  pkt(c, req[:len(req) // 2]) + pkt(c, req[len(req) // 2:]) + pkt(s, resp) +
+                  pkt(c, tcp_flags=FIN | ACK) + pkt(s, tcp_flags=FIN | ACK))
+        write(d, "http-" + name, bytes([0]) + stream)
+    # No handshake, the response first (capture started late), on port 8080.
+    req = open(os.path.join(FIXTURES, "http1", "not_found.req"), "rb").read()
+    resp = open(os.path.join(FIXTURES, "http1", "not_found.resp"), "rb").read()
+    write(d, "http-late", bytes([1]) + pkt(0x45, resp) + pkt(0x41, req) + pkt(0x45, resp, step=0x85))
+    udp = [p for t, p in dns_messages() if t == "udp"][:12]
+    stream = b"".join(pkt(0x28 | (4 if (p[2] & 0x80) else 0) | (i // 2 % 4), p, tcp_flags=0) for i, p in enumerate(udp))
+    write(d, "dns-udp", bytes([0]) + stream)
+    tcp = [p for t, p in dns_messages() if t == "tcp"][:4]
+    stream = pkt(0x21, tcp_flags=SYN) + pkt(0x25, tcp_flags=SYN | ACK) + b"".join(
+        pkt(0x21 | (4 if (p[4] & 0x80) else 0), p) for p in tcp)
+    write(d, "dns-tcp", bytes([0]) + stream)
+
+
+def pcap_source():
+    d = out_dir("pcap_source")
+    for f in ("capture.pcap", "non_dns.pcap"):
+        src = os.path.join(FIXTURES, "dns", f)
+        write(d, f, open(src, "rb").read()[:12288])
+        if shutil.which("editcap"):  # the same packets as pcapng
+            ng = os.path.join(d, f[:-5] + ".pcapng")
+            subprocess.run(["editcap", "-F", "pcapng", "-r", src, ng, "1-12"], check=True)
+    # Linux cooked v2 and raw IPv6 link types, one UDP DNS query each.
+    q = [p for t, p in dns_messages() if t == "udp"][0]
+    udp = struct.pack(">HHHH", 40000, 53, 8 + len(q), 0) + q
+    ip4 = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, bytes([10, 0, 0, 1]),
+                      bytes([10, 0, 0, 2])) + udp
+    ip6 = struct.pack(">IHBB16s16s", 6 << 28, len(udp), 17, 64, b"\xfd" + b"\0" * 14 + b"\1",
+                      b"\xfd" + b"\0" * 14 + b"\2") + udp
+
+    def pcap(linktype, frames):
+        b = struct.pack("<IHHiIII", 0xa1b23c4d, 2, 4, 0, 0, 65535, linktype)  # nanosecond pcap
+        for i, fr in enumerate(frames):
+            b += struct.pack("<IIII", 1764513000 + i, 0, len(fr), len(fr)) + fr
+        return b
+    sll2 = struct.pack(">HHIHBB8s", 0x0800, 0, 2, 1, 4, 6, b"\x02" * 6 + b"\0\0") + ip4
+    write(d, "sll2.pcap", pcap(276, [sll2]))
+    write(d, "raw-ipv6.pcap", pcap(101, [ip6]))
+    write(d, "vlan.pcap", pcap(1, [b"\x02" * 6 + b"\x04" * 6 + b"\x81\x00\x00\x05\x08\x00" + ip4]))
+
+
+def segment_reader():
+    d = out_dir("segment_reader", keep=("sensor-",))
+    recs = [record(t, b) for t, b in IDENTITY]
+    write(d, "identity-sealed.twseg", segment(recs))
+    # Open, left by a writer that died: capacity beyond the records, CRC fixing on (reserved0 bit 0).
+    seg = bytearray(segment(recs[:8], sealed=False, capacity=len(b"".join(recs[:8])) + 4096))
+    seg[92] = 1
+    write(d, "identity-open.twseg", bytes(seg) + b"\0" * 512)
+    # A truncated copy: committed says more than the file holds.
+    write(d, "identity-truncated.twseg", segment(recs)[:4096 + 300])
+
+
+def config():
+    d = out_dir("config")
+    base = open(os.path.join(ROOT, "configs", "tapwire.yaml")).read()
+    write(d, "tapwire.yaml", base)
+    write(d, "empty.yaml", "")
+    write(d, "filters.yaml", """tap:
+  dataDir: /srv/tapwire
+  interfaces: [eth0, 'veth.*', '^cali[0-9a-f]+$']
+  snaplen: 4Ki
+  filters:
+    cidrs: {allow: [10.0.0.0/8, "fd00::/8"], deny: [10.1.2.3]}
+    ports: {allow: [80, 443, 8080], deny: [22]}
+  capture:
+    stopped: false
+    raw: {storageSize: 4GiB, segmentSize: 64Mi, segmentMaxAge: 30s, ringSize: 16Mi}
+    dissection: {stopAfter: 1h30m}
+  enabledDissectors: [http]
+  dissection: {maxBody: 0, maxHeader: 16Ki}
+  metrics: {address: "[::1]:9100"}
+  regex: "^api-"
+  namespaces: [shop, default]
+  excludedNamespaces: [kube-system]
+  kubernetes: {enabled: true, kubeconfig: /root/.kube/config}
+  identity: {enabled: false, storageSize: 64Mi}
+""")
+    write(d, "bad-key.yaml", "tap:\n  capture:\n    raw:\n      storagesize: 1Gi\n  pods: [x]\n")
+    write(d, "bad-values.yaml", "tap:\n  snaplen: -1\n  filters:\n    ports:\n      allow: [0, 70000]\n")
+    write(d, "anchors.yaml", "x: &a {dataDir: /a}\ntap: *a\n")
+
+
+def control_request():
+    d = out_dir("control_request")
+    lines = [
+        {"cmd": "status"}, {"cmd": "dissection", "action": "enable"}, {"cmd": "dissection", "action": "status"},
+        {"cmd": "activity"}, {"cmd": "config", "action": "reload"}, {"cmd": "segment", "action": "rotate"},
+        {"cmd": "targets", "action": "get"},
+        {"cmd": "targets", "action": "set", "regex": "^api-", "namespaces": ["shop"], "excludedNamespaces": []},
+        {"cmd": "identity"}, {"cmd": "throw", "action": "x"}, {"cmd": "status", "action": 1},
+    ]
+    write(d, "requests", "".join(json.dumps(l) + "\n" for l in lines))
+    write(d, "malformed", '\n\r\n{"cmd":1}\n[]\n{"action":"x"}\nnot json\n{"cmd":"status"')
+    write(d, "targets-bad", '{"cmd":"targets","action":"set","namespaces":[1,2]}\r\n')
+
+
+def identity_records():
+    d = out_dir("identity_records")
+
+    def entries(items):
+        return b"".join(bytes([t]) + struct.pack("<H", len(b)) + b for t, b in items)
+
+    def resolve(l4, a, b, port, peer_port, ts):
+        return bytes([0xF0, l4, 0]) + bytes(a) + bytes(b) + struct.pack("<HHQ", port, peer_port, ts)
+
+    pod, svc, node = [10, 244, 1, 7], [10, 96, 0, 12], [10, 0, 0, 5]
+    write(d, "stream", bytes([0]) + entries(IDENTITY) + resolve(0, pod, svc, 8080, 0, T0 + 10**9) +
+          resolve(0, pod, svc, 41000, 80, T0 + 2 * 10**9) + resolve(0, svc, pod, 80, 41000, T0 + 2 * 10**9) +
+          resolve(1, node, pod, 53, 0, T0))
+    write(d, "stream-small", bytes([3]) + entries(IDENTITY) + bytes([0xF1]) + struct.pack("<Q", T0 + 10**12) +
+          resolve(0, pod, svc, 8080, 0, T0 + 10**12))
+    write(d, "bad", bytes([0]) + entries([(4, b"\0" * 10), (5, process(T0, 1, 2, 3, 3, "x", "")[:-1] + b"\xff"),
+                                          (9, b"")]))
+
+
+def workload_object():
+    d = out_dir("workload_object")
+    for i, w in enumerate(WORKLOADS):
+        write(d, f"{i}-{w['kind'].lower()}.json", json.dumps(w, separators=(",", ":")))
+    write(d, "pod-lenient.json", '{"v":1,"kind":"Pod","uid":"u","namespace":"n","name":"p","ips":null,"extra":[1,2]}')
+
+
+def kube_api():
+    d = out_dir("kube_api")
+    RES = {"pods": 0, "services": 1, "endpointslices": 2, "nodes": 3, "replicasets": 4, "jobs": 5}
+
+    def meta(name, ns, uid, rv, **kw):
+        m = {"name": name, "uid": uid, "resourceVersion": rv, "creationTimestamp": "2025-11-30T12:00:00Z",
+             "managedFields": [{"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1"}],
+             "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}}
+        if ns:
+            m["namespace"] = ns
+        m.update(kw)
+        return m
+
+    pod = {"kind": "Pod", "apiVersion": "v1",
+           "metadata": meta("api-7d9c5b6f4-x2x9q", "shop", POD_UID, "1201", labels={"app": "api",
+                            "pod-template-hash": "7d9c5b6f4"},
+                            ownerReferences=[{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "api-7d9c5b6f4",
+                                              "uid": "aaaaaaaa-1111-4222-8333-444455556666", "controller": True,
+                                              "blockOwnerDeletion": True}]),
+           "spec": {"nodeName": "node-1", "hostNetwork": False, "containers": [{"name": "api", "image": "api:1"}]},
+           "status": {"phase": "Running", "podIP": "10.244.1.7", "podIPs": [{"ip": "10.244.1.7"}, {"ip": "fd00::7"}],
+                      "conditions": [{"type": "Ready", "status": "True"}],
+                      "containerStatuses": [{"name": "api", "containerID": "containerd://" + CID, "ready": True}],
+                      "initContainerStatuses": [{"name": "init", "containerID": "cri-o://" + "ab" * 32}]}}
+    svc = {"kind": "Service", "metadata": meta("api", "shop", "0e5b1c2d-1111-4222-8333-944455566677", "1100"),
+           "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.12", "clusterIPs": ["10.96.0.12"],
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}}
+    headless = {"kind": "Service", "metadata": meta("db", "shop", "0e5b1c2d-2222-4222-8333-944455566677", "1101"),
+                "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}
+    slice_ = {"kind": "EndpointSlice", "addressType": "IPv4",
+              "metadata": meta("api-abcde", "shop", "7a7a7a7a-2222-4333-8444-955566677788", "1300",
+                               labels={"kubernetes.io/service-name": "api"}),
+              "endpoints": [{"addresses": ["10.244.1.7"], "conditions": {"ready": True}, "nodeName": "node-1"}],
+              "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+    node = {"kind": "Node", "metadata": meta("node-1", None, "9c9c9c9c-3333-4444-8555-a66677788899", "900"),
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"},
+                                     {"type": "Hostname", "address": "node-1"}], "images": [{"names": ["x"]}]}}
+    rs = {"kind": "ReplicaSet", "metadata": meta("api-7d9c5b6f4", "shop", "aaaaaaaa-1111-4222-8333-444455556666",
+                                                 "800", ownerReferences=[{"kind": "Deployment", "name": "api",
+                                                                          "uid": "d", "controller": True}])}
+    job = {"kind": "Job", "metadata": meta("backup-28912345", "ops", "bbbbbbbb-1111-4222-8333-444455556666", "801",
+                                           ownerReferences=[{"kind": "CronJob", "name": "backup", "uid": "c",
+                                                             "controller": True}])}
+
+    def page(kind, items, rv="5000", cont=""):
+        m = {"resourceVersion": rv}
+        if cont:
+            m["continue"] = cont
+        return json.dumps({"kind": kind + "List", "apiVersion": "v1", "metadata": m, "items": items})
+
+    def seed(name, mode, res, code, body):
+        write(d, name, bytes([mode, RES[res]]) + struct.pack("<H", code) + body.encode())
+
+    seed("list-pods", 0, "pods", 200, page("Pod", [pod], cont="eyJ2IjoibWV0YS5rOHMuaW8vdjEifQ"))
+    seed("list-services", 0, "services", 200, page("Service", [svc, headless]))
+    seed("list-endpointslices", 0, "endpointslices", 200, page("EndpointSlice", [slice_]))
+    seed("list-nodes", 0, "nodes", 200, page("Node", [node]))
+    seed("list-replicasets", 0, "replicasets", 200, page("ReplicaSet", [rs]))
+    seed("list-jobs", 0, "jobs", 200, page("Job", [job]))
+    seed("list-empty", 0, "nodes", 200, '{"kind":"NodeList","metadata":{"resourceVersion":"9"},"items":null}')
+
+    def ev(t, o):
+        return json.dumps({"type": t, "object": o}) + "\n"
+    moved = json.loads(json.dumps(pod))
+    moved["status"]["podIPs"] = [{"ip": "10.244.1.8"}]
+    bookmark = {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "1250", "annotations": {
+        "k8s.io/initial-events-end": "true"}}}
+    gone = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "too old resource version: 1201 (1250)", "reason": "Expired", "code": 410}
+    seed("watch-pods", 1, "pods", 200, ev("ADDED", pod) + ev("MODIFIED", moved) + ev("BOOKMARK", bookmark) +
+         ev("DELETED", {"kind": "Pod", "metadata": {"uid": POD_UID, "name": "api-7d9c5b6f4-x2x9q",
+                                                    "namespace": "shop"}}) + ev("ERROR", gone))
+    seed("watch-services", 1, "services", 200, ev("ADDED", svc) + "\n" + ev("DELETED", svc))
+    seed("watch-owners", 1, "replicasets", 200, ev("ADDED", rs) + ev("MODIFIED", rs) + ev("DELETED", rs))
+    seed("watch-error", 1, "nodes", 200, ev("ADDED", node) + ev("ERROR", dict(gone, code=500, reason="InternalError")))
+    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+              "message": "pods is forbidden: User \"system:serviceaccount:tapwire:tapwire\" cannot list resource "
+                         "\"pods\" in API group \"\" at the cluster scope", "reason": "Forbidden", "code": 403}
+    seed("error-403", 2, "pods", 403, json.dumps(status))
+    seed("error-401", 2, "pods", 401, json.dumps(dict(status, message="Unauthorized", reason="Unauthorized", code=401)))
+    seed("error-410", 2, "pods", 410, json.dumps(gone))
+    seed("error-502-html", 2, "nodes", 502, "<html><body>502 Bad Gateway</body></html>")
+
+
+def cgroup_path():
+    d = out_dir("cgroup_path")
+    uid_ = POD_UID.replace("-", "_")
+    paths = [
+        CGROUP_PATH,
+        f"/kubepods.slice/kubepods-pod{uid_}.slice/crio-{CID}.scope",
+        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/docker-{CID}.scope",
+        f"/kubepods/burstable/pod{POD_UID}/{CID}",
+        f"/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{uid_}.slice/cri-containerd-{CID}.scope/sub",
+        f"/kubepods.slice/kubepods-pod{uid_}.slice",
+        "/system.slice/containerd.service",
+        "/user.slice/user-0.slice/session-1.scope",
+        "/",
+    ]
+    for i, p in enumerate(paths):
+        write(d, f"path-{i}", p)
+
+
+def kube_frame():
+    d = out_dir("kube_frame")
+
+    def frame(o):
+        b = json.dumps(o, separators=(",", ":")).encode()
+        return struct.pack("<I", len(b)) + b
+    write(d, "objects", struct.pack("<I", 1) + b"".join(frame(w) for w in WORKLOADS))
+    write(d, "split", struct.pack("<I", 99) + frame(WORKLOADS[1]) + frame(WORKLOADS[3])[:20])
+    write(d, "bad-length", struct.pack("<I", 5) + frame(WORKLOADS[0]) + struct.pack("<I", 0) + b"{}")
+
+
+# ------------------------------------------------------- sensor segments --
+
+def capture():
+    """Real segments: tapwire-sensor on one end of a veth pair between two
+    network namespaces, while curl and dig talk across it (root, BPF)."""
+    sensor = os.path.join(ROOT, "build", "tapwire-sensor")
+    work = "/tmp/tapwire-fuzz-capture"
+    run = lambda *a, **kw: subprocess.run(list(a), check=kw.pop("check", True), **kw)  # noqa: E731
+    s, c = "twfz-s", "twfz-c"
+    for ns in (s, c):
+        run("ip", "netns", "del", ns, check=False, stderr=subprocess.DEVNULL)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work + "/www")
+    open(work + "/www/a.json", "w").write('{"hello":"tapwire"}\n')
+    open(work + "/www/big.txt", "w").write("tapwire " * 500)
+    procs = []
+    try:
+        run("ip", "netns", "add", s)
+        run("ip", "netns", "add", c)
+        run("ip", "link", "add", "twfzs", "netns", s, "type", "veth", "peer", "name", "twfzc", "netns", c)
+        for ns, dev, a in ((s, "twfzs", "10.231.0.1/24"), (c, "twfzc", "10.231.0.2/24")):
+            run("ip", "-n", ns, "addr", "add", a, "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        x = ["ip", "netns", "exec", s]
+        procs.append(subprocess.Popen(x + ["python3", "-m", "http.server", "8080", "--bind", "10.231.0.1",
+                                           "--directory", work + "/www"], stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(x + ["dnsmasq", "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null",
+                                           "--no-resolv", "--no-hosts", "--bind-interfaces",
+                                           "--listen-address=10.231.0.1", "--port=53", f"--pid-file={work}/dns.pid",
+                                           "--local=/fz.test/", "--host-record=www.fz.test,10.231.0.1,fd00::1",
+                                           "--cname=alias.fz.test,www.fz.test", "--txt-record=fz.test,tapwire seed",
+                                           "--mx-host=fz.test,mail.fz.test,10"], stderr=subprocess.DEVNULL))
+        sensor_p = subprocess.Popen(x + [sensor, "--data-dir", work + "/data", "--interface", "twfzs",
+                                         "--storage-size", "1MiB", "--segment-size", "64KiB", "--segment-max-age",
+                                         "2", "--metrics-address", ""], stderr=subprocess.DEVNULL)
+        procs.append(sensor_p)
+        time.sleep(4)
+        cx = ["ip", "netns", "exec", c]
+        u = "http://10.231.0.1:8080/"
+        for args in (["-o", "/dev/null", u + "a.json"], ["-o", "/dev/null", u + "missing"],
+                     ["-I", u + "big.txt"], ["-o", "/dev/null", "--data-binary", "x=1", u + "a.json"],
+                     ["-o", "/dev/null", "-o", "/dev/null", u + "big.txt", u + "a.json"]):
+            run(*cx, "curl", "-s", *args, stdout=subprocess.DEVNULL)
+        for q in (["www.fz.test"], ["alias.fz.test", "AAAA"], ["+tcp", "fz.test", "TXT"], ["fz.test", "MX"],
+                  ["nx.fz.test"]):
+            run(*cx, "dig", "+short", "@10.231.0.1", *q, stdout=subprocess.DEVNULL)
+        time.sleep(3)
+        sensor_p.terminate()
+        sensor_p.wait(10)
+        d = out_dir("segment_reader", keep=("identity-",))
+        for i, f in enumerate(sorted(glob.glob(work + "/data/segments/*.twseg"))):
+            shutil.copy(f, os.path.join(d, f"sensor-{i}.twseg"))
+        for i, f in enumerate(sorted(glob.glob(work + "/data/identity/*.twseg"))):
+            shutil.copy(f, os.path.join(d, f"sensor-identity-{i}.twseg"))
+    finally:
+        for p in procs:
+            p.terminate()
+        for ns in (s, c):
+            run("ip", "netns", "del", ns, check=False)
+
+
+def main():
+    if "--capture" in sys.argv:
+        capture()
+    for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame):
+        f()
+    total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
+    print(f"corpus: {total} bytes")
+
+
+if __name__ == "__main__":
+    main()
