@@ -741,3 +741,30 @@ def all_zero(obj) -> list[str]:
 
     walk(obj, "")
     return bad
+
+
+# --------------------------------------------------------------------------
+# Tests that check many things and report them all at the end.
+
+class Checks:
+    """Collects failed checks; a test runs to the end and reports all of them."""
+
+    def __init__(self):
+        self.failures: list[str] = []
+
+    def __call__(self, cond: bool, what: str) -> None:
+        if not cond:
+            self.failures.append(what)
+            log(f"FAIL: {what}")
+
+    def exit_code(self, name: str) -> int:
+        if self.failures:
+            log(f"{name}: {len(self.failures)} failure(s)")
+            return 1
+        log(f"{name}: OK")
+        return 0
+
+
+def tapwire(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The tapwire CLI; raises with its output when it fails."""
+    return run([cli_bin(), *map(str, args)], timeout=timeout)

@@ -19,26 +19,15 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import lab
 from identity_lab import IdentityLab, require_identity_lab
-from lab import cli_bin, log, run
+from lab import cli_bin, run, tapwire
 
-FAILURES: list[str] = []
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        FAILURES.append(what)
-        log(f"FAIL: {what}")
-
-
-def tapwire(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return run([cli_bin(), *map(str, args)], timeout=timeout)
+check = lab.Checks()
 
 
 def calls(db: Path) -> list[dict]:
@@ -292,11 +281,7 @@ def main() -> int:
             check(s.get("node") == c.get("node"), f"{key_of(c)}: node differs")
         check(compared >= len(expected), f"compared {compared} calls live vs snapshot, want {len(expected)}")
 
-    if FAILURES:
-        log(f"{len(FAILURES)} failure(s)")
-        return 1
-    log("identity end to end: OK")
-    return 0
+    return check.exit_code("identity end to end")
 
 
 if __name__ == "__main__":

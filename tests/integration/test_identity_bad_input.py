@@ -18,20 +18,15 @@ import socket
 import sys
 import time
 
+import lab
 from identity_lab import IdentityLab, require_identity_lab
 from lab import log
 
-FAILURES: list[str] = []
+check = lab.Checks()
 
-# docs/IDENTITY.md, "Memory": peak resident memory with 100k pods.
+# docs/IDENTITY.md, "Bounds and failures": peak resident memory with 100k pods.
 SENSOR_BOUND_MB = 400
-WATCHER_BOUND_MB = 150
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        FAILURES.append(what)
-        log(f"FAIL: {what}")
+WATCHER_BOUND_MB = 64
 
 
 def free_port() -> int:
@@ -153,11 +148,7 @@ def main() -> int:
         check(0 < w_mb < WATCHER_BOUND_MB, f"watcher peak {w_mb:.0f} MB, bound {WATCHER_BOUND_MB} MB")
         sensor.stop()
 
-    if FAILURES:
-        log(f"{len(FAILURES)} failure(s)")
-        return 1
-    log("identity bad input: OK")
-    return 0
+    return check.exit_code("identity bad input")
 
 
 if __name__ == "__main__":

@@ -13,27 +13,17 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pcapcmp
+import lab
 from identity_lab import IdentityLab, require_identity_lab
-from lab import cli_bin, log, run
+from lab import run, tapwire
 
-FAILURES: list[str] = []
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        FAILURES.append(what)
-        log(f"FAIL: {what}")
-
-
-def tapwire(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    return run([cli_bin(), *map(str, args)], timeout=timeout)
+check = lab.Checks()
 
 
 def packets(pcap: Path, flt: str) -> list[tuple[float, str, str]]:
@@ -161,11 +151,7 @@ def main() -> int:
         check(not of(b_set, t3 + 1.0, t3 + 3.0), "b captured after targeting switched back to a's client")
         check(of({a_cli.ip}, t3 + 1.0, t3 + 3.0), "a's client (by regex) not captured after the control request")
 
-    if FAILURES:
-        log(f"{len(FAILURES)} failure(s)")
-        return 1
-    log("pod targeting: OK")
-    return 0
+    return check.exit_code("pod targeting")
 
 
 if __name__ == "__main__":

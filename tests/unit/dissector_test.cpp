@@ -316,3 +316,236 @@ TEST(CallDb, RowsReadBackAsTheSameCallRecords) {
   }
   for (const char* suffix : {"", "-wal", "-shm"}) unlink((std::string(path) + suffix).c_str());
 }
+
+// ----------------------------------------------------- the window, strays ---
+
+namespace {
+
+// A conversation whose packets carry what captures have: the
+// acknowledgement, the window, and the window scale on the SYNs.
+struct WindowedConversation {
+  Conn c;
+  uint32_t cnext, snext;
+  uint64_t ts = kT0;
+  Dissector& d;
+  std::vector<std::string> keep;
+  uint16_t window = 502;  // unscaled, as on the wire
+  uint8_t cscale = 7, sscale = 7;  // TW_WSCALE_NONE: no option
+  explicit WindowedConversation(Dissector& dd, uint16_t cport = 40000) : d(dd) {
+    c.cport = cport;
+    cnext = c.cseq + 1;
+    snext = c.sseq + 1;
+    keep.reserve(4096);
+  }
+  Packet make(bool client, uint8_t flags, const std::string& s, uint32_t seq) {
+    keep.push_back(s);
+    Packet p = pkt(c, client, flags, keep.back(), ts, seq);
+    p.meta.ack = client ? snext : cnext;
+    p.meta.window = window;
+    if (flags & TW_TCP_SYN) p.meta.tcp_wscale = client ? cscale : sscale;
+    return p;
+  }
+  void handshake() {
+    ts += 1000;
+    d.packet(make(true, TW_TCP_SYN, "", c.cseq));
+    ts += 1000;
+    d.packet(make(false, TW_TCP_SYN | TW_TCP_ACK, "", c.sseq));
+  }
+  void send(bool client, const std::string& s, uint64_t dt = 1000) {
+    ts += dt;
+    uint32_t& next = client ? cnext : snext;
+    d.packet(make(client, TW_TCP_ACK | TW_TCP_PSH, s, next));
+    next += static_cast<uint32_t>(s.size());
+  }
+  // A segment at `offset` bytes from where this side is (negative: behind).
+  void stray(bool client, int64_t offset, uint8_t flags = TW_TCP_ACK | TW_TCP_PSH,
+             const std::string& s = "GET /stray HTTP/1.1\r\nHost: evil\r\n\r\n") {
+    ts += 1000;
+    const uint32_t next = client ? cnext : snext;
+    d.packet(make(client, flags, s, next + static_cast<uint32_t>(offset)));
+  }
+  void fin() {
+    ts += 1000;
+    d.packet(make(true, TW_TCP_FIN | TW_TCP_ACK, "", cnext));
+    ts += 1000;
+    d.packet(make(false, TW_TCP_FIN | TW_TCP_ACK, "", snext));
+  }
+};
+
+std::string get(const std::string& path) { return "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n"; }
+
+std::vector<std::string> names(uint32_t flags) { return flag_names(flags); }
+
+}  // namespace
+
+TEST(Dissector, StraySegmentsDoNotBlindTheConnection) {
+  // One stray segment on a keep-alive connection, then 5 s of requests (past
+  // the 2 s hole wait): every request is paired, nothing flagged. Before the
+  // window existed, the stray 2^31 - 1 ahead was held, the hole before it
+  // given up after 2 s, and every later request dropped as "already seen".
+  struct Case {
+    const char* name;
+    bool client;
+    int64_t offset;
+    uint64_t out_of_window;
+  };
+  const Case cases[] = {
+      {"2^31-1 ahead", true, (1ll << 31) - 1, 1},
+      {"1 MiB ahead", true, 1 << 20, 1},
+      {"just beyond the window", true, static_cast<int64_t>(ReassemblyLimits{}.max_ahead_bytes), 1},
+      {"1 MiB behind", true, -(1 << 20), 0},
+      {"2^31-1 ahead of the responses", false, (1ll << 31) - 1, 1},
+  };
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.name);
+    std::vector<Call> calls;
+    Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });
+    WindowedConversation cv(d);
+    cv.handshake();
+    for (int i = 0; i < 5; i++) {
+      cv.send(true, get("/before/" + std::to_string(i)));
+      cv.send(false, kOk);
+    }
+    cv.stray(k.client, k.offset);
+    for (int i = 0; i < 100; i++) {
+      cv.send(true, get("/after/" + std::to_string(i)), 50'000'000);
+      cv.send(false, kOk);
+    }
+    cv.fin();
+    d.finish();
+    ASSERT_EQ(calls.size(), 105u);
+    for (size_t i = 0; i < calls.size(); i++) {
+      const std::string want = i < 5 ? "/before/" + std::to_string(i) : "/after/" + std::to_string(i - 5);
+      ASSERT_TRUE(calls[i].http_request) << i;
+      EXPECT_EQ(calls[i].http_request->target, want);
+      ASSERT_TRUE(calls[i].http_response) << want;
+      EXPECT_EQ(names(calls[i].flags), std::vector<std::string>{}) << want;
+    }
+    EXPECT_EQ(d.metrics().reassembly_out_of_window, k.out_of_window);
+    EXPECT_EQ(d.metrics().reassembly_gaps, 0u);
+  }
+}
+
+TEST(Dissector, FinOrRstOutsideTheWindowDoesNotCloseTheConnection) {
+  for (uint8_t flags : {uint8_t(TW_TCP_RST), uint8_t(TW_TCP_RST | TW_TCP_ACK), uint8_t(TW_TCP_FIN | TW_TCP_ACK)}) {
+    SCOPED_TRACE(static_cast<int>(flags));
+    std::vector<Call> calls;
+    Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });
+    WindowedConversation cv(d);
+    cv.handshake();
+    cv.send(true, get("/a"));
+    cv.stray(true, 1 << 30, flags, "");  // a blind reset, far from the stream
+    cv.send(false, kOk);
+    cv.send(true, get("/b"));
+    cv.send(false, kOk);
+    cv.fin();
+    d.finish();
+    ASSERT_EQ(calls.size(), 2u);
+    for (const Call& c : calls) {
+      EXPECT_TRUE(c.has_response());
+      EXPECT_EQ(names(c.flags), std::vector<std::string>{});
+    }
+    EXPECT_EQ(d.metrics().reassembly_out_of_window, 1u);
+  }
+  // A reset where the stream is closes it, as before.
+  std::vector<Call> calls;
+  Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });
+  WindowedConversation cv(d);
+  cv.handshake();
+  cv.send(true, get("/a"));
+  cv.stray(true, 0, TW_TCP_RST | TW_TCP_ACK, "");
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(names(calls[0].flags), std::vector<std::string>{"closed"});
+}
+
+TEST(Dissector, ScaledWindowCountsOnlyWhenBothSynsOfferIt) {
+  // The server advertises 32768 << 7 = 4 MiB: a client segment 1 MiB ahead
+  // is inside it and held. When one SYN has no window scale option, scaling
+  // is off (RFC 7323) and the same segment is beyond the window.
+  for (uint8_t server_scale : {uint8_t(7), uint8_t(TW_WSCALE_NONE)}) {
+    SCOPED_TRACE(static_cast<int>(server_scale));
+    std::vector<Call> calls;
+    Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });
+    WindowedConversation cv(d);
+    cv.window = 32768;
+    cv.sscale = server_scale;
+    cv.handshake();
+    cv.send(true, get("/a"));
+    cv.send(false, kOk);  // carries the server's ack and window
+    cv.stray(true, 1 << 20, TW_TCP_ACK | TW_TCP_PSH, "x");
+    EXPECT_EQ(d.metrics().reassembly_out_of_window, server_scale == 7 ? 0u : 1u);
+  }
+}
+
+// ---------------------------------------------------- incomplete messages ---
+
+TEST(Dissector, MessagesCutShortAtTheEndAreReportedIncomplete) {
+  auto run = [](const std::vector<std::pair<bool, std::string>>& msgs, bool fin) {
+    std::vector<Call> calls;
+    Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });
+    Conversation cv(d);
+    cv.handshake();
+    for (auto& [client, s] : msgs) cv.send(client, s);
+    if (fin) cv.fin();
+    d.finish();
+    return calls;
+  };
+  using Flags = std::vector<std::string>;
+  {
+    SCOPED_TRACE("a request whose header block never ends");
+    auto calls = run({{true, "GET /cut HTTP/1.1\r\nHost: x\r\nX-Pad: aaaa"}}, false);
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0].http_request->method, "GET");
+    EXPECT_EQ(calls[0].http_request->target, "/cut");
+    EXPECT_EQ(*calls[0].http_request->header("host"), "x");
+    EXPECT_FALSE(calls[0].has_response());
+    EXPECT_EQ(names(calls[0].flags), (Flags{"closed", "incomplete"}));
+  }
+  {
+    SCOPED_TRACE("a request line cut in its target");
+    auto calls = run({{true, "POST /partial-tar"}}, true);
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0].http_request->method, "POST");
+    EXPECT_EQ(calls[0].http_request->target, "/partial-tar");
+    EXPECT_EQ(names(calls[0].flags), (Flags{"closed", "incomplete"}));
+  }
+  {
+    SCOPED_TRACE("too little to say what it is");
+    EXPECT_TRUE(run({{true, "GE"}}, true).empty());
+    EXPECT_TRUE(run({{true, "GET "}}, true).empty());
+  }
+  {
+    SCOPED_TRACE("a response body that never ends");
+    auto calls = run({{true, kGet}, {false, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"}}, true);
+    ASSERT_EQ(calls.size(), 1u);
+    ASSERT_TRUE(calls[0].http_response);
+    EXPECT_EQ(calls[0].http_response->status, 200);
+    EXPECT_EQ(calls[0].http_response->body_size, 10u);
+    EXPECT_EQ(names(calls[0].flags), (Flags{"body_truncated", "incomplete"}));
+  }
+  {
+    SCOPED_TRACE("a response header block cut short");
+    auto calls = run({{true, kGet}, {false, "HTTP/1.1 503 Busy\r\nContent-Ty"}}, true);
+    ASSERT_EQ(calls.size(), 1u);
+    ASSERT_TRUE(calls[0].http_response);
+    EXPECT_EQ(calls[0].http_response->status, 503);
+    EXPECT_EQ(calls[0].http_response->reason, "Busy");
+    EXPECT_EQ(names(calls[0].flags), (Flags{"incomplete"}));
+  }
+  {
+    SCOPED_TRACE("the client closes its side inside a request; the server still answers");
+    std::vector<Call> calls;
+    Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });
+    Conversation cv(d);
+    cv.handshake();
+    cv.send(true, "PUT /half HTTP/1.1\r\nHost: x\r\n");
+    cv.d.packet(pkt(cv.c, true, TW_TCP_FIN | TW_TCP_ACK, "", cv.ts += 1000, cv.cnext));
+    cv.send(false, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    d.finish();
+    ASSERT_EQ(calls.size(), 1u);
+    EXPECT_EQ(calls[0].http_request->target, "/half");
+    ASSERT_TRUE(calls[0].http_response);
+    EXPECT_EQ(calls[0].http_response->status, 400);
+    EXPECT_EQ(names(calls[0].flags), (Flags{"incomplete"}));
+  }
+}
