@@ -48,3 +48,20 @@ bench: deps build
 
 clean:
 	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+
+# Fuzzing (tests/fuzz/README.md): libFuzzer targets, built with clang in their
+# own build dir. `make fuzz` runs each FUZZ_SECONDS and stops at the first
+# crash; `make fuzz-smoke` is the short run CI does (ctest -L fuzz in make test).
+FUZZ_DIR           ?= build-fuzz
+FUZZ_SECONDS       ?= 300
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_TARGETS       ?=
+.PHONY: fuzz fuzz-build fuzz-smoke
+fuzz-build: deps
+	FUZZ_DIR=$(FUZZ_DIR) JOBS=$(JOBS) bash tests/fuzz/run.sh build
+fuzz: fuzz-build
+	FUZZ_DIR=$(FUZZ_DIR) FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh fuzz $(FUZZ_TARGETS)
+fuzz-smoke: fuzz-build
+	FUZZ_DIR=$(FUZZ_DIR) FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) bash tests/fuzz/run.sh smoke $(FUZZ_TARGETS)
+# make test's ctest runs the fuzz smoke test on the targets built here.
+test: fuzz-build

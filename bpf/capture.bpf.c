@@ -433,6 +433,8 @@ static __always_inline int is_ipv6_ext(__u8 proto)
  * (TW_DROP_IPV6_EXT_LIMIT), never guessed at. */
 __noinline int tw_walk_ext(struct __sk_buff *skb, struct tw_walk *w)
 {
+	/* verifier workaround: a global function's pointer arguments may be
+	 * NULL as far as the verifier knows, whatever the caller passes. */
 	if (!skb || !w)
 		return TW_WALK_DROP | TW_DROP_NO_SCRATCH;
 	__u32 off = w->off, end = w->end;

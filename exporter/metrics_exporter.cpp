@@ -317,6 +317,37 @@ std::vector<MetricFamily> dissector_families(const json& m) {
                               "Bytes the dissector holds in reassembly and parser buffers", MetricType::Gauge)
                     .add(num(m, "buffered_bytes"))
                     .f);
+  out.push_back(FamilyBuilder("tapwire_reassembly_out_of_window_total",
+                              "TCP segments beyond the receive window (stray or spoofed), dropped without moving "
+                              "the stream",
+                              MetricType::Counter)
+                    .add(num(m, "reassembly_out_of_window"))
+                    .f);
+  out.push_back(FamilyBuilder("tapwire_reassembly_resyncs_total",
+                              "TCP streams found to have moved on beyond the window (capture lost more than it)",
+                              MetricType::Counter)
+                    .add(num(m, "reassembly_resyncs"))
+                    .f);
+  const json memory = m.value("memory", json::object());
+  out.push_back(FamilyBuilder("tapwire_dissector_memory_bytes",
+                              "Heap the dissector's state takes (flows, reassembly, buffers, waiting requests)",
+                              MetricType::Gauge)
+                    .add(num(memory, "bytes"))
+                    .f);
+  out.push_back(FamilyBuilder("tapwire_dissector_memory_limit_bytes",
+                              "The dissector's memory limit (tap.dissection.memoryLimit); 0: none", MetricType::Gauge)
+                    .add(num(memory, "limit"))
+                    .f);
+  FamilyBuilder shed("tapwire_dissector_shed_total",
+                     "Times the dissector shed state to stay within its memory limit, by what it shed", MetricType::Counter);
+  FamilyBuilder shed_bytes("tapwire_dissector_shed_bytes_total",
+                           "Bytes of state the dissector shed to stay within its memory limit, by what it shed",
+                           MetricType::Counter);
+  const json shed_by = m.value("shed", json::object()), shed_bytes_by = m.value("shed_bytes", json::object());
+  for (auto& [k, v] : shed_by.items()) shed.add(v.get<double>(), {{"reason", k}});
+  for (auto& [k, v] : shed_bytes_by.items()) shed_bytes.add(v.get<double>(), {{"reason", k}});
+  out.push_back(shed.f);
+  out.push_back(shed_bytes.f);
   return out;
 }
 

@@ -3,8 +3,11 @@
 // crc32c(a followed by b); crc32c("123456789") == 0xE3069283.
 //
 // The SSE4.2 CRC32 instruction does 8 bytes per instruction; a slicing-by-8
-// table is the fallback for CPUs without it, chosen once at run time.
+// table is the fallback for CPUs without it, chosen once at run time. On other
+// architectures ISA-L has its own instructions and the table is the fallback.
+#if defined(__x86_64__)
 #include <nmmintrin.h>
+#endif
 
 #include <array>
 #include <cstring>
@@ -62,6 +65,7 @@ uint32_t crc32c_portable(const uint8_t* p, size_t n, uint32_t crc) {
   return ~c;
 }
 
+#if defined(__x86_64__)
 __attribute__((target("sse4.2"))) uint32_t crc32c_sse42(const uint8_t* p, size_t n, uint32_t crc) {
   uint64_t c = static_cast<uint32_t>(~crc);
   while (n >= 8) {
@@ -87,6 +91,10 @@ bool crc32c_has_sse42() {
   static const bool has = __builtin_cpu_supports("sse4.2");
   return has;
 }
+#else
+uint32_t crc32c_sse42(const uint8_t* p, size_t n, uint32_t crc) { return crc32c_portable(p, n, crc); }
+bool crc32c_has_sse42() { return false; }
+#endif
 
 }  // namespace detail
 

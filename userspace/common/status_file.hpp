@@ -15,6 +15,8 @@
 // }
 #pragma once
 
+#include <sys/types.h>
+
 #include <optional>
 #include <string>
 
@@ -26,6 +28,13 @@ std::string status_file_path(const std::string& data_dir);
 // Writes `status` to DATA_DIR/status.json atomically. Returns false on error
 // (the previous file, if any, stays intact).
 bool write_status_file(const std::string& data_dir, const nlohmann::json& status);
+
+// Replaces `path` with `text` atomically: a temporary file next to it
+// (PATH.tmp), created with O_CREAT|O_EXCL|O_NOFOLLOW, then renamed over it.
+// For files in the data dir, which the dissector's group may write: a name
+// planted there (a link to another file, a FIFO) is removed, never followed
+// or opened. Returns false with errno set; the previous file stays intact.
+bool write_file_atomic(const std::string& path, const std::string& text, mode_t mode);
 // Reads DATA_DIR/status.json; nullopt if it is missing or not valid JSON.
 std::optional<nlohmann::json> read_status_file(const std::string& data_dir);
 

@@ -328,6 +328,13 @@ const Field kFields[] = {
      [](const Value& v, TapwireConfig& c) { c.dissection.max_body = read_size(v, 0, 1ull << 30); }},
     {"tap.dissection.maxHeader",
      [](const Value& v, TapwireConfig& c) { c.dissection.max_header = read_size(v, 1, 1ull << 30); }},
+    {"tap.dissection.memoryLimit",
+     [](const Value& v, TapwireConfig& c) {
+       // Below 1 MiB the dissector would shed on nearly every packet: surely a missing unit.
+       c.dissection.memory_limit = read_size(v, 0, UINT64_MAX);
+       if (c.dissection.memory_limit != 0 && c.dissection.memory_limit < kMiB)
+         v.fail("must be 0 (no limit) or at least 1Mi, got '" + v.node.Scalar() + "'");
+     }},
     {"tap.snapshots.storageSize",
      [](const Value& v, TapwireConfig& c) { c.snapshots.storage_size = read_size(v, 1, UINT64_MAX); }},
     {"tap.metrics.address", [](const Value& v, TapwireConfig& c) { c.metrics.address = read_listen_address(v); }},

@@ -56,10 +56,14 @@ struct CaptureConfig {
   bool operator==(const CaptureConfig&) const = default;
 };
 
-// tap.dissection.*: what the dissector keeps of each message (--max-body, --max-header).
+// tap.dissection.*: what the dissector keeps of each message (--max-body, --max-header),
+// and of everything together (--memory-limit).
 struct DissectionLimitsConfig {
   uint64_t max_body = 64u << 10;    // tap.dissection.maxBody: body bytes kept per message; 0 = none
   uint64_t max_header = 64u << 10;  // tap.dissection.maxHeader: header bytes allowed per message, > 0
+  // tap.dissection.memoryLimit: heap for the dissector's state (flows, reassembly, buffers,
+  // waiting requests); beyond it state is shed, least useful first. 0 = no limit, else >= 1Mi.
+  uint64_t memory_limit = 256ull << 20;
   bool operator==(const DissectionLimitsConfig&) const = default;
 };
 

@@ -112,12 +112,12 @@ size_t call_heap_bytes(const Call& c) {
   size_t n = 0;
   if (c.dns_query) n += dns_message_heap_bytes(*c.dns_query);
   if (c.dns_response) n += dns_message_heap_bytes(*c.dns_response);
-  if (c.http_request) n += proto::message_heap_bytes(*c.http_request);
-  if (c.http_response) n += proto::message_heap_bytes(*c.http_response);
+  if (c.http_request) n += c.http_request->heap;
+  if (c.http_response) n += c.http_response->heap;
   return n;
 }
 
-size_t queued_message_bytes(const proto::HttpMessage& m) { return sizeof(m) + proto::message_heap_bytes(m); }
+size_t queued_message_bytes(const proto::HttpMessage& m) { return sizeof(m) + m.heap; }
 
 // Gives a vector's allocation back.
 template <class T>
@@ -369,6 +369,7 @@ struct Dissector::Impl {
           std::string().swap(msg.body);
           msg.memory_shed = true;
           msg.body_truncated = msg.body_size > 0;
+          msg.heap -= b;
           h.queued -= b;
           freed += b;
         }

@@ -182,10 +182,17 @@ Workload parse(const json& o) {
     if (kind == "Pod") {
       w.object = parse_pod(o, w.op);
     } else if (kind == "Service") {
+      // A delete is its key only, as for pods: what else it carries is not
+      // kept, so that to_json (which writes the key only) gives back the same
+      // object (tests/fuzz/regressions/workload_object).
       ServiceObject s;
       s.uid = str(o, "uid", kMaxName, true);
       s.namespace_ = str(o, "namespace", kMaxName, !del);
       s.name = str(o, "name", kMaxName, !del);
+      if (del) {
+        w.object = std::move(s);
+        return w;
+      }
       s.type = str(o, "type", 32, false);
       s.cluster_ips = ips(o, "clusterIPs", kMaxAddresses);
       s.ports = ports(o);
@@ -195,6 +202,10 @@ Workload parse(const json& o) {
       e.uid = str(o, "uid", kMaxName, true);
       e.namespace_ = str(o, "namespace", kMaxName, !del);
       e.name = str(o, "name", kMaxName, !del);
+      if (del) {  // the key only, as for services
+        w.object = std::move(e);
+        return w;
+      }
       e.service = str(o, "service", kMaxName, false);
       e.addresses = ips(o, "addresses", kMaxEndpointAddresses);
       e.ports = ports(o);
@@ -203,6 +214,10 @@ Workload parse(const json& o) {
       NodeObject n;
       n.uid = str(o, "uid", kMaxName, true);
       n.name = str(o, "name", kMaxName, !del);
+      if (del) {  // the key only, as for services
+        w.object = std::move(n);
+        return w;
+      }
       n.addresses = ips(o, "addresses", kMaxAddresses);
       w.object = std::move(n);
     } else if (kind == "Self") {

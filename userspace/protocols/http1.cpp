@@ -213,7 +213,6 @@ Http1Parser::Http1Parser(Side side, HttpLimits limits) : side_(side), lim_(limit
 void Http1Parser::reset_message() {
   msg_ = HttpMessage{};
   msg_.is_request = side_ == Side::Requests;
-  msg_heap_ = 0;
   scan_pos_ = line_start_ = lines_ = 0;
   last_kept_ = last_framing_ = false;
   content_length_ = 0;
@@ -269,7 +268,7 @@ bool Http1Parser::start_line(std::string_view line) {
     msg_.method.assign(method);
     msg_.target.assign(target);
     msg_.version_minor = minor;
-    msg_heap_ += string_heap_bytes(msg_.method) + string_heap_bytes(msg_.target);
+    msg_.heap += string_heap_bytes(msg_.method) + string_heap_bytes(msg_.target);
     return true;
   }
   // HTTP-version SP 3DIGIT SP [reason-phrase]; the SP before an empty reason is often left out.
@@ -291,7 +290,7 @@ bool Http1Parser::start_line(std::string_view line) {
   msg_.status = status;
   msg_.reason.assign(reason);
   msg_.version_minor = minor;
-  msg_heap_ += string_heap_bytes(msg_.reason);
+  msg_.heap += string_heap_bytes(msg_.reason);
   return true;
 }
 
@@ -309,7 +308,7 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
       const size_t before = string_heap_bytes(value);
       if (!value.empty()) value.push_back(' ');
       value.append(v);
-      msg_heap_ += string_heap_bytes(value) - before;
+      msg_.heap += string_heap_bytes(value) - before;
     }
     return true;
   }
@@ -367,8 +366,9 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
   h.name.resize(name.size());
   for (size_t i = 0; i < name.size(); i++) h.name[i] = kLower[static_cast<uint8_t>(name[i])];
   h.value.assign(value);
-  msg_heap_ += heap_bytes(list.capacity() * sizeof(Header)) - heap_bytes(cap0 * sizeof(Header)) +
-               string_heap_bytes(h.name) + string_heap_bytes(h.value);
+  if (list.capacity() != cap0)
+    msg_.heap += heap_bytes(list.capacity() * sizeof(Header)) - heap_bytes(cap0 * sizeof(Header));
+  msg_.heap += string_heap_bytes(h.name) + string_heap_bytes(h.value);
   last_kept_ = true;
   return true;
 }
@@ -380,7 +380,7 @@ void Http1Parser::keep_body(const uint8_t* p, size_t n) {
   const size_t take = std::min(n, lim_.max_body_kept - msg_.body.size());
   const size_t before = string_heap_bytes(msg_.body);
   msg_.body.append(reinterpret_cast<const char*>(p), take);
-  msg_heap_ += string_heap_bytes(msg_.body) - before;
+  msg_.heap += string_heap_bytes(msg_.body) - before;
 }
 
 void Http1Parser::finish(uint64_t ts, std::vector<HttpMessage>& out) {
@@ -482,6 +482,7 @@ ParseResult Http1Parser::feed(std::span<const uint8_t> data, uint64_t ts, std::v
   if ((st_ == State::Start || st_ == State::Trailers) && scan_pos_ > n) {
     scan_pos_ = line_start_ = lines_ = 0;
     if (st_ == State::Start) reset_message();
+    for (const Header& h : msg_.trailers) msg_.heap -= string_heap_bytes(h.name) + string_heap_bytes(h.value);
     msg_.trailers.clear();
   }
 
@@ -818,6 +819,7 @@ bool Http1Parser::take_partial(std::span<const uint8_t> u, uint64_t ts, std::vec
       if (target.empty() || !all_of(target, kTarget)) return false;
       msg_.method.assign(line.substr(0, mlen));
       msg_.target.assign(target);
+      msg_.heap += string_heap_bytes(msg_.method) + string_heap_bytes(msg_.target);
       if (sp != std::string_view::npos && parse_version(rest.substr(sp + 1)) >= 0)
         msg_.version_minor = parse_version(rest.substr(sp + 1));
     } else {
@@ -832,6 +834,7 @@ bool Http1Parser::take_partial(std::span<const uint8_t> u, uint64_t ts, std::vec
       if (!all_of(reason, kValue)) return false;
       msg_.status = status;
       msg_.reason.assign(reason);
+      msg_.heap += string_heap_bytes(msg_.reason);
       msg_.version_minor = parse_version(line.substr(0, 8));
     }
   }
@@ -851,7 +854,7 @@ size_t Http1Parser::shed_body() {
   const size_t freed = string_heap_bytes(msg_.body);
   if (!freed) return 0;
   std::string().swap(msg_.body);
-  msg_heap_ -= freed;
+  msg_.heap -= freed;
   body_keep_ = false;  // what is kept stays a prefix: nothing more of this body
   msg_.memory_shed = true;
   return freed;
@@ -877,9 +880,9 @@ bool Http1Parser::shed_partial(std::span<const uint8_t> u, uint64_t ts, std::vec
 }
 
 size_t Http1Parser::memory_bytes() const {
-  size_t n = msg_heap_ + heap_bytes(expect_.capacity() * sizeof(Expect)) +
+  size_t n = msg_.heap + heap_bytes(expect_.capacity() * sizeof(Expect)) +
              heap_bytes(ready_.capacity() * sizeof(HttpMessage));
-  for (const HttpMessage& m : ready_) n += message_heap_bytes(m);
+  for (const HttpMessage& m : ready_) n += m.heap;
   return n;
 }
 

@@ -46,14 +46,17 @@ struct HttpMessage {
   bool interim = false;  // 1xx response other than 101
   bool incomplete = false;  // the stream ended (or its bytes were shed) before the message did
   bool memory_shed = false;  // part of it (its kept body, its header block) was dropped to stay within memory
+  // Heap bytes it owns (strings, header lists), counted by the parser as it
+  // built the message: memory accounting without walking the headers again.
+  uint64_t heap = 0;
   uint64_t ts_first_ns = 0;  // timestamp of the first byte
   uint64_t ts_last_ns = 0;  // timestamp of the last byte
 
   const std::string* header(std::string_view lower_name) const;  // first field with that name
 };
 
-// Heap bytes a message owns beyond its own size (strings, header lists):
-// memory accounting, O(headers).
+// Heap bytes a message owns beyond its own size (strings, header lists),
+// counted again from scratch, O(headers): what HttpMessage::heap keeps.
 size_t message_heap_bytes(const HttpMessage& m);
 
 // Parses one direction. feed() consumes what it can: complete messages are
@@ -175,7 +178,6 @@ class Http1Parser {
   std::vector<HttpMessage> ready_;  // completed by on_gap, handed out by the next feed/on_close
   uint64_t invalid_ = 0;
   uint64_t last_ts_ = 0;
-  size_t msg_heap_ = 0;  // message_heap_bytes(msg_), kept up to date as msg_ grows
 };
 
 // Quick content check for protocol detection: could these first bytes of a

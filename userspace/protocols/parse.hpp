@@ -31,8 +31,9 @@ const char* to_string(ParseStatus s);
 // it a little, never underestimates by much.
 constexpr size_t heap_bytes(size_t n) { return n == 0 ? 0 : n + 8 <= 32 ? 32 : (n + 8 + 15) & ~size_t{15}; }
 // A std::string's own allocation: none while it fits in the object (SSO).
+// (Past the SSO capacity the allocation is over 16 bytes: heap_bytes without its minimum.)
 inline size_t string_heap_bytes(const std::string& s) {
-  return s.capacity() > 15 ? heap_bytes(s.capacity() + 1) : 0;
+  return s.capacity() > 15 ? (s.capacity() + 1 + 8 + 15) & ~size_t{15} : 0;
 }
 
 // A header as seen on the wire, the name lower-cased.

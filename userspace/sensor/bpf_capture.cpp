@@ -230,10 +230,27 @@ void BpfCapture::fill_generation(uint32_t gen, const Rules& r, const std::map<ui
     fail("cannot write capture settings", errno);
 }
 
+// Returns once no program can still be reading generation gen's rules.
+// Packets that read the generation number just before a switch may still be
+// in a program. An update of an array-of-maps returns only after an RCU
+// grace period (the kernel waits for running non-sleepable BPF programs, so
+// that userspace knows they all see the new value: kernel/bpf/syscall.c,
+// maybe_wait_bpf_programs), and TC programs run inside RCU read-side
+// sections: putting gen's own inner map back into its slot changes nothing
+// but returns only when those packets are done.
+bool BpfCapture::wait_for_readers(uint32_t gen) {
+  int outer = bpf_map__fd(skel_->maps.tw_ifaces), inner = inner_fd("ifaces", gen);
+  return bpf_map_update_elem(outer, &gen, &inner, BPF_ANY) == 0;
+}
+
 void BpfCapture::commit(const Rules& r, const std::map<uint32_t, uint32_t>& ifaces, bool targeting) {
   const uint32_t old = active_, next = (active_ + 1) % TW_RULE_GENERATIONS;
   // The generation not in force has no reader (the previous switch waited
   // for them) and is empty unless a clean-up failed: start from nothing.
+  if (grace_pending_) {
+    if (!wait_for_readers(next)) fail("cannot switch rule generations", errno);
+    grace_pending_ = false;
+  }
   try {
     clear_generation(next);
     fill_generation(next, r, ifaces, targeting);
@@ -249,17 +266,10 @@ void BpfCapture::commit(const Rules& r, const std::map<uint32_t, uint32_t>& ifac
   __atomic_store_n(&skel_->bss->tw_active_gen, next, __ATOMIC_SEQ_CST);
   active_ = next;
   switches_++;
-  // Packets that read the old generation just before the store may still be
-  // in a program. An update of an array-of-maps returns only after an RCU
-  // grace period (the kernel waits for running non-sleepable BPF programs so
-  // that userspace knows they all see the new value, kernel/bpf/syscall.c
-  // maybe_wait_bpf_programs), and TC programs run inside RCU read-side
-  // sections: putting the old generation's own inner map back into its slot
-  // changes nothing but returns only once no program reads the old rules.
-  int outer = bpf_map__fd(skel_->maps.tw_ifaces), old_inner = inner_fd("ifaces", old);
-  if (bpf_map_update_elem(outer, &old, &old_inner, BPF_ANY) != 0) {
-    // Without the grace period the old rules stay as they are (a packet
-    // still on them sees a whole set); the next switch clears them.
+  if (!wait_for_readers(old)) {
+    // The old rules stay as they are (a packet still on them sees a whole
+    // set); the next switch waits again before it reuses them.
+    grace_pending_ = true;
     return;
   }
   try {

@@ -85,9 +85,11 @@ class BpfCapture {
   bool targeting_ = false;
   uint32_t active_ = 0;
   uint64_t switches_ = 0;
+  bool grace_pending_ = false;  // a switch could not wait for the old generation's readers
   static Rules parse(const CaptureFilters& f);
   void commit(const Rules& r, const std::map<uint32_t, uint32_t>& ifaces, bool targeting);
   void clear_generation(uint32_t gen);
+  bool wait_for_readers(uint32_t gen);
   void fill_generation(uint32_t gen, const Rules& r, const std::map<uint32_t, uint32_t>& ifaces, bool targeting);
   int inner_fd(const char* what, uint32_t gen) const;
   void release();

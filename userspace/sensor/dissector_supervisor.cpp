@@ -2,6 +2,8 @@
 
 #include "child_process.hpp"
 
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -10,6 +12,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 
 namespace tapwire::sensor {
 namespace {
@@ -32,6 +35,36 @@ uint64_t mono_ns() {
 
 }  // namespace
 
+DissectorAccount resolve_dissector_account(const std::string& user, const std::string& group) {
+  std::vector<char> buf(1 << 16);
+  DissectorAccount a;
+  struct passwd pw{}, *pwr = nullptr;
+  for (const char* name : {"tapwire", "nobody"}) {
+    const std::string want = user.empty() ? name : user;
+    if (getpwnam_r(want.c_str(), &pw, buf.data(), buf.size(), &pwr) == 0 && pwr) {
+      a.user = want;
+      a.uid = pw.pw_uid;
+      break;
+    }
+    if (!user.empty()) throw std::runtime_error("--dissector-user " + user + ": no such user");
+  }
+  if (a.user.empty()) throw std::runtime_error("neither user tapwire nor nobody exists: give --dissector-user");
+  struct group gr{}, *grr = nullptr;
+  for (const char* name : {"tapwire", "nogroup"}) {
+    const std::string want = group.empty() ? name : group;
+    if (getgrnam_r(want.c_str(), &gr, buf.data(), buf.size(), &grr) == 0 && grr) {
+      a.group = want;
+      a.gid = gr.gr_gid;
+      break;
+    }
+    if (!group.empty()) throw std::runtime_error("--dissector-group " + group + ": no such group");
+  }
+  if (a.group.empty()) throw std::runtime_error("neither group tapwire nor nogroup exists: give --dissector-group");
+  if (a.uid == 0 || a.gid == 0)
+    throw std::runtime_error("the dissector must not run as root: give an unprivileged --dissector-user and --dissector-group");
+  return a;
+}
+
 DissectorSupervisor::DissectorSupervisor(SupervisorOptions opts) : opts_(std::move(opts)) {}
 
 DissectorSupervisor::~DissectorSupervisor() {
@@ -42,6 +75,7 @@ DissectorSupervisor::~DissectorSupervisor() {
 
 void DissectorSupervisor::start(uint64_t now_ns) {
   std::vector<std::string> argv = {opts_.dissector_path, "--data-dir", opts_.data_dir, "-q"};
+  if (opts_.account) argv.insert(argv.end(), {"--user", opts_.account->user, "--group", opts_.account->group});
   argv.insert(argv.end(), opts_.extra_args.begin(), opts_.extra_args.end());
   pid_t pid = spawn_child(argv);
   if (pid < 0) {

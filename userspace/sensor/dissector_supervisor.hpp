@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,8 +17,24 @@
 
 namespace tapwire::sensor {
 
+// The unprivileged account the dissector runs as when the sensor is root.
+struct DissectorAccount {
+  std::string user, group;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+// `user` and `group` by name; "" picks the default: the `tapwire` user and
+// group (configs/systemd/tapwire.sysusers) where they exist, else nobody and
+// nogroup. Throws std::runtime_error (one line) for an unknown name or root.
+DissectorAccount resolve_dissector_account(const std::string& user, const std::string& group);
+
 struct SupervisorOptions {
   std::string dissector_path;  // the tapwire-dissector binary
+  // Passed as --user/--group: the dissector switches to it before it reads
+  // anything (userspace/dissector/main/confine.hpp). Unset: it keeps the
+  // sensor's uid (a sensor that is not root).
+  std::optional<DissectorAccount> account;
   std::string data_dir;
   uint64_t stop_after_ns = 5ull * 60 * 1000000000ull;  // 0: never stops by itself
   std::vector<std::string> extra_args;  // appended to the dissector's command line

@@ -56,6 +56,7 @@ void apply_config(const config::TapwireConfig& c, SensorOptions& o) {
   o.raw_capture = c.capture.raw.enabled;
   o.dissector_args = {"--max-body", std::to_string(c.dissection.max_body), "--max-header",
                       std::to_string(c.dissection.max_header)};
+  o.dissector_args.insert(o.dissector_args.end(), {"--memory-limit", std::to_string(c.dissection.memory_limit)});
   std::string ds;
   for (auto& d : c.enabled_dissectors) ds += (ds.empty() ? "" : ",") + d;
   o.dissector_args.push_back("--dissectors");
@@ -104,13 +105,18 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 65535));
   app.add_option("--deny-port", deny_ports, "never capture traffic to or from these ports (repeatable)")
       ->check(CLI::Range(1, 65535));
-  app.add_option("--metrics-address", metrics, "serve Prometheus metrics at HOST:PORT/metrics (default :9100; empty: off)");
+  app.add_option("--metrics-address", metrics,
+                 "serve Prometheus metrics at HOST:PORT/metrics (default 127.0.0.1:7477; :PORT: every address; empty: off)");
   app.add_option("--control-socket", control, "the control socket (default: DATA_DIR/control.sock)");
   app.add_flag("--dissection", dissection, "start with L7 dissection enabled (tap.capture.stopped: false)");
   app.add_option("--dissection-stop-after", stop_after_s,
                  "seconds without activity after which dissection stops by itself (default 300; 0: never)")
       ->check(CLI::Range(0.0, 1e7));
   app.add_option("--dissector", o.dissector_path, "the tapwire-dissector binary (default: next to this one)");
+  app.add_option("--dissector-user", o.dissector_user,
+                 "the unprivileged user the dissector runs as (default: tapwire if it exists, else nobody)");
+  app.add_option("--dissector-group", o.dissector_group,
+                 "its group, which may write DATA_DIR (default: tapwire if it exists, else nogroup)");
   app.add_flag("--print", o.print, "print captured packets (rate-limited) and a summary every second");
   app.add_option("--node-name", node_name, "this node's name in call records (default: $NODE_NAME, else the hostname)");
   app.add_option("--kubeconfig", kubeconfig, "Kubernetes identity from this kubeconfig (default: in-cluster when in a pod)");

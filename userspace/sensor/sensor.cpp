@@ -7,8 +7,13 @@
 #include <systemd/sd-daemon.h>
 #include <poll.h>
 #include <signal.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/fsuid.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,7 +87,8 @@ void mkdir_p(const std::string& dir) {
     pos = dir.find('/', pos + 1);
     path = dir.substr(0, pos);
     if (path.empty()) continue;
-    if (mkdir(path.c_str(), 0750) != 0 && errno != EEXIST)
+    // Parents as `mkdir -p` makes them: the dissector's user must pass through.
+    if (mkdir(path.c_str(), pos == std::string::npos ? 0750 : 0755) != 0 && errno != EEXIST)
       throw std::runtime_error("cannot create data dir " + dir + ": " + std::strerror(errno) +
                                ": choose a writable --data-dir");
   }
@@ -92,6 +98,86 @@ void mkdir_p(const std::string& dir) {
   if (access(dir.c_str(), W_OK | X_OK) != 0)
     throw std::runtime_error("data dir " + dir + " is not writable: " + std::strerror(errno) +
                              ": choose a writable --data-dir");
+}
+
+bool have_cap(int cap) {
+  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct caps[2] = {};
+  return syscall(SYS_capget, &hdr, caps) == 0 && (caps[cap / 32].effective & (1u << (cap % 32)));
+}
+
+// The files the dissector writes in DATA_DIR (its own user's).
+constexpr const char* kDissectorFiles[] = {"dissection.db", "dissection.db-wal", "dissection.db-shm",
+                                           "dissection.db-journal", "dissector.json", "dissector.json.tmp",
+                                           "dissector.checkpoint", "dissector.checkpoint.tmp"};
+
+// DATA_DIR is shared with the dissector, which runs as another user in
+// group G: root:G, mode 3770 like the systemd unit's StateDirectoryMode.
+// The group may create its files (the DB, dissector.json, the checkpoint);
+// sticky, it may not remove or replace the sensor's; setgid, everything
+// made in it (segments/, identity/) belongs to G, readable by G only (0750
+// directories, 0640 files). What an earlier run left in another group is
+// moved to G; the dissector's files left by a dissector that ran as root
+// are given to its user. A directory the sensor does not own is the
+// operator's: left alone, with one line if G cannot write it.
+void share_data_dir(const std::string& dir, const DissectorAccount& a) {
+  int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  struct stat st {};
+  if (dfd < 0 || fstat(dfd, &st) != 0) {
+    if (dfd >= 0) close(dfd);
+    throw std::runtime_error("cannot open data dir " + dir + ": " + std::strerror(errno));
+  }
+  if (st.st_uid != geteuid()) {
+    if (st.st_gid != a.gid || (st.st_mode & 070) != 070)
+      std::fprintf(stderr, "tapwire-sensor: data dir %s is not group %s's to write (owner uid %u, mode %04o): "
+                   "the dissector (%s) cannot write its DB there\n", dir.c_str(), a.group.c_str(),
+                   static_cast<unsigned>(st.st_uid), static_cast<unsigned>(st.st_mode & 07777), a.user.c_str());
+    close(dfd);
+    return;
+  }
+  // Giving a file one's own group needs membership (or CAP_CHOWN, which the
+  // sensor's units do not grant): the file system gid makes this thread a
+  // member of G for the moment (CAP_SETGID, which the sensor has to start
+  // its children as other users). Nothing else runs yet.
+  const int saved_fsgid = setfsgid(a.gid);
+  std::vector<std::string> failed;
+  auto group_of = [&](int at, const char* name, mode_t keep_bits) {
+    struct stat s {};
+    if (fstatat(at, name, &s, AT_SYMLINK_NOFOLLOW) != 0 || s.st_uid != geteuid()) return;
+    if (!S_ISREG(s.st_mode) && !S_ISDIR(s.st_mode)) return;
+    if (s.st_gid != a.gid && fchownat(at, name, static_cast<uid_t>(-1), a.gid, AT_SYMLINK_NOFOLLOW) != 0)
+      failed.push_back(name);
+    if (S_ISDIR(s.st_mode) && (s.st_mode & 07777) != ((s.st_mode & 0777) | keep_bits))
+      fchmodat(at, name, (s.st_mode & 0777) | keep_bits, 0);
+  };
+  if (st.st_gid != a.gid && fchown(dfd, static_cast<uid_t>(-1), a.gid) != 0) failed.push_back(dir);
+  if ((st.st_mode & 07777) != 03770 && fchmod(dfd, 03770) != 0) failed.push_back(dir);
+  for (const char* sub : {"segments", "identity"}) {
+    group_of(dfd, sub, S_ISGID);
+    int sfd = openat(dfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR* d = sfd >= 0 ? fdopendir(sfd) : nullptr;
+    if (!d) {
+      if (sfd >= 0) close(sfd);
+      continue;
+    }
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') group_of(sfd, e->d_name, 0);
+    closedir(d);
+  }
+  setfsgid(static_cast<gid_t>(saved_fsgid));
+  std::vector<std::string> foreign;
+  for (const char* name : kDissectorFiles) {
+    struct stat s {};
+    if (fstatat(dfd, name, &s, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(s.st_mode) || s.st_uid == a.uid) continue;
+    if (!have_cap(CAP_CHOWN) || fchownat(dfd, name, a.uid, a.gid, AT_SYMLINK_NOFOLLOW) != 0) foreign.push_back(name);
+  }
+  close(dfd);
+  if (!failed.empty())
+    std::fprintf(stderr, "tapwire-sensor: cannot give %s to group %s (%zu file(s)): the dissector may not read them\n",
+                 failed.front().c_str(), a.group.c_str(), failed.size());
+  if (!foreign.empty())
+    std::fprintf(stderr, "tapwire-sensor: %s/%s belongs to another user than the dissector's (%s): chown %s:%s it "
+                 "or remove it\n", dir.c_str(), foreign.front().c_str(), a.user.c_str(), a.user.c_str(), a.group.c_str());
 }
 
 // The directory holding this binary: its companions (tapwire-dissector,
@@ -188,6 +274,13 @@ struct Sensor::Impl {
   void setup() {
     selector.emplace(opts.interfaces);
     mkdir_p(opts.data_dir);
+    // A root sensor runs the dissector as an unprivileged user (a sensor
+    // that is not root cannot switch, and needs not share).
+    std::optional<DissectorAccount> account;
+    if (geteuid() == 0) {
+      account = resolve_dissector_account(opts.dissector_user, opts.dissector_group);
+      share_data_dir(opts.data_dir, *account);
+    }
     shm::StoreOptions so;
     so.dir = opts.data_dir + "/segments";
     so.storage_size = opts.storage_size;
@@ -229,6 +322,7 @@ struct Sensor::Impl {
     sup.stop_after_ns = opts.dissection_stop_after_ns;
     sup.dissector_path = opts.dissector_path;
     sup.extra_args = opts.dissector_args;
+    sup.account = account;
     if (sup.dissector_path.empty()) sup.dissector_path = self_dir() + "/tapwire-dissector";
     supervisor = std::make_unique<DissectorSupervisor>(sup);
     control = std::make_unique<ControlServer>(
@@ -808,6 +902,7 @@ struct Sensor::Impl {
     write_loss_records(now_real);
     store->tick(now_real);
     supervisor->tick(now_mono);
+    control->expire_clients();  // control clients silent for too long are cut off
     if (recorder) {
       recorder->tick(now_real);
       recorder->publish();
@@ -900,21 +995,41 @@ struct Sensor::Impl {
             {"identity", identity_status()}};
   }
 
-  // The dissector's metrics file, if a dissector is writing one now.
+  // The dissector's metrics file, if a dissector is writing one now. The
+  // dissector is the less trusted process (it parses the wire, as another
+  // user) and may write anything there: no link is followed, nothing but a
+  // regular file is read (a FIFO would block the sensor), at most 1 MiB, and
+  // parsed without exceptions; the exporter checks every field's type.
   nlohmann::json dissector_metrics() const {
+    constexpr size_t kMaxBytes = 1 << 20;
     const std::string path = opts.data_dir + "/dissector.json";
+    int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return nullptr;
     struct stat st {};
-    if (stat(path.c_str(), &st) != 0 || time(nullptr) - st.st_mtime > 10) return nullptr;
-    std::ifstream in(path);
-    return nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false, true);
+    std::string text;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= static_cast<off_t>(kMaxBytes) &&
+        time(nullptr) - st.st_mtime <= 10) {
+      text.resize(kMaxBytes + 1);
+      size_t got = 0;
+      while (got < text.size()) {
+        ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<size_t>(n);
+      }
+      text.resize(got > kMaxBytes ? 0 : got);  // grew past the cap while read: not trusted
+    }
+    ::close(fd);
+    if (text.empty()) return nullptr;
+    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/false);
+    return j.is_object() ? j : nlohmann::json(nullptr);
   }
 
   void write_status(const char* state) {
     nlohmann::json status = status_json(state);
     if (exporter) {
       exporter->set_sensor_status(status);
-      auto dm = dissector_metrics();
-      exporter->set_dissector_metrics(dm.is_discarded() ? nlohmann::json(nullptr) : dm);
+      exporter->set_dissector_metrics(dissector_metrics());
     }
     if (!write_status_file(opts.data_dir, status))
       std::fprintf(stderr, "tapwire-sensor: cannot write %s: %s\n", status_file_path(opts.data_dir).c_str(),
@@ -1030,12 +1145,13 @@ struct Sensor::Impl {
             arm_timer();
             break;
           case kEvControl:
-            for (int fd : control->accept_pending()) arm_poll(fd, tag(kEvClient, static_cast<uint32_t>(fd)), false);
+            for (int id : control->accept_pending())
+              arm_poll(ControlServer::id_fd(id), tag(kEvClient, static_cast<uint32_t>(id)), false);
             arm_poll(control->listen_fd(), data, false);
             break;
           case kEvClient: {
-            int fd = static_cast<int>(data & 0xffffffff);
-            if (control->serve(fd)) arm_poll(fd, data, false);
+            int id = static_cast<int>(data & 0xffffffff);
+            if (control->serve(id)) arm_poll(ControlServer::id_fd(id), data, false);
             break;
           }
           case kEvIdentity:

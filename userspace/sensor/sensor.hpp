@@ -29,13 +29,16 @@ struct SensorOptions {
   // Prometheus endpoint (HOST:PORT or :PORT; empty: none). If the default
   // address is taken the sensor warns and captures without it; an address
   // the user chose must work.
-  std::string metrics_address = ":9100";
+  std::string metrics_address = "127.0.0.1:7477";
   bool metrics_address_explicit = false;
   std::string control_socket;  // default DATA_DIR/control.sock
   bool dissection = false;  // L7 dissection enabled at start
   uint64_t dissection_stop_after_ns = 5ull * 60 * 1000000000ull;  // 0: never stops by itself
   std::string dissector_path;  // default: tapwire-dissector next to this binary
   std::vector<std::string> dissector_args;  // extra flags for the dissector (caps, dissectors)
+  // The account the dissector runs as when the sensor is root ("" = tapwire
+  // where it exists, else nobody / nogroup); DATA_DIR is shared with its group.
+  std::string dissector_user, dissector_group;
   bool raw_capture = true;  // tap.capture.raw.enabled: false = attach nowhere
   std::string attach = "auto";  // --attach: tcx links ("tcx"), TC filters ("tc"), or tcx where the kernel has it
   // Reloading (SIGHUP, `tapwire config reload`): the file again, with the

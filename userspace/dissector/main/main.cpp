@@ -2,13 +2,8 @@
 // sensor's segments live (--data-dir), a snapshot (--snapshot) or a pcap
 // (--pcap); writes the dissection DB (--db) and/or JSON lines (--jsonl).
 #include <fcntl.h>
-#include <linux/capability.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -31,6 +26,7 @@
 
 #include "call_db.hpp"
 #include "call_identity.hpp"
+#include "confine.hpp"
 #include "dissector.hpp"
 #include "packet_source.hpp"
 
@@ -40,24 +36,6 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop = true; }
-
-// Lowers this process to the least it can be: nice 19, SCHED_IDLE, idle I/O,
-// and no capabilities at all (reading segments needs none). Returns what it
-// could not do, for a warning; none of it is fatal.
-std::string lower_priority() {
-  std::string warn;
-  if (setpriority(PRIO_PROCESS, 0, 19) != 0) warn += " nice";
-  sched_param sp{};
-  if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0) warn += " sched_idle";
-  constexpr int kIoprioClassIdle = 3, kIoprioWhoProcess = 1, kIoprioClassShift = 13;
-  if (syscall(SYS_ioprio_set, kIoprioWhoProcess, 0, kIoprioClassIdle << kIoprioClassShift) != 0) warn += " ioprio";
-  prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-  for (int cap = 0; cap <= 63; cap++) prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
-  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[2] = {};
-  if (syscall(SYS_capset, &hdr, data) != 0) warn += " capabilities";
-  return warn;
-}
 
 // Call records go to the DB and/or as JSON lines. Lines are written whole
 // (one write() of complete lines at a time), so a dissector killed at any
@@ -158,7 +136,11 @@ int main(int argc, char** argv) {
   app.add_option("--identity", identity_dir,
                  "the identity stream to name both ends of each call (default: the data dir's or snapshot's identity/)");
   app.add_flag("--no-identity", no_identity, "calls carry addresses only");
-  app.add_flag("--keep-priority", keep_priority, "do not lower priority or drop capabilities (tests, benchmarks)");
+  ConfineOptions confine_opts;
+  auto* keep = app.add_flag("--keep-priority", keep_priority,
+                            "run unconfined: no lower priority, user switch, capability drop or seccomp (tests, benchmarks)");
+  app.add_option("--user", confine_opts.user, "when started as root, run as this unprivileged user")->excludes(keep);
+  app.add_option("--group", confine_opts.group, "... and group (default: the user's primary group)")->excludes(keep);
   app.add_flag("-q,--quiet", quiet, "no summary line at the end");
   try {
     app.parse(argc, argv);
@@ -174,15 +156,22 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  if (!keep_priority) {
-    std::string warn = lower_priority();
-    if (!warn.empty() && !quiet) std::fprintf(stderr, "tapwire-dissector: could not lower:%s\n", warn.c_str());
-  }
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Before any input or output is opened: files are opened as the
+  // unprivileged user, and the parsing runs under the seccomp allow-list.
+  if (!keep_priority) {
+    try {
+      std::string warn = confine(confine_opts).warnings;
+      if (!warn.empty() && !quiet) std::fprintf(stderr, "tapwire-dissector: could not lower:%s\n", warn.c_str());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tapwire-dissector: %s\n", e.what());
+      return 1;
+    }
+  }
 
   try {
     Outputs out;
