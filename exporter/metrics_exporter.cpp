@@ -1,15 +1,25 @@
 #include "metrics_exporter.hpp"
 
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <functional>
 #include <limits>
+#include <map>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include <prometheus/collectable.h>
-#include <prometheus/exposer.h>
 #include <prometheus/metric_family.h>
 #include <prometheus/text_serializer.h>
 
@@ -35,6 +45,36 @@ double num(const json& j, const char* key) {
   return it != j.end() && it->is_number() ? it->get<double>() : 0;
 }
 
+json arr(const json& j, const char* key) {
+  if (!j.is_object()) return json::array();
+  auto it = j.find(key);
+  return it != j.end() && it->is_array() ? *it : json::array();
+}
+
+std::string str(const json& j, const char* key) {
+  if (!j.is_object()) return {};
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+bool flag(const json& j, const char* key) {
+  if (!j.is_object()) return false;
+  auto it = j.find(key);
+  return it != j.end() && it->is_boolean() && it->get<bool>();
+}
+
+// A non-negative whole count (histogram counts), 0 for anything else.
+uint64_t count(const json& j, const char* key) {
+  double v = num(j, key);
+  return v >= 0 && v < 1.8e19 ? static_cast<uint64_t>(v) : 0;
+}
+
+// Series a file may add per family, and the longest label value: a
+// dissector that writes nonsense cannot blow up the scrape.
+constexpr size_t kMaxSeries = 256;
+constexpr size_t kMaxLabelBytes = 128;
+bool label_ok(const std::string& v) { return !v.empty() && v.size() <= kMaxLabelBytes; }
+
 struct FamilyBuilder {
   MetricFamily f;
   FamilyBuilder(std::string name, std::string help, MetricType type) {
@@ -53,6 +93,15 @@ struct FamilyBuilder {
     return *this;
   }
 };
+
+// One series per numeric entry of the object j[key], labelled by its key.
+void by_label(FamilyBuilder& fb, const json& j, const char* key, const char* label) {
+  const json entries = obj(j, key);  // named: items() of a temporary would dangle
+  for (auto& [k, v] : entries.items()) {
+    if (fb.f.metric.size() >= kMaxSeries) break;
+    if (v.is_number() && label_ok(k)) fb.add(v.get<double>(), {{label, k}});
+  }
+}
 
 // CPU seconds and resident bytes of a process, from /proc.
 bool process_usage(long pid, double& cpu_seconds, double& rss_bytes) {
@@ -74,15 +123,15 @@ bool process_usage(long pid, double& cpu_seconds, double& rss_bytes) {
 std::vector<MetricFamily> sensor_families(const json& s) {
   std::vector<MetricFamily> out;
   if (!s.is_object()) return out;
-  const json c = s.value("counters", json::object());
+  const json c = obj(s, "counters");
   FamilyBuilder pk("tapwire_packets_captured_total", "Packets captured, by interface and direction", MetricType::Counter);
   FamilyBuilder by("tapwire_captured_bytes_total", "L4 payload bytes captured, by interface and direction",
                    MetricType::Counter);
-  const json ifaces = s.value("interfaces", json::array());
+  const json ifaces = arr(s, "interfaces");
   for (auto& i : ifaces) {
-    std::string name = i.value("name", "");
+    std::string name = str(i, "name");
     for (const char* dir : {"ingress", "egress"}) {
-      const json d = i.value(dir, json::object());
+      const json d = obj(i, dir);
       pk.add(num(d, "packets"), {{"interface", name}, {"direction", dir}});
       by.add(num(d, "bytes"), {{"interface", name}, {"direction", dir}});
     }
@@ -114,16 +163,17 @@ std::vector<MetricFamily> sensor_families(const json& s) {
   FamilyBuilder drops("tapwire_drops_total", "Packets or records lost, by reason and CPU (cpu=\"all\" for userspace)",
                       MetricType::Counter);
   std::vector<std::string> kernel_reasons;
-  const json by_cpu = s.value("drops_by_cpu", json::array());
+  const json by_cpu = arr(s, "drops_by_cpu");
   for (auto& cpu : by_cpu) {
-    std::string id = std::to_string(cpu.value("cpu", 0));
+    if (!cpu.is_object()) continue;
+    std::string id = std::to_string(static_cast<long long>(num(cpu, "cpu")));
     for (auto it = cpu.begin(); it != cpu.end(); ++it) {
       if (it.key() == "cpu") continue;
       drops.add(it->is_number() ? it->get<double>() : 0, {{"reason", it.key()}, {"cpu", id}});
       if (id == "0") kernel_reasons.push_back(it.key());
     }
   }
-  const json user_drops = s.value("drops", json::object());
+  const json user_drops = obj(s, "drops");
   for (auto it = user_drops.begin(); it != user_drops.end(); ++it) {
     bool kernel = false;
     for (auto& k : kernel_reasons) kernel |= k == it.key();
@@ -131,13 +181,13 @@ std::vector<MetricFamily> sensor_families(const json& s) {
   }
   out.push_back(drops.f);
   FamilyBuilder fill("tapwire_ring_fill_ratio", "Fill of each CPU's BPF ring buffer (0-1)", MetricType::Gauge);
-  const json rings = s.value("rings", json::array());
+  const json rings = arr(s, "rings");
   for (auto& r : rings) {
     double size = num(r, "size_bytes");
-    fill.add(size > 0 ? num(r, "pending_bytes") / size : 0, {{"cpu", std::to_string(r.value("cpu", 0))}});
+    fill.add(size > 0 ? num(r, "pending_bytes") / size : 0, {{"cpu", std::to_string(static_cast<long long>(num(r, "cpu")))}});
   }
   out.push_back(fill.f);
-  const json st = s.value("storage", json::object());
+  const json st = obj(s, "storage");
   out.push_back(FamilyBuilder("tapwire_segments", "Segment files in the ring", MetricType::Gauge)
                     .add(num(st, "segments"))
                     .f);
@@ -151,19 +201,19 @@ std::vector<MetricFamily> sensor_families(const json& s) {
   out.push_back(FamilyBuilder("tapwire_segments_deleted_total", "Segments deleted by retention", MetricType::Counter)
                     .add(num(st, "segments_deleted"))
                     .f);
-  const json d = s.value("dissection", json::object());
+  const json d = obj(s, "dissection");
   out.push_back(FamilyBuilder("tapwire_dissection_enabled", "1 while L7 dissection is enabled", MetricType::Gauge)
-                    .add(d.value("enabled", false) ? 1 : 0)
+                    .add(flag(d, "enabled") ? 1 : 0)
                     .f);
   out.push_back(FamilyBuilder("tapwire_dissector_running", "1 while the dissector process runs", MetricType::Gauge)
-                    .add(d.value("running", false) ? 1 : 0)
+                    .add(flag(d, "running") ? 1 : 0)
                     .f);
   out.push_back(FamilyBuilder("tapwire_dissector_restarts_total", "Dissector processes restarted after they died",
                               MetricType::Counter)
                     .add(num(d, "restarts"))
                     .f);
   const json id = obj(s, "identity");
-  if (id.value("enabled", false) == true) {
+  if (flag(id, "enabled")) {
     FamilyBuilder ev("tapwire_identity_events_total", "Socket and process events from the identity hooks, by type",
                      MetricType::Counter);
     const json events = obj(id, "events");
@@ -188,7 +238,7 @@ std::vector<MetricFamily> sensor_families(const json& s) {
     for (auto& [k, v] : live_counts.items()) live.add(v.is_number() ? v.get<double>() : 0, {{"kind", k}});
     out.push_back(live.f);
     const json k8s = obj(id, "kubernetes");
-    if (k8s.value("enabled", false) == true) {
+    if (flag(k8s, "enabled")) {
       FamilyBuilder synced("tapwire_kubernetes_synced",
                            "1 when the resource's list completed and its watch runs; 0 while identity from it is unknown",
                            MetricType::Gauge);
@@ -257,45 +307,57 @@ std::vector<MetricFamily> sensor_families(const json& s) {
 std::vector<MetricFamily> dissector_families(const json& m) {
   std::vector<MetricFamily> out;
   if (!m.is_object()) return out;
+  // From dissector.json, written by the less trusted dissector: every field
+  // is type-checked (obj, num, by_label) and the series it may add bounded.
   FamilyBuilder calls("tapwire_calls_total", "API calls dissected, by protocol", MetricType::Counter);
-  const json calls_by = m.value("calls", json::object());
-  for (auto& [k, v] : calls_by.items()) calls.add(v.get<double>(), {{"protocol", k}});
+  by_label(calls, m, "calls", "protocol");
   out.push_back(calls.f);
   FamilyBuilder methods("tapwire_http_requests_total", "HTTP calls by request method", MetricType::Counter);
-  const json methods_by = m.value("http_methods", json::object());
-  for (auto& [k, v] : methods_by.items()) methods.add(v.get<double>(), {{"method", k}});
+  by_label(methods, m, "http_methods", "method");
   out.push_back(methods.f);
   FamilyBuilder classes("tapwire_http_responses_total", "HTTP calls by response status class (none: no response)",
                         MetricType::Counter);
-  const json classes_by = m.value("http_status_class", json::object());
-  for (auto& [k, v] : classes_by.items())
-    classes.add(v.get<double>(), {{"status_class", k}});
+  by_label(classes, m, "http_status_class", "status_class");
   out.push_back(classes.f);
   FamilyBuilder rcodes("tapwire_dns_responses_total", "DNS calls by response code (none: no response)",
                        MetricType::Counter);
-  const json rcodes_by = m.value("dns_rcodes", json::object());
-  for (auto& [k, v] : rcodes_by.items()) rcodes.add(v.get<double>(), {{"rcode", k}});
+  by_label(rcodes, m, "dns_rcodes", "rcode");
   out.push_back(rcodes.f);
   MetricFamily hist;
   hist.name = "tapwire_call_duration_seconds";
   hist.help = "Time from the first byte of a request to the last byte of its response";
   hist.type = MetricType::Histogram;
-  const json durations = m.value("duration_seconds", json::object());
+  // A histogram whose buckets are not objects with increasing bounds (le:
+  // a number, or null for +Inf) is left out whole.
+  const json durations = obj(m, "duration_seconds");
   for (auto& [proto, h] : durations.items()) {
+    if (!h.is_object() || !label_ok(proto) || hist.metric.size() >= kMaxSeries) continue;
     ClientMetric cm;
     cm.label = {{"protocol", proto}};
-    cm.histogram.sample_count = h.value("count", 0ull);
-    cm.histogram.sample_sum = h.value("sum_seconds", 0.0);
+    cm.histogram.sample_count = count(h, "count");
+    cm.histogram.sample_sum = num(h, "sum_seconds");
     uint64_t cumulative = 0;
-    const json buckets = h.value("buckets", json::array());
-    for (auto& b : buckets) {
-      cumulative += b.value("count", 0ull);
+    double previous = -std::numeric_limits<double>::infinity();
+    bool ok = true;
+    for (auto& b : arr(h, "buckets")) {
+      auto le = b.is_object() ? b.find("le") : b.end();
+      const bool inf = b.is_object() && (le == b.end() || le->is_null());
+      if (!b.is_object() || !(inf || le->is_number()) || cm.histogram.bucket.size() >= kMaxSeries) {
+        ok = false;
+        break;
+      }
       ClientMetric::Bucket bucket;
+      bucket.upper_bound = inf ? std::numeric_limits<double>::infinity() : le->get<double>();
+      if (!(bucket.upper_bound > previous)) {
+        ok = false;
+        break;
+      }
+      previous = bucket.upper_bound;
+      cumulative += count(b, "count");
       bucket.cumulative_count = cumulative;
-      bucket.upper_bound = b["le"].is_number() ? b["le"].get<double>() : std::numeric_limits<double>::infinity();
       cm.histogram.bucket.push_back(bucket);
     }
-    hist.metric.push_back(std::move(cm));
+    if (ok) hist.metric.push_back(std::move(cm));
   }
   out.push_back(hist);
   out.push_back(FamilyBuilder("tapwire_reassembly_gaps_total", "Holes in TCP streams (bytes never captured)",
@@ -307,8 +369,7 @@ std::vector<MetricFamily> dissector_families(const json& m) {
                     .f);
   FamilyBuilder perr("tapwire_parse_errors_total", "Input that failed to parse and was skipped, by protocol",
                      MetricType::Counter);
-  const json perr_by = m.value("parse_errors", json::object());
-  for (auto& [k, v] : perr_by.items()) perr.add(v.get<double>(), {{"protocol", k}});
+  by_label(perr, m, "parse_errors", "protocol");
   out.push_back(perr.f);
   out.push_back(FamilyBuilder("tapwire_dissector_flows", "TCP flows the dissector tracks", MetricType::Gauge)
                     .add(num(m, "flows_active"))
@@ -328,7 +389,7 @@ std::vector<MetricFamily> dissector_families(const json& m) {
                               MetricType::Counter)
                     .add(num(m, "reassembly_resyncs"))
                     .f);
-  const json memory = m.value("memory", json::object());
+  const json memory = obj(m, "memory");
   out.push_back(FamilyBuilder("tapwire_dissector_memory_bytes",
                               "Heap the dissector's state takes (flows, reassembly, buffers, waiting requests)",
                               MetricType::Gauge)
@@ -343,9 +404,8 @@ std::vector<MetricFamily> dissector_families(const json& m) {
   FamilyBuilder shed_bytes("tapwire_dissector_shed_bytes_total",
                            "Bytes of state the dissector shed to stay within its memory limit, by what it shed",
                            MetricType::Counter);
-  const json shed_by = m.value("shed", json::object()), shed_bytes_by = m.value("shed_bytes", json::object());
-  for (auto& [k, v] : shed_by.items()) shed.add(v.get<double>(), {{"reason", k}});
-  for (auto& [k, v] : shed_bytes_by.items()) shed_bytes.add(v.get<double>(), {{"reason", k}});
+  by_label(shed, m, "shed", "reason");
+  by_label(shed_bytes, m, "shed_bytes", "reason");
   out.push_back(shed.f);
   out.push_back(shed_bytes.f);
   return out;
@@ -370,16 +430,252 @@ struct MetricsExporter::State final : prometheus::Collectable {
   }
 };
 
-MetricsExporter::MetricsExporter(const std::string& address) : state_(std::make_shared<State>()) {
-  std::string bind = address;
-  if (!bind.empty() && bind[0] == ':') bind = "0.0.0.0" + bind;
+namespace {
+
+uint64_t mono_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// HOST:PORT, [V6]:PORT or :PORT (every IPv4 address), listening, non-blocking.
+int listen_on(const std::string& address) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos) throw std::runtime_error("expected HOST:PORT or :PORT");
+  std::string host = address.substr(0, colon), port = address.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) host = "0.0.0.0";
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0) throw std::runtime_error(gai_strerror(rc));
+  int fd = -1, err = EADDRNOTAVAIL;
+  for (addrinfo* a = res; a && fd < 0; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      err = errno;
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // a restart finds its port free
+    if (a->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 128) != 0) {
+      err = errno;
+      close(fd);
+      fd = -1;
+    }
+  }
+  freeaddrinfo(res);
+  if (fd < 0) throw std::runtime_error(std::strerror(err));
+  return fd;
+}
+
+std::string http_response(int code, const char* reason, const std::string& body, bool with_body,
+                          const char* content_type = "text/plain; charset=utf-8", const char* extra = "") {
+  std::string r = "HTTP/1.1 " + std::to_string(code) + " " + reason + "\r\nContent-Type: " + content_type +
+                  "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n" + extra + "\r\n";
+  if (with_body) r += body;
+  return r;
+}
+
+}  // namespace
+
+struct MetricsExporter::Server {
+  struct Client {
+    uint64_t opened_ns = 0;
+    std::string in, out;  // the request head so far; the response
+    size_t sent = 0;
+    bool answered = false;  // the response is built: what arrives now is read and dropped
+    bool shut = false;      // all sent, write side shut: waiting for the client to close
+  };
+
+  int listen_fd = -1, ep = -1, wake = -1;
+  std::function<std::string()> render;
+  std::map<int, Client> clients;
+  uint64_t accept_paused_until = 0;
+  std::thread thread;
+
+  ~Server() {
+    if (thread.joinable()) {
+      uint64_t one = 1;
+      (void)!write(wake, &one, sizeof one);
+      thread.join();
+    }
+    for (auto& [fd, c] : clients) close(fd);
+    for (int fd : {listen_fd, ep, wake})
+      if (fd >= 0) close(fd);
+  }
+
+  void watch(int fd, uint32_t events, int op) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.fd = fd;
+    epoll_ctl(ep, op, fd, &ev);
+  }
+
+  void drop(int fd) {
+    clients.erase(fd);
+    epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
+    close(fd);
+  }
+
+  // The answer to one request head. Only GET and HEAD of /metrics.
+  std::string answer(const std::string& head) {
+    std::string line = head.substr(0, head.find('\n'));
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const size_t sp1 = line.find(' '), sp2 = sp1 == std::string::npos ? sp1 : line.find(' ', sp1 + 1);
+    const std::string version = sp2 == std::string::npos ? std::string() : line.substr(sp2 + 1);
+    if (version != "HTTP/1.0" && version != "HTTP/1.1")
+      return http_response(400, "Bad Request", "bad request: expected GET /metrics HTTP/1.1\n", true);
+    const std::string method = line.substr(0, sp1), target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+    const bool head_only = method == "HEAD";
+    if (method != "GET" && !head_only)
+      return http_response(405, "Method Not Allowed", "only GET and HEAD\n", true, "text/plain; charset=utf-8",
+                           "Allow: GET, HEAD\r\n");
+    if (target.substr(0, target.find('?')) != "/metrics")
+      return http_response(404, "Not Found", "not found: the metrics are at /metrics\n", !head_only);
+    try {
+      return http_response(200, "OK", render(), !head_only, "text/plain; version=0.0.4; charset=utf-8");
+    } catch (const std::exception& e) {
+      return http_response(500, "Internal Server Error", std::string("cannot render the metrics: ") + e.what() + "\n",
+                           !head_only);
+    }
+  }
+
+  void accept_all(uint64_t now) {
+    for (;;) {
+      int fd = accept4(listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EMFILE || errno == ENFILE) {
+          if (!clients.empty()) {  // the oldest makes room
+            drop(oldest());
+            continue;
+          }
+          // Nothing of ours to close: stop accepting for a moment rather
+          // than spin on a listening socket that stays readable.
+          watch(listen_fd, 0, EPOLL_CTL_MOD);
+          accept_paused_until = now + 100'000'000ull;
+        }
+        return;
+      }
+      if (clients.size() >= kMaxClients) drop(oldest());
+      clients[fd].opened_ns = now;
+      watch(fd, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_ADD);
+    }
+  }
+
+  int oldest() const {
+    auto o = clients.begin();
+    for (auto it = clients.begin(); it != clients.end(); ++it)
+      if (it->second.opened_ns < o->second.opened_ns) o = it;
+    return o->first;
+  }
+
+  void on_client(int fd, uint32_t events) {
+    auto it = clients.find(fd);
+    if (it == clients.end()) return;
+    Client& c = it->second;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+      char buf[4096];
+      for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        if (n <= 0) {  // closed (or failed) before it had its answer, or after: done either way
+          drop(fd);
+          return;
+        }
+        if (c.answered) continue;
+        const size_t scan = c.in.size() < 3 ? 0 : c.in.size() - 3;
+        c.in.append(buf, static_cast<size_t>(n));
+        if (c.in.find("\r\n\r\n", scan) != std::string::npos || c.in.find("\n\n", scan) != std::string::npos)
+          c.out = answer(c.in);
+        else if (c.in.size() > kMaxRequestBytes)
+          c.out = http_response(431, "Request Header Fields Too Large", "request head too large\n", true);
+        else
+          continue;
+        c.answered = true;
+        std::string().swap(c.in);
+      }
+    }
+    if (!c.answered || c.shut) return;
+    while (c.sent < c.out.size()) {
+      ssize_t n = send(fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        watch(fd, EPOLLIN | EPOLLRDHUP | EPOLLOUT, EPOLL_CTL_MOD);
+        return;
+      }
+      if (n < 0) {
+        drop(fd);
+        return;
+      }
+      c.sent += static_cast<size_t>(n);
+    }
+    // All sent: shut the write side and wait for the client to close, so
+    // that no unread request bytes turn the close into a reset that could
+    // cut the response short.
+    shutdown(fd, SHUT_WR);
+    c.shut = true;
+    std::string().swap(c.out);
+    watch(fd, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
+  }
+
+  void run() {
+    epoll_event events[64];
+    for (;;) {
+      uint64_t now = mono_ns();
+      int timeout_ms = -1;
+      for (auto& [fd, c] : clients) {
+        uint64_t due = c.opened_ns + kClientTimeoutNs;
+        int ms = due <= now ? 0 : static_cast<int>((due - now) / 1000000 + 1);
+        if (timeout_ms < 0 || ms < timeout_ms) timeout_ms = ms;
+      }
+      if (accept_paused_until && (timeout_ms < 0 || timeout_ms > 100)) timeout_ms = 100;
+      int n = epoll_wait(ep, events, 64, timeout_ms);
+      if (n < 0 && errno != EINTR) return;
+      now = mono_ns();
+      for (int i = 0; i < n; i++) {
+        const int fd = events[i].data.fd;
+        if (fd == wake) return;
+        if (fd == listen_fd)
+          accept_all(now);
+        else
+          on_client(fd, events[i].events);
+      }
+      if (accept_paused_until && now >= accept_paused_until) {
+        accept_paused_until = 0;
+        watch(listen_fd, EPOLLIN, EPOLL_CTL_MOD);
+      }
+      // Whatever did not finish in time goes: an idle or slow client holds
+      // a descriptor for at most kClientTimeoutNs and never a scrape.
+      std::vector<int> late;
+      for (auto& [fd, c] : clients)
+        if (now - c.opened_ns >= kClientTimeoutNs) late.push_back(fd);
+      for (int fd : late) drop(fd);
+    }
+  }
+};
+
+MetricsExporter::MetricsExporter(const std::string& address)
+    : state_(std::make_shared<State>()), server_(std::make_unique<Server>()) {
+  Server& s = *server_;
   try {
-    exposer_ = std::make_unique<prometheus::Exposer>(bind, 2);
+    s.listen_fd = listen_on(address);
   } catch (const std::exception& e) {
     throw std::runtime_error("cannot serve metrics on " + address + ": " + e.what() +
                              ": choose a free --metrics-address");
   }
-  exposer_->RegisterCollectable(state_);
+  s.ep = epoll_create1(EPOLL_CLOEXEC);
+  s.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s.ep < 0 || s.wake < 0) throw std::runtime_error(std::string("cannot serve metrics: ") + std::strerror(errno));
+  s.watch(s.listen_fd, EPOLLIN, EPOLL_CTL_ADD);
+  s.watch(s.wake, EPOLLIN, EPOLL_CTL_ADD);
+  s.render = [state = state_] { return prometheus::TextSerializer().Serialize(state->Collect()); };
+  s.thread = std::thread([&s] { s.run(); });
 }
 
 MetricsExporter::~MetricsExporter() = default;

@@ -48,7 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const ConfigError& e) {
     const std::string what = e.what();
     FUZZ_CHECK(what.rfind("fuzz.yaml", 0) == 0, what);
-    FUZZ_CHECK(what.find('\n') == std::string::npos, "a config error is one line: " + what);
+    FUZZ_CHECK(what.find_first_of("\r\n") == std::string::npos, "a config error is one line: " + what);
     FUZZ_CHECK(e.line() >= 0);
     return 0;
   } catch (const std::exception& e) {

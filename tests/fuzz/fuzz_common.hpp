@@ -4,6 +4,8 @@
 // invariant into a crash libFuzzer reports and keeps.
 #pragma once
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -102,6 +104,15 @@ inline size_t chunk_size(Rng& rng, size_t left, size_t max_chunk) {
     default: k = 1 + rng.below(4 * max_chunk); break;
   }
   return std::min(k, left);
+}
+
+// Where a target writes its scratch files: tmpfs when there is one (no disk
+// I/O per input), else the temporary directory.
+inline std::string scratch_root() {
+  const char* shm = "/dev/shm";
+  if (access(shm, W_OK) == 0) return shm;
+  const char* tmp = std::getenv("TMPDIR");
+  return tmp && *tmp ? tmp : "/tmp";
 }
 
 inline std::string_view as_text(std::span<const uint8_t> s) {

@@ -22,12 +22,15 @@ namespace {
 
 using namespace tapwire::dissect;
 
-// A scratch file on tmpfs, one per fuzzing process, rewritten for every input.
+std::string scratch_path() {
+  return tapwire::fuzz::scratch_root() + "/tapwire-fuzz-pcap-" + std::to_string(getpid()) + ".pcap";
+}
+
+// A scratch file (tmpfs if there is one), one per fuzzing process, rewritten for every input.
 const std::string& scratch() {
   static const std::string path = [] {
-    std::string p = "/dev/shm/tapwire-fuzz-pcap-" + std::to_string(getpid()) + ".pcap";
-    std::atexit([] { std::remove(("/dev/shm/tapwire-fuzz-pcap-" + std::to_string(getpid()) + ".pcap").c_str()); });
-    return p;
+    std::atexit([] { std::remove(scratch_path().c_str()); });
+    return scratch_path();
   }();
   return path;
 }

@@ -2,7 +2,8 @@
 // anywhere (a snapshot, a truncated copy, a crafted file). The input is the
 // whole file; it is written to tmpfs and read with SegmentReader, followed
 // as a packet source (into the dissector) and as an identity stream (into an
-// identity table), then a copy goes through recover_segment.
+// identity table, followed by a segment of ours), then a copy goes through
+// recover_segment.
 //
 // The bytes at offset 92 (tw_seg_header.reserved0, which readers ignore) tell
 // the harness to rewrite every record's CRC before writing the file (bit 0),
@@ -10,7 +11,9 @@
 //
 // Checked: the records returned lie below `committed` and inside the file,
 // back to back, 8-byte aligned, with a matching CRC and a non-zero type;
-// corrupt() implies exhausted(); recovery keeps exactly the records the
+// corrupt() implies exhausted(); a snapshot's packets and identity stream
+// are read to their end, whatever state a segment was left in (never Wait,
+// never stuck on an open segment); recovery keeps exactly the records the
 // reader returned (the longest valid prefix), leaves a sealed segment that
 // reads back the same and clean, and a second recovery changes nothing.
 // libFuzzer: -max_len=65536
@@ -18,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +31,8 @@
 #include "dissector.hpp"
 #include "fuzz_common.hpp"
 #include "identity_feed.hpp"
+#include "identity_records.hpp"
+#include "identity_table.hpp"
 #include "packet_source.hpp"
 #include "segment.hpp"
 
@@ -44,16 +50,41 @@ struct Copy {
   bool operator==(const Copy&) const = default;
 };
 
-// A scratch directory on tmpfs, one per fuzzing process (jobs run side by
-// side), removed at exit. Its files are rewritten for every input.
+// The identity segment that follows the input in the identity stream: one
+// Sync record for a resource named kLastResource. Its created_ns is the
+// largest there is, so that the feed starts at the input (it starts at the
+// newest segment created before the time it is asked for) and must read
+// through it to get here.
+constexpr const char* kLastResource = "fuzz-last-segment";
+
+void write_last_identity_segment(const fs::path& dir) {
+  {
+    shm::SegmentWriter w = shm::SegmentWriter::create(dir.string(), 1, 4096);
+    identity::WorkloadRecord rec;
+    rec.workload.object = identity::SyncObject{kLastResource, "synced", ""};
+    auto [body, type] = identity::encode(rec);
+    w.append(type, body, {}, 1);
+    w.seal();
+  }
+  const uint64_t never = UINT64_MAX;
+  std::fstream f(shm::segment_path(dir.string(), 1), std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(offsetof(tw_seg_header, created_ns));
+  f.write(reinterpret_cast<const char*>(&never), sizeof never);
+}
+
+// A scratch directory (tmpfs if there is one), one per fuzzing process (jobs run side by
+// side), removed at exit. Its input files are rewritten for every input.
 const fs::path& scratch() {
   static const fs::path dir = [] {
-    fs::path d = fs::path("/dev/shm") / ("tapwire-fuzz-segment-" + std::to_string(getpid()));
+    fs::path d = fs::path(fuzz::scratch_root()) / ("tapwire-fuzz-segment-" + std::to_string(getpid()));
     fs::remove_all(d);
     fs::create_directories(d / "capture" / "segments");
     fs::create_directories(d / "capture" / "identity");
     fs::create_directories(d / "recover");
-    std::atexit([] { fs::remove_all(fs::path("/dev/shm") / ("tapwire-fuzz-segment-" + std::to_string(getpid()))); });
+    write_last_identity_segment(d / "capture" / "identity");
+    std::atexit([] {
+      fs::remove_all(fs::path(fuzz::scratch_root()) / ("tapwire-fuzz-segment-" + std::to_string(getpid())));
+    });
     return d;
   }();
   return dir;
@@ -146,8 +177,11 @@ void as_packet_source(const fs::path& dir) {
   d.finish();
 }
 
-// The identity stream of a snapshot, into the table the dissector names calls from.
-void as_identity_stream(const fs::path& dir) {
+// The identity stream of a snapshot (the input, then a segment of ours),
+// into the table the dissector names calls from. Read whole, the stream
+// gets to its last segment, unless a record dated beyond the time asked for
+// waits in the input (`held`).
+void as_identity_stream(const fs::path& dir, bool held) {
   identity::TableLimits lim;
   lim.max_sockets = lim.max_processes = lim.max_cgroups = lim.max_objects = 8;
   identity::IdentityTable table(lim);
@@ -156,6 +190,19 @@ void as_identity_stream(const fs::path& dir) {
   const auto& st = table.stats();
   FUZZ_CHECK(st.sockets <= lim.max_sockets && st.processes <= lim.max_processes && st.cgroups <= lim.max_cgroups);
   (void)table.pods();
+  if (!held)
+    FUZZ_CHECK(table.kube_state().count(kLastResource), "a snapshot's identity stream was not read to its end");
+}
+
+// Would the feed hold a record of these back, as later than everything?
+bool has_future_record(const std::vector<Copy>& records) {
+  const uint64_t all = UINT64_MAX / 2 + 30ull * 1000000000ull;  // advance_all's time + the default lookahead
+  for (const Copy& c : records) {
+    if (!identity::is_identity_type(c.type)) continue;
+    auto r = identity::decode_identity(c.type, c.body);
+    if (r && !identity::record_in_dump(*r) && identity::record_ts(*r) > all) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -181,7 +228,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   as_packet_source(seg.parent_path());
   fs::remove(ident);
   fs::create_hard_link(seg, ident);
-  as_identity_stream(ident.parent_path());
+  as_identity_stream(ident.parent_path(), has_future_record(records));
 
   // Recovery of a copy: the valid prefix is what the reader returned.
   write_file(copy, file);

@@ -4,7 +4,11 @@ and off through the control socket and through SIGUSR1/SIGUSR2, the
 dissector process appearing and disappearing accordingly; the idle stop
 (raw capture goes on); kill -9 of the dissector (restarted, no call lost or
 counted twice, against tcpdump's capture dissected offline); the socket's
-mode and SO_PEERCRED check; malformed requests; /metrics served."""
+mode and SO_PEERCRED check; malformed requests; /metrics served (on
+127.0.0.1:7477 by default). Idle and slow clients lock nothing out: 100 idle
+control clients do not stop `tapwire dissection status`, a 10 MB request is
+cut off, 8 idle /metrics connections do not delay a scrape by more than a
+second, and the idle connections are closed."""
 
 import json
 import os
@@ -59,8 +63,8 @@ class ControlPlane(unittest.TestCase):
             # the socket where another uid can reach it (the lab's directory is private)
             sock = f"/tmp/tw-ctl-{os.getpid()}.sock"
             self.addCleanup(lambda: os.path.exists(sock) and os.unlink(sock))
-            s = L.start_sensor(data, extra=["--dissection-stop-after", "2", "--metrics-address", "127.0.0.1:9100",
-                                            "--control-socket", sock])
+            # metrics at the default address
+            s = L.start_sensor(data, extra=["--dissection-stop-after", "2", "--control-socket", sock])
             st = os.stat(sock)
             self.assertEqual(st.st_mode & 0o777, 0o600, "the control socket is for its owner only")
             self.assertEqual(dissector_pids(data), [], "dissection is off at start")
@@ -111,8 +115,8 @@ class ControlPlane(unittest.TestCase):
             self.assertFalse(reply["ok"], reply)
             self.assertIn("permission denied", reply["error"])
 
-            # metrics are served
-            out = L.srv(["curl", "-sS", "-m", "5", "http://127.0.0.1:9100/metrics"]).stdout
+            # metrics are served, at the default address
+            out = L.srv(["curl", "-sS", "-m", "5", "http://127.0.0.1:7477/metrics"]).stdout
             self.assertIn('tapwire_packets_captured_total{interface="', out)
             self.assertIn("tapwire_dissection_enabled 0", out)
             self.assertRegex(out, r'tapwire_drops_total\{reason="ringbuf_full",cpu="0"\} 0')
@@ -176,12 +180,12 @@ class ControlPlane(unittest.TestCase):
                 self.assertTrue(lab.nothing_attached(lab.attachments(L.srv_ns, L.srv_veth)), what)
 
             good = ("tap:\n  filters:\n    ports:\n      deny: [{port}]\n"
-                    "  metrics:\n    address: 127.0.0.1:9100\n  capture:\n    dissection:\n      stopAfter: 0\n")
+                    "  metrics:\n    address: 127.0.0.1:17477\n  capture:\n    dissection:\n      stopAfter: 0\n")
             cfg.write_text(good.format(port=12345))
             s = L.start_sensor(data, extra=["--config", cfg])
 
             def scrape():
-                return L.srv(["curl", "-sS", "-m", "5", "http://127.0.0.1:9100/metrics"]).stdout
+                return L.srv(["curl", "-sS", "-m", "5", "http://127.0.0.1:17477/metrics"]).stdout
 
             def value(text, name):
                 total = 0.0
@@ -224,6 +228,92 @@ class ControlPlane(unittest.TestCase):
             after = s.wait_status_update()["counters"]
             self.assertEqual(after["packets_captured"], before["packets_captured"], "port 80 still captured")
             self.assertGreater(after["filtered"], before["filtered"])
+            self.assertEqual(s.stop(), 0)
+
+    def test_idle_and_slow_clients_lock_nothing_out(self):
+        with lab.Lab(nginx=False, dnsmasq=False) as L:
+            data = L.dir / "data"
+            s = L.start_sensor(data)  # metrics at the default 127.0.0.1:7477, DATA_DIR/control.sock
+            sock = str(data / "control.sock")
+
+            # 100 idle control clients (a third with half a request) at once
+            idle = []
+            for i in range(100):
+                c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                c.connect(sock)
+                if i % 3 == 0:
+                    c.sendall(b'{"cmd": "sta')
+                idle.append(c)
+            t0 = time.monotonic()
+            r = subprocess.run([lab.cli_bin(), "dissection", "status", "--data-dir", data], capture_output=True,
+                               text=True, timeout=30)
+            took = time.monotonic() - t0
+            lab.log(f"tapwire dissection status with 100 idle control clients: {took:.3f} s")
+            self.assertEqual(r.returncode, 0, f"with 100 idle control clients: {r.stdout}{r.stderr}")
+            self.assertIn("dissection", r.stdout.lower())
+            # promptly: not after the idle clients time out (5 s)
+            self.assertLess(took, 2.5, "the control socket answered only after the idle clients were gone")
+            # ... and they are cut off (each gets a line saying why, then the end of the stream)
+            for c in idle:
+                c.settimeout(30)
+                buf = b""
+                try:
+                    while chunk := c.recv(4096):
+                        buf += chunk
+                except ConnectionResetError:
+                    pass
+                c.close()
+                self.assertTrue(buf.endswith(b"\n") and json.loads(buf.splitlines()[-1])["ok"] is False, buf)
+
+            # 10 MB without a newline: cut off long before the end
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(sock)
+            c.settimeout(30)
+            sent, chunk = 0, b"x" * 65536
+            try:
+                while sent < 10 << 20:
+                    sent += c.send(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            c.close()
+            lab.log(f"control socket took {sent} bytes of a 10 MB line before closing")
+            self.assertLess(sent, 10 << 20, "the control socket read a 10 MB line")
+            self.assertTrue(request(sock, {"cmd": "status"})["ok"])
+
+            # 8 idle /metrics connections (half of them with half a request) do not delay a scrape
+            code = """if True:
+                import json, socket, time
+                def scrape():
+                    t = time.monotonic()
+                    c = socket.create_connection(("127.0.0.1", 7477), timeout=60)
+                    c.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: localhost\\r\\n\\r\\n")
+                    data = b""
+                    while chunk := c.recv(65536):
+                        data += chunk
+                    c.close()
+                    return time.monotonic() - t, data
+                base, _ = scrape()
+                idle = [socket.create_connection(("127.0.0.1", 7477)) for _ in range(8)]
+                for k in idle[::2]:
+                    k.sendall(b"GET /metr")
+                time.sleep(0.5)
+                took, data = scrape()
+                closed = 0
+                for k in idle:
+                    k.settimeout(60)
+                    try:
+                        closed += k.recv(1) == b""
+                    except OSError:
+                        closed += 1
+                print(json.dumps({"base": base, "took": took, "closed": closed,
+                                  "ok": data.startswith(b"HTTP/1.1 200 ") and b"tapwire_packets_seen_total" in data}))
+            """
+            out = json.loads(L.srv(["python3", "-c", code], timeout=180).stdout)
+            lab.log(f"scrape: {out['base']:.3f} s alone, {out['took']:.3f} s with 8 idle connections")
+            self.assertTrue(out["ok"], out)
+            self.assertLess(out["took"] - out["base"], 1.0, f"8 idle connections delayed a scrape: {out}")
+            self.assertEqual(out["closed"], 8, f"idle /metrics connections left open: {out}")
+            self.assertTrue(s.alive())
             self.assertEqual(s.stop(), 0)
 
     def _offline(self, L):

@@ -2,8 +2,10 @@
 """Done means (issue 4, packaging): `systemd-analyze verify` accepts the systemd
 units without a warning; the Kubernetes manifests parse as YAML objects of the
 right kinds, the DaemonSet runs unprivileged with the four capabilities, the
-bpffs and BTF mounts, probes and resources; the ConfigMap's tapwire.yaml is
-configs/tapwire.yaml and the project's loader accepts it.
+bpffs and BTF mounts, probes and resources, and serves metrics on the node's
+address (not on node_exporter's 9100); the dissector's unit runs as the
+tapwire user and group that tapwire.sysusers creates; the ConfigMap's
+tapwire.yaml is configs/tapwire.yaml and the project's loader accepts it.
 
 Needs systemd-analyze, python3-yaml and the built binaries (TW_BUILD_DIR,
 default ./build): without them it exits 77 (skipped), or 1 under CI=true.
@@ -162,15 +164,17 @@ class SystemdUnits(unittest.TestCase):
         self.assertEqual(one(s, "Service", "IOSchedulingClass"), "idle")
         self.assertEqual(one(s, "Service", "CapabilityBoundingSet"), "")
         self.assertEqual(one(s, "Service", "AmbientCapabilities"), "")
-        self.assertTrue(one(s, "Service", "DynamicUser") == "yes" or
-                        one(s, "Service", "User") not in ("", "root", "0"))
+        # The account the sensor runs its own dissector as (tapwire.sysusers creates both), in
+        # the sensor's group, which may write the data dir.
+        self.assertEqual(one(s, "Service", "User"), "tapwire")
+        self.assertEqual(one(s, "Service", "Group"), "tapwire")
+        self.assertNotIn(("Service", "DynamicUser"), s)
+        self.assertEqual(one(s, "Service", "OOMScoreAdjust"), "1000")
         self.assertEqual(one(s, "Service", "NoNewPrivileges"), "yes")
         self.assertEqual(one(s, "Service", "ProtectSystem"), "strict")
-        # The sensor's group, which may read the data dir, exists once tapwire.sysusers is installed.
-        self.assertEqual(one(s, "Service", "SupplementaryGroups"), "tapwire")
         self.assertEqual(one(unit_settings(SYSTEMD / "tapwire-sensor.service"), "Service", "Group"), "tapwire")
 
-    def test_sysusers_creates_the_group(self):
+    def test_sysusers_creates_the_user_and_group(self):
         if not (shutil.which("systemd-sysusers") and os.geteuid() == 0):
             cannot_run(self, "needs systemd-sysusers (package systemd) and root")
         with tempfile.TemporaryDirectory(prefix="tw-sysusers-") as root:
@@ -178,7 +182,13 @@ class SystemdUnits(unittest.TestCase):
             r = subprocess.run(["systemd-sysusers", f"--root={root}", str(SYSTEMD / "tapwire.sysusers")],
                                capture_output=True, text=True, timeout=60)
             self.assertEqual(r.returncode, 0, r.stderr)
-            self.assertRegex((Path(root) / "etc" / "group").read_text(), r"(?m)^tapwire:x:\d+:")
+            group = re.search(r"(?m)^tapwire:x:(\d+):", (Path(root) / "etc" / "group").read_text())
+            self.assertIsNotNone(group, "no group tapwire")
+            user = re.search(r"(?m)^tapwire:x:(\d+):(\d+):[^:]*:[^:]*:(.*)$", (Path(root) / "etc" / "passwd").read_text())
+            self.assertIsNotNone(user, "no user tapwire")
+            self.assertNotEqual(user.group(1), "0")
+            self.assertEqual(user.group(2), group.group(1), "the user's primary group is tapwire")
+            self.assertIn("nologin", user.group(3))
 
 
 # --------------------------------------------------------------- Kubernetes --
@@ -302,13 +312,20 @@ class KubernetesManifests(unittest.TestCase):
             else:
                 self.assertTrue(c[probe].get("exec", {}).get("command"), probe)
 
+        # Metrics on the node's address (downward API), on the port Prometheus is told of and
+        # the probes use; not 9100, node_exporter's port.
         ann = tmpl["metadata"].get("annotations", {})
         self.assertEqual(ann.get("prometheus.io/scrape"), "true")
-        self.assertEqual(ann.get("prometheus.io/port"), "9100")
-        self.assertEqual(ports.get("metrics"), 9100)
+        self.assertEqual(ann.get("prometheus.io/port"), "7477")
+        self.assertEqual(ports.get("metrics"), 7477)
+        cmd = c.get("command", []) + c.get("args", [])
+        self.assertIn("--metrics-address", cmd)
+        self.assertEqual(cmd[cmd.index("--metrics-address") + 1], "$(HOST_IP):7477")
+        env = {e["name"]: e for e in c.get("env", [])}
+        self.assertEqual(env["HOST_IP"]["valueFrom"]["fieldRef"]["fieldPath"], "status.hostIP")
+        self.assertNotIn(9100, ports.values())
 
         # The config the sensor is told to read is the ConfigMap's tapwire.yaml.
-        cmd = c.get("command", []) + c.get("args", [])
         self.assertIn("--config", cmd)
         config_path = cmd[cmd.index("--config") + 1]
         mount = mounts.get(os.path.dirname(config_path))

@@ -158,6 +158,9 @@ size_t rss_bytes() {
 TEST(DissectorMemory, EstimateFollowsTheHeap) {
   // Each kind of state in bulk, no limit: the engine's count against what
   // malloc says is in use (the unit tests run on glibc malloc).
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "AddressSanitizer's allocator replaces malloc: mallinfo2 does not see the heap";
+#endif
   struct Case {
     const char* name;
     std::function<void(Net&)> make;
@@ -368,7 +371,7 @@ TEST(DissectorMemory, ParserCountsWhatEachMessageOwns) {
       ASSERT_EQ(out.size(), 1u);
       EXPECT_GT(out[0].heap, 4096u);
       EXPECT_EQ(out[0].heap, message_heap_bytes(out[0]));
-      EXPECT_EQ(p.memory_bytes() - heap_bytes(0), p.memory_bytes()) << "nothing left in progress";
+      EXPECT_EQ(p.memory_bytes(), 0u) << "the message left with what it owns: nothing in progress";
     }
   }
   // A message cut short carries its count too.

@@ -1,6 +1,7 @@
 // Builders for identity records, shared by the identity unit tests
-// (identity_table_test, identity_feed_test, identity_recorder in
-// socket_owner_test): sockets, processes, cgroups, pods, services, slices.
+// (identity_table_test, identity_feed_test, identity_recorder_test,
+// pod_targets_test, socket_owner_test): sockets, processes, cgroups, pods,
+// services, slices, dump markers.
 #pragma once
 
 #include <netinet/in.h>

@@ -126,7 +126,7 @@ const std::string kPodCg = "/kubepods/burstable/pod11111111-2222-4333-8444-55555
 
 // nginx: master 100 holds the listener on :8080; worker 101 holds the
 // accepted connection from 10.0.0.9:50000; both in one network namespace.
-struct Nginx : ::testing::Test {
+struct SocketOwnerNginx : ::testing::Test {
   FakeHost h;
   SocketOwnerResolver r{h.cgroup2(), h.proc()};
   void SetUp() override {
@@ -140,7 +140,7 @@ struct Nginx : ::testing::Test {
   }
 };
 
-TEST_F(Nginx, TheConnectionsHolder) {
+TEST_F(SocketOwnerNginx, TheConnectionsHolder) {
   auto ev = event(IPPROTO_TCP, "10.244.1.7", 8080, "10.0.0.9", 50000);
   ASSERT_TRUE(r.resolve(ev, kPodCg, at(0)));
   EXPECT_EQ(ev.tgid, 101u);
@@ -150,7 +150,7 @@ TEST_F(Nginx, TheConnectionsHolder) {
   EXPECT_EQ(r.found(), 1u);
 }
 
-TEST_F(Nginx, NotYetAcceptedBelongsToTheListenersOwner) {
+TEST_F(SocketOwnerNginx, NotYetAcceptedBelongsToTheListenersOwner) {
   auto ev = event(IPPROTO_TCP, "10.244.1.7", 8080, "10.0.0.9", 50001);
   ASSERT_TRUE(r.resolve(ev, kPodCg, at(0)));
   EXPECT_EQ(ev.tgid, 100u);
@@ -162,7 +162,7 @@ TEST_F(Nginx, NotYetAcceptedBelongsToTheListenersOwner) {
   EXPECT_EQ(ev2.tgid, 100u);
 }
 
-TEST_F(Nginx, NothingOnThePortOrNoProcesses) {
+TEST_F(SocketOwnerNginx, NothingOnThePortOrNoProcesses) {
   auto ev = event(IPPROTO_TCP, "10.244.1.7", 9999, "10.0.0.9", 50000);
   EXPECT_FALSE(r.resolve(ev, kPodCg, at(0)));
   EXPECT_EQ(ev.tgid, 0u);
@@ -173,7 +173,7 @@ TEST_F(Nginx, NothingOnThePortOrNoProcesses) {
   EXPECT_EQ(r.found(), 0u);
 }
 
-TEST_F(Nginx, CachedPerCgroupProtocolAndPort) {
+TEST_F(SocketOwnerNginx, CachedPerCgroupProtocolAndPort) {
   auto ev = event(IPPROTO_TCP, "10.244.1.7", 8080, "10.0.0.9", 50000);
   ASSERT_TRUE(r.resolve(ev, kPodCg, at(0)));
   // /proc changes (the worker is gone): within 30 s the cache answers.
@@ -194,7 +194,7 @@ TEST_F(Nginx, CachedPerCgroupProtocolAndPort) {
   EXPECT_EQ(r.lookups(), 3u);
 }
 
-TEST_F(Nginx, RateLimitedTo50LookupsASecond) {
+TEST_F(SocketOwnerNginx, RateLimitedTo50LookupsASecond) {
   // Each port a miss; misses are not cached.
   int found = 0;
   for (uint16_t p = 1; p <= 60; p++) {

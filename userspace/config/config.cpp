@@ -29,7 +29,25 @@ std::string compose(const std::string& file, int line, const std::string& key, c
   if (line > 0) s += ":" + std::to_string(line);
   s += ": ";
   if (!key.empty()) s += key + ": ";
-  return s + problem;
+  s += problem;
+  // what() is one line: a key or value quoted in it may hold line breaks
+  // (a multi-line YAML scalar) or other control characters, written as
+  // escapes (tests/fuzz/regressions/config).
+  std::string out;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '\n') {
+      out += "\\n";
+    } else if (u < 0x20 || u == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[u >> 4];
+      out += kHex[u & 15];
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -254,7 +272,7 @@ std::string read_listen_address(const Value& v) {
   if (s.empty()) return s;  // "": no metrics endpoint
   auto colon = s.rfind(':');
   if (colon == std::string::npos)
-    v.fail("expected HOST:PORT or :PORT (like :9100 or 127.0.0.1:9100), got '" + s + "'");
+    v.fail("expected HOST:PORT or :PORT (like 127.0.0.1:7477 or :7477), got '" + s + "'");
   std::string host = s.substr(0, colon);
   auto port = parse_decimal(s.substr(colon + 1));
   if (!port || *port < 1 || *port > 65535) v.fail("the port of '" + s + "' must be a number 1-65535");
@@ -263,7 +281,7 @@ std::string read_listen_address(const Value& v) {
     if (host.back() != ']' || inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), buf) != 1)
       v.fail("bad IPv6 address in '" + s + "'");
   } else if (host.find(':') != std::string::npos) {
-    v.fail("write an IPv6 address in brackets, like [::1]:9100, got '" + s + "'");
+    v.fail("write an IPv6 address in brackets, like [::1]:7477, got '" + s + "'");
   }
   return s;
 }

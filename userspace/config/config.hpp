@@ -73,7 +73,7 @@ struct SnapshotsConfig {
 };
 
 struct MetricsConfig {
-  std::string address = ":9100";  // tap.metrics.address (--metrics-address): HOST:PORT, ":PORT" = all addresses
+  std::string address = "127.0.0.1:7477";  // tap.metrics.address (--metrics-address): HOST:PORT, ":PORT" = all addresses
   bool operator==(const MetricsConfig&) const = default;
 };
 

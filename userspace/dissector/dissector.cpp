@@ -211,6 +211,7 @@ struct Dissector::Impl {
       impl->stream_data(*flow, side, offset, data, ts_ns);
     }
     void on_gap(uint64_t offset, uint64_t len) override { impl->stream_gap(*flow, side, offset, len); }
+    void on_resync(uint64_t) override { impl->m.reassembly_resyncs++; }
   };
 
   enum class FlowState : uint8_t { Detecting, Http, DnsTcp, Ignored };
@@ -954,17 +955,13 @@ struct Dissector::Impl {
     }
     bool believed = true;
     if (f.state != FlowState::Ignored) {
-      const uint64_t oow = f.dir[0].stats().out_of_window_segments + f.dir[1].stats().out_of_window_segments;
-      const uint64_t rs = f.dir[0].stats().resyncs + f.dir[1].stats().resyncs;
       believed = f.dir[side].segment(p.meta.seq, fl, p.payload, p.meta.chunk_off, p.meta.payload_len, p.meta.ts_ns,
                                      f.sink[side]);
+      if (!believed) m.reassembly_out_of_window++;
       // The other direction's window and what it acknowledges (a SYN's own window is never scaled).
       if (believed && (fl & TW_TCP_ACK) && f.state != FlowState::Ignored)
         f.dir[1 - side].peer_ack(p.meta.ack, uint64_t{p.meta.window} << ((fl & TW_TCP_SYN) ? 0 : window_shift(f, side)),
                                  f.sink[1 - side]);
-      m.reassembly_out_of_window +=
-          f.dir[0].stats().out_of_window_segments + f.dir[1].stats().out_of_window_segments - oow;
-      m.reassembly_resyncs += f.dir[0].stats().resyncs + f.dir[1].stats().resyncs - rs;
       // A flow no parser wants keeps nothing (detection gave up on it just now).
       if (f.state == FlowState::Ignored) {
         f.dir[0].discard();

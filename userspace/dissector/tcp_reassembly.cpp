@@ -287,6 +287,7 @@ void TcpReassembler::resync(uint64_t to, StreamSink& sink) {
   if (next_ < to) skip(to - next_);
   drain(sink);
   run_packets_ = 0;
+  sink.on_resync(next_);
 }
 
 void TcpReassembler::peer_ack(uint32_t ack, uint64_t window_bytes, StreamSink& sink) {

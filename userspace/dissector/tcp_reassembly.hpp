@@ -34,6 +34,9 @@ class StreamSink {
   virtual void on_data(uint64_t offset, std::span<const uint8_t> data, uint64_t ts_ns) = 0;
   // `len` bytes at `offset` are missing; the next on_data starts at offset + len.
   virtual void on_gap(uint64_t offset, uint64_t len) = 0;
+  // The stream was found beyond the window (capture loss larger than it):
+  // it goes on at `offset`, the bytes before it reported by on_gap. Rare.
+  virtual void on_resync(uint64_t offset) {}
 };
 
 struct ReassemblyStats {

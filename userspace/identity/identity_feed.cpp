@@ -113,7 +113,11 @@ struct IdentityFeed::Impl {
           close_current();
           continue;
         }
-        if (reader->exhausted()) {
+        // Not following (a snapshot), a segment left open (its writer died
+        // before recovery, or a damaged copy) gets nothing more: go on to the
+        // next one instead of ending the stream there
+        // (tests/fuzz/regressions/segment_reader).
+        if (reader->exhausted() || !follow) {
           close_current();
           continue;
         }

@@ -5,7 +5,10 @@
 namespace tapwire::identity {
 
 std::optional<IpKey> IpKey::parse(std::string_view text) {
-  if (text.empty() || text.size() >= INET6_ADDRSTRLEN) return std::nullopt;
+  // inet_pton reads a C string: an embedded NUL would make "10.0.0.1\0junk"
+  // an address (tests/fuzz/regressions/kube_api).
+  if (text.empty() || text.size() >= INET6_ADDRSTRLEN || text.find('\0') != std::string_view::npos)
+    return std::nullopt;
   char buf[INET6_ADDRSTRLEN] = {};
   std::memcpy(buf, text.data(), text.size());
   IpKey k;

@@ -29,25 +29,6 @@ std::string describe_exit(int status) {
 
 }  // namespace
 
-FrameScan scan_frames(std::span<const uint8_t> buf, const std::function<void(std::string_view)>& on_frame) {
-  FrameScan r;
-  size_t pos = 0;
-  while (buf.size() - pos >= 4) {
-    uint32_t len;
-    std::memcpy(&len, buf.data() + pos, 4);  // little-endian, as the watcher writes it
-    if (len == 0 || len > kMaxFrame) {
-      r.bad = true;
-      r.bad_len = len;
-      break;
-    }
-    if (buf.size() - pos - 4 < len) break;
-    on_frame(std::string_view(reinterpret_cast<const char*>(buf.data() + pos + 4), len));
-    pos += 4 + len;
-  }
-  r.consumed = pos;
-  return r;
-}
-
 KubeWatcher::KubeWatcher(KubeWatcherOptions opts) : opts_(std::move(opts)) {}
 
 KubeWatcher::~KubeWatcher() { stop(); }

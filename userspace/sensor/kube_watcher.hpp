@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <span>
 #include <string>
@@ -42,8 +43,26 @@ struct FrameScan {
 // Splits the watcher's output (4-byte little-endian length, then that many
 // bytes; docs/IDENTITY.md) and calls on_frame with each complete payload, in
 // order, up to the first bad length. The payloads point into `buf`. Every
-// byte the child writes goes through here (tests/fuzz/kube_frame_fuzz.cpp).
-FrameScan scan_frames(std::span<const uint8_t> buf, const std::function<void(std::string_view)>& on_frame);
+// byte the child writes goes through here; inline so that a test links it
+// without the rest of the sensor (tests/fuzz/kube_frame_fuzz.cpp).
+inline FrameScan scan_frames(std::span<const uint8_t> buf, const std::function<void(std::string_view)>& on_frame) {
+  FrameScan r;
+  size_t pos = 0;
+  while (buf.size() - pos >= 4) {
+    uint32_t len;
+    std::memcpy(&len, buf.data() + pos, 4);  // little-endian, as the watcher writes it
+    if (len == 0 || len > identity::kMaxWorkloadJson) {
+      r.bad = true;
+      r.bad_len = len;
+      break;
+    }
+    if (buf.size() - pos - 4 < len) break;
+    on_frame(std::string_view(reinterpret_cast<const char*>(buf.data() + pos + 4), len));
+    pos += 4 + len;
+  }
+  r.consumed = pos;
+  return r;
+}
 
 class KubeWatcher {
  public:
