@@ -591,8 +591,10 @@ struct MetricsExporter::Server {
         if (c.answered) continue;
         const size_t scan = c.in.size() < 3 ? 0 : c.in.size() - 3;
         c.in.append(buf, static_cast<size_t>(n));
-        if (c.in.find("\r\n\r\n", scan) != std::string::npos || c.in.find("\n\n", scan) != std::string::npos)
-          c.out = answer(c.in);
+        size_t end = c.in.find("\r\n\r\n", scan);
+        if (end == std::string::npos) end = c.in.find("\n\n", scan);
+        if (end != std::string::npos && end < kMaxRequestBytes)
+          c.out = answer(c.in.substr(0, end));
         else if (c.in.size() > kMaxRequestBytes)
           c.out = http_response(431, "Request Header Fields Too Large", "request head too large\n", true);
         else

@@ -119,7 +119,7 @@ struct tw_seg_dump {
 	uint64_t ts_ns;
 	uint32_t phase; /* enum tw_dump_phase */
 	uint32_t reserved;
-	uint64_t records; /* TW_DUMP_END: records in the dump */
+	uint64_t records; /* TW_DUMP_END: records the state holds; fewer in the segment = an incomplete dump */
 };
 
 /* Names an interface; written at the start of every segment for each

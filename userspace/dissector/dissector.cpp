@@ -129,6 +129,11 @@ void release(std::vector<T>& v) {
 // this; a larger one (left by one big header block) goes back.
 constexpr size_t kKeepBufferCapacity = 16 << 10;
 
+void clear_buffer(std::vector<uint8_t>& b) {
+  b.clear();
+  if (b.capacity() > kKeepBufferCapacity) release(b);
+}
+
 }  // namespace
 
 const char* shed_reason_name(ShedReason r) {
@@ -398,7 +403,8 @@ struct Dissector::Impl {
           if (!buf.capacity()) continue;
           if (!buf.empty()) {
             auto& parser = role == 0 ? f.http->requests : f.http->responses;
-            if (!parser.shed_partial(buf, f.last_ts, f.http->out)) f.shed_pending[role == 0 ? f.client : 1 - f.client] = true;
+            if (!parser.shed_partial(buf, f.last_ts, f.http->out))
+              f.shed_pending[role == 0 ? f.client : 1 - f.client] = true;
           }
           release(buf);
           if (!f.http->out.empty()) http_take(f, *f.http, role);
@@ -513,17 +519,16 @@ struct Dissector::Impl {
     h.queued += queued_message_bytes(msg);
     q.push_back(std::move(msg));
   }
-  static proto::HttpMessage dequeue(HttpState& h, std::deque<proto::HttpMessage>& q) {
+  // The front message, its bytes off the count: the caller uses it, then pops it.
+  static proto::HttpMessage* front_out(HttpState& h, std::deque<proto::HttpMessage>& q) {
     h.queued -= queued_message_bytes(q.front());
-    proto::HttpMessage msg = std::move(q.front());
-    q.pop_front();
-    return msg;
+    return &q.front();
   }
 
   void http_flush_early(Flow& f, HttpState& h, uint64_t older_than) {
     while (!h.early.empty() && h.early.front().ts_last_ns < older_than) {
-      proto::HttpMessage resp = dequeue(h, h.early);
-      http_emit_pair(f, nullptr, &resp, 0);
+      http_emit_pair(f, nullptr, front_out(h, h.early), 0);
+      h.early.pop_front();
     }
   }
 
@@ -542,29 +547,29 @@ struct Dissector::Impl {
         // Responses that came before this request was complete, oldest
         // first: those that began before it started answer nothing we saw.
         while (!h.early.empty() && h.early.front().ts_first_ns < msg.ts_first_ns) {
-          proto::HttpMessage resp = dequeue(h, h.early);
-          http_emit_pair(f, nullptr, &resp, 0);
+          http_emit_pair(f, nullptr, front_out(h, h.early), 0);
+          h.early.pop_front();
         }
         if (!h.early.empty() && h.pending.empty()) {
-          proto::HttpMessage resp = dequeue(h, h.early);
-          http_emit_pair(f, &msg, &resp, 0);
+          http_emit_pair(f, &msg, front_out(h, h.early), 0);
+          h.early.pop_front();
           continue;
         }
         h.responses.expect_response_to(msg.method);
         if (h.pending.size() >= opts.http.max_pending) {  // the oldest will never be answered in order
-          proto::HttpMessage req = dequeue(h, h.pending);
-          http_emit_pair(f, &req, nullptr, kFlagTimeout);
+          http_emit_pair(f, front_out(h, h.pending), nullptr, kFlagTimeout);
+          h.pending.pop_front();
         }
         enqueue(h, h.pending, std::move(msg));
       } else if (is_interim(msg)) {
         continue;  // 100 Continue, 103 Early Hints: the final response follows
       } else if (!h.pending.empty()) {
-        proto::HttpMessage req = dequeue(h, h.pending);
-        http_emit_pair(f, &req, &msg, 0);
+        http_emit_pair(f, front_out(h, h.pending), &msg, 0);
+        h.pending.pop_front();
       } else {
         if (h.early.size() >= opts.http.max_pending) {
-          proto::HttpMessage resp = dequeue(h, h.early);
-          http_emit_pair(f, nullptr, &resp, 0);
+          http_emit_pair(f, nullptr, front_out(h, h.early), 0);
+          h.early.pop_front();
         }
         enqueue(h, h.early, std::move(msg));
       }
@@ -590,22 +595,21 @@ struct Dissector::Impl {
       if (r.status == proto::ParseStatus::NeedMoreData || r.consumed == 0) break;
     }
     if (parser.switched_protocols()) {  // WebSocket or a CONNECT tunnel: no more HTTP here
-      h.buf[0].clear();
-      h.buf[1].clear();
+      release(h.buf[0]);
+      release(h.buf[1]);
       return;
     }
     // Keep what the parser left for later; it never leaves more than an
     // incomplete header block, which its own cap bounds.
     if (used >= in.size()) {
-      buf.clear();
-      if (buf.capacity() > kKeepBufferCapacity) release(buf);
+      clear_buffer(buf);
     } else if (in.data() == buf.data()) {
       buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(used));
     } else {
       buf.assign(in.begin() + static_cast<std::ptrdiff_t>(used), in.end());
     }
     if (buf.size() > 2 * opts.http.max_header_bytes + 65536) {  // defence in depth
-      buf.clear();
+      clear_buffer(buf);
       m.parse_errors_http++;
     }
   }
@@ -626,8 +630,8 @@ struct Dissector::Impl {
     http_end(f, 1);
     http_flush_early(f, h, UINT64_MAX);
     while (!h.pending.empty()) {
-      proto::HttpMessage req = dequeue(h, h.pending);
-      http_emit_pair(f, &req, nullptr, why);
+      http_emit_pair(f, front_out(h, h.pending), nullptr, why);
+      h.pending.pop_front();
     }
   }
 
@@ -635,8 +639,8 @@ struct Dissector::Impl {
     HttpState& h = *f.http;
     if (now > opts.request_timeout_ns) http_flush_early(f, h, now - opts.request_timeout_ns);
     while (!h.pending.empty() && h.pending.front().ts_last_ns + opts.request_timeout_ns < now) {
-      proto::HttpMessage req = dequeue(h, h.pending);
-      http_emit_pair(f, &req, nullptr, kFlagTimeout);
+      http_emit_pair(f, front_out(h, h.pending), nullptr, kFlagTimeout);
+      h.pending.pop_front();
     }
   }
 
@@ -655,7 +659,7 @@ struct Dissector::Impl {
       if (r.status != proto::ParseStatus::Done) {
         m.parse_errors_dns++;
         if (r.consumed == 0) {  // cannot resynchronise a length-prefixed stream
-          buf.clear();
+          clear_buffer(buf);
           return;
         }
         continue;
@@ -667,7 +671,7 @@ struct Dissector::Impl {
       buf.clear();
       m.parse_errors_dns++;
     }
-    if (buf.empty() && buf.capacity() > kKeepBufferCapacity) release(buf);
+    if (buf.empty()) clear_buffer(buf);
   }
 
   static size_t queued_call_bytes(const Call& c) { return sizeof(Call) + call_heap_bytes(c); }
@@ -874,12 +878,12 @@ struct Dissector::Impl {
       case FlowState::Http: {
         int role = side == f.client ? 0 : 1;
         (role == 0 ? f.http->requests : f.http->responses).on_gap(len);
-        f.http->buf[role].clear();
+        clear_buffer(f.http->buf[role]);
         f.http->gap_pending[role] = true;
         break;
       }
       case FlowState::DnsTcp:
-        f.dns->buf[side].clear();
+        clear_buffer(f.dns->buf[side]);
         break;
       case FlowState::Ignored:
         break;

@@ -255,11 +255,13 @@ void TcpReassembler::enforce_limits(StreamSink& sink) {
   }
 }
 
-// [begin, end) (stream offsets) arrived beyond the window: dropped, counted,
-// and remembered as part of a run in case the stream really is there.
-void TcpReassembler::out_of_window(int64_t begin, int64_t end, bool first_chunk, uint64_t ts_ns, StreamSink& sink) {
+// [begin, end) (stream offsets; `captured` of them in the record) arrived
+// beyond the window: dropped, counted, and remembered as part of a run in
+// case the stream really is there.
+void TcpReassembler::out_of_window(int64_t begin, int64_t end, uint64_t captured, bool first_chunk, uint64_t ts_ns,
+                                   StreamSink& sink) {
   stats_.out_of_window_segments++;
-  stats_.out_of_window_bytes += static_cast<uint64_t>(end - begin);
+  stats_.out_of_window_bytes += captured;
   const uint64_t b = static_cast<uint64_t>(begin), e = static_cast<uint64_t>(end);
   seen_end_ = std::max(seen_end_, e);
   if (run_packets_ && b >= run_begin_ && b <= run_end_) {
@@ -344,7 +346,7 @@ bool TcpReassembler::segment(uint32_t seq, uint8_t tcp_flags, std::span<const ui
   if (captured || tail) {
     if (start > next && start >= wend) {
       const int64_t b = offset_of(data_seq);
-      out_of_window(b, b + static_cast<int64_t>(captured + tail), chunk_off == 0, ts_ns, sink);
+      out_of_window(b, b + static_cast<int64_t>(captured + tail), captured, chunk_off == 0, ts_ns, sink);
       report_gap(sink);
       return false;
     }

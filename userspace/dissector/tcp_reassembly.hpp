@@ -47,7 +47,7 @@ struct ReassemblyStats {
   uint64_t out_of_order_segments = 0;
   uint64_t overflow_gaps = 0;  // gaps declared because a buffering cap was hit
   uint64_t out_of_window_segments = 0;  // records beyond the window (or a FIN/RST far from the stream): dropped
-  uint64_t out_of_window_bytes = 0;
+  uint64_t out_of_window_bytes = 0;  // their captured bytes
   uint64_t resyncs = 0;  // times the stream was found to have moved on beyond the window (see segment())
 };
 
@@ -117,7 +117,8 @@ class TcpReassembler {
   bool give_up_front_hole(StreamSink& sink);
   void commit_tail(StreamSink& sink);
   void enforce_limits(StreamSink& sink);
-  void out_of_window(int64_t begin, int64_t end, bool first_chunk, uint64_t ts_ns, StreamSink& sink);
+  void out_of_window(int64_t begin, int64_t end, uint64_t captured, bool first_chunk, uint64_t ts_ns,
+                     StreamSink& sink);
   void resync(uint64_t to, StreamSink& sink);
 
   ReassemblyLimits limits_;

@@ -98,11 +98,11 @@ void IdentityRecorder::process(const ProcessRecord& p) {
     if (!processes_.erase(p.tgid)) return;  // never recorded (a thread, or before start): nothing to end
   } else {
     note_cgroup(p.cgroup_id, p.ts_ns);
-    if (!processes_.count(p.tgid) && processes_.size() >= opts_.max_processes) {
+    // At the cap the event is still recorded; only the dumps will not restate it.
+    if (processes_.count(p.tgid) || processes_.size() < opts_.max_processes)
+      processes_[p.tgid] = p;
+    else
       st_.evicted++;
-      return;
-    }
-    processes_[p.tgid] = p;
   }
   st_.live_processes = processes_.size();
   append(p);
@@ -121,14 +121,14 @@ void IdentityRecorder::workload(const identity::Workload& w, uint64_t now_ns) {
       auto it = objects_.find(key);
       uint64_t first = it != objects_.end() ? it->second.ts_ns : now_ns;
       if (it == objects_.end() && objects_.size() >= opts_.max_objects) {
-        st_.evicted++;
-        return;
+        st_.evicted++;  // at the cap the event is still recorded; only the dumps will not restate it
+      } else {
+        // Kept with the time it was first seen: a dump restates it from then.
+        objects_[key] = WorkloadRecord{first, TW_IDENT_REC_F_DUMP, w};
+        const uint64_t size = identity::to_json(w).size() + sizeof(tw_seg_workload) + 32;
+        object_bytes_[key] = size;
+        objects_bytes_ += size;
       }
-      // Kept with the time it was first seen: a dump restates it from then.
-      objects_[key] = WorkloadRecord{first, TW_IDENT_REC_F_DUMP, w};
-      const uint64_t size = identity::to_json(w).size() + sizeof(tw_seg_workload) + 32;
-      object_bytes_[key] = size;
-      objects_bytes_ += size;
     }
     st_.objects = objects_.size();
   }

@@ -280,6 +280,9 @@ struct Sensor::Impl {
     if (geteuid() == 0) {
       account = resolve_dissector_account(opts.dissector_user, opts.dissector_group);
       share_data_dir(opts.data_dir, *account);
+    } else if (!opts.dissector_user.empty() || !opts.dissector_group.empty()) {
+      std::fprintf(stderr, "tapwire-sensor: --dissector-user/--dissector-group need a root sensor; the dissector "
+                   "runs as this sensor's user\n");
     }
     shm::StoreOptions so;
     so.dir = opts.data_dir + "/segments";

@@ -44,14 +44,16 @@ std::string errno_text(const char* call) { return std::string(call) + ": " + std
 // SQLite also takes its byte-range locks (fcntl, below), syncs (fdatasync;
 // fsync on the directory), truncates and deletes its -wal/-shm/-journal,
 // checks a temp directory with access(), resolves relative and linked DB
-// paths (getcwd, readlink) and, as uid 0, gives the files it creates the
-// DB's owner (fchown: a dissector started by hand as root keeps its uid).
+// paths (getcwd, readlink), gives a -wal/-journal it creates the DB's mode
+// (fchmod, when the umask made it differ: seen on a DB of an earlier,
+// root-run version) and, as uid 0, the DB's owner (fchown: a dissector
+// started by hand as root keeps its uid). openat and fchmod never set the
+// setuid, setgid or sticky bits (rules below).
 constexpr const char* kFileCalls[] = {
-    "openat",     "close",      "read",       "pread64",    "write",  "pwrite64", "writev",
-    "lseek",      "newfstatat", "fstat",      "statx",      "getdents64",       "ftruncate",
-    "fsync",      "fdatasync",  "rename",     "renameat",   "renameat2",        "unlink",
-    "unlinkat",   "access",     "faccessat",  "faccessat2", "readlink",         "readlinkat",
-    "getcwd",     "fchown",
+    "close",     "read",      "pread64",    "write",    "pwrite64",   "writev",    "lseek",
+    "newfstatat", "fstat",    "statx",      "getdents64", "ftruncate", "fsync",    "fdatasync",
+    "rename",    "renameat",  "renameat2",  "unlink",   "unlinkat",   "access",    "faccessat",
+    "faccessat2", "readlink", "readlinkat", "getcwd",   "fchown",
 };
 
 // Memory: mimalloc reserves and commits (mmap, mprotect), decommits
@@ -81,7 +83,7 @@ constexpr int kFcntlCommands[] = {F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_GETLK, F
 
 // Not on the list, among others: socket and every network call, execve,
 // fork/clone, ptrace, ioctl, kill, setuid and friends, mount, bpf,
-// perf_event_open, io_uring, chmod, link/symlink, mkdir.
+// perf_event_open, io_uring, chmod/fchmodat, link/symlink, mkdir.
 
 void add_rules(scmp_filter_ctx ctx) {
   auto allow = [&](const char* name, std::initializer_list<scmp_arg_cmp> args = {}) {
@@ -95,6 +97,8 @@ void add_rules(scmp_filter_ctx ctx) {
   for (const char* s : kMemoryCalls) allow(s);
   for (const char* s : kTimeCalls) allow(s);
   for (const char* s : kProcessCalls) allow(s);
+  allow("openat", {SCMP_A3(SCMP_CMP_MASKED_EQ, S_ISUID | S_ISGID | S_ISVTX, 0)});
+  allow("fchmod", {SCMP_A1(SCMP_CMP_MASKED_EQ, S_ISUID | S_ISGID | S_ISVTX, 0)});
   allow("mmap", {SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)});
   allow("mprotect", {SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0)});
   for (int cmd : kFcntlCommands) allow("fcntl", {SCMP_A1(SCMP_CMP_EQ, static_cast<scmp_datum_t>(cmd))});
