@@ -25,7 +25,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <stdexcept>
 
 #include "dissector.hpp"
@@ -97,8 +96,10 @@ void write_file(const fs::path& p, const std::vector<uint8_t>& b) {
 }
 
 std::vector<uint8_t> read_file(const fs::path& p) {
+  std::vector<uint8_t> b(fs::file_size(p));
   std::ifstream i(p, std::ios::binary);
-  return {std::istreambuf_iterator<char>(i), std::istreambuf_iterator<char>()};
+  i.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  return b;
 }
 
 // Rewrites the CRC of every record the framing reaches.

@@ -59,11 +59,18 @@ class Snapshots(unittest.TestCase):
             self.assertLess(manifest["from_ns"], manifest["to_ns"])
             files = [f["name"] for f in manifest["files"]]
             self.assertTrue(files, manifest)
-            self.assertEqual(sorted("segments/" + n for n in listing(snap / "segments")), sorted(files))
+            # The packet segments and the identity stream that covers them (docs/IDENTITY.md).
+            on_disk = ["segments/" + n for n in listing(snap / "segments")]
+            if (snap / "identity").exists():
+                on_disk += ["identity/" + n for n in listing(snap / "identity")]
+            self.assertEqual(sorted(on_disk), sorted(files))
+            self.assertTrue(any(f.startswith("identity/") for f in files),
+                            f"the sensor records identity: the snapshot should carry it: {files}")
             for f in files:
                 self.assertEqual(os.stat(snap / f).st_mode & 0o777, 0o440, f)
             self.assertEqual(os.stat(snap).st_mode & 0o777, 0o550)
-            self.assertTrue(all((segs / Path(f).name).exists() for f in files), "snapshot files left the ring early")
+            self.assertTrue(all((data / Path(f).parent / Path(f).name).exists() for f in files),
+                            "snapshot files left the ring early")
 
             before = L.dir / "before.pcapng"
             lab.export_pcap(snap, before)

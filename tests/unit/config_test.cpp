@@ -113,7 +113,7 @@ TEST(Config, DefaultsEqualTheFlagDefaults) {
   EXPECT_EQ(c.enabled_dissectors, (std::vector<std::string>{"http", "dns"}));
   EXPECT_EQ(c.dissection.max_body, 64u << 10);
   EXPECT_EQ(c.dissection.max_header, 64u << 10);
-  EXPECT_EQ(c.metrics.address, ":9100");
+  EXPECT_EQ(c.metrics.address, "127.0.0.1:7477");
 }
 
 TEST(Config, RingSizeIsAutoOrASize) {
