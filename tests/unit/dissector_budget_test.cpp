@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "config.hpp"
 #include "dissector.hpp"
 
 using namespace tapwire::dissect;
@@ -183,9 +184,10 @@ TEST(DissectorMemory, EstimateFollowsTheHeap) {
       Dissector d(opts, [&](Call&&) { calls++; });
       Net net(d);
       c.make(net);
-      const size_t heap = heap_in_use() - heap0, rss = rss_bytes() - rss0;
+      const size_t heap = heap_in_use() - heap0;
+      const long long rss = static_cast<long long>(rss_bytes()) - static_cast<long long>(rss0);
       const size_t est = d.metrics().memory_bytes;
-      std::printf("%-36s estimate %9zu  heap %9zu (x%.2f)  rss %9zu\n", c.name, est, heap,
+      std::printf("%-36s estimate %9zu  heap %9zu (x%.2f)  rss %+10lld\n", c.name, est, heap,
                   static_cast<double>(est) / static_cast<double>(heap), rss);
       EXPECT_GT(heap, 1u << 20) << "the case should allocate a lot";
       EXPECT_GE(est * 3, heap * 2) << "under two thirds of the heap";
@@ -324,8 +326,6 @@ TEST(DissectorMemory, HostileTrafficStaysWithinTheLimitAndCallsGoOn) {
 }
 
 // ---------------------------------------------------------- configuration ---
-
-#include "config.hpp"
 
 TEST(DissectorMemory, ConfigKeyTakesSizesAndZero) {
   using tapwire::config::ConfigError;
