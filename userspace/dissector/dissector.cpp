@@ -725,7 +725,10 @@ struct Dissector::Impl {
 
   void udp(const Packet& p) {
     m.udp_datagrams++;
-    if (!opts.enable_dns || (p.meta.flags & (TW_PKT_F_CONTINUATION | TW_PKT_F_TRUNCATED | TW_PKT_F_MORE))) return;
+    // A first IP fragment holds only part of its datagram: not a whole DNS message.
+    if (!opts.enable_dns ||
+        (p.meta.flags & (TW_PKT_F_CONTINUATION | TW_PKT_F_TRUNCATED | TW_PKT_F_MORE | TW_PKT_F_FRAGMENT)))
+      return;
     if (!proto::looks_like_dns(p.payload)) return;
     proto::DnsMessage msg;
     if (proto::parse_dns(p.payload, msg, opts.dns).status != proto::ParseStatus::Done) {
