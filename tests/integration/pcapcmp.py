@@ -35,7 +35,7 @@ class Capture:
     path: str
     tcp: dict[tuple, Direction] = field(default_factory=dict)  # (src, sport, dst, dport, generation)
     udp: Counter = field(default_factory=Counter)  # ((src, sport, dst, dport), payload hex) -> count
-    ctl: Counter = field(default_factory=Counter)  # (flow key, raw seq, "SYN"/"FIN"/"RST" flags) -> count
+    ctl: Counter = field(default_factory=Counter)  # (flow key, raw seq of a SYN or seq after the payload of a FIN/RST, flags) -> count
     frames: int = 0
     tshark_stderr: str = ""
 
@@ -85,7 +85,12 @@ def read_capture(path: str, timeout: float = 600) -> Capture:
                 fl = int(tflags, 16) if tflags else 0
                 if fl & 0x07:
                     names = "+".join(n for bit, n in ((2, "SYN"), (1, "FIN"), (4, "RST")) if fl & bit)
-                    cap.ctl[(key, seq, names)] += 1
+                    # A FIN or RST sits after the packet's payload: keyed by
+                    # that position, the same whether the sender's large
+                    # segment was captured whole or in chunks (each chunk a
+                    # segment of its own, the flag on the last one).
+                    at = seq if fl & 0x02 else (seq + int(tlen or 0)) & 0xFFFFFFFF
+                    cap.ctl[(key, at, names)] += 1
                 n = int(tlen or 0)
                 if n:
                     # fewer bytes than tcp.len when the file was cut by a snap length: keep what is there

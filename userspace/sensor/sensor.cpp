@@ -1172,8 +1172,10 @@ struct Sensor::Impl {
         }
       }
       io_uring_cq_advance(&uring, seen);
-      more = drain_all();
+      // Identity first: a socket's owner is announced before its packets
+      // reach the capture hooks, and is then published before them.
       drain_identity();
+      more = drain_all();
       if (targets_dirty) apply_targets();
       uint64_t now = clock_ns(CLOCK_MONOTONIC);
       if (now - last_tick_mono >= 1000000000ull) {

@@ -288,9 +288,26 @@ int main(int argc, char** argv) {
       if (save && !checkpoint_path.empty()) save_checkpoint(text);
       last_flush = std::chrono::steady_clock::now();
     };
+    // Live, a packet is dissected once it is kIdentityHoldNs old: the
+    // sensor records a socket's owner when the socket is first seen, which
+    // for the accepting end is after its first packet was captured, and
+    // publishes its identity stream and its segments separately. Held that
+    // long, a call names both ends live as it does from a snapshot.
+    constexpr uint64_t kIdentityHoldNs = 1'000'000'000ull;
+    auto hold_for_identity = [&](uint64_t ts_ns) {
+      for (int i = 0; i < 40 && !g_stop; i++) {
+        timespec now{};
+        clock_gettime(CLOCK_REALTIME, &now);
+        const uint64_t wall = static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+        if (wall >= ts_ns + kIdentityHoldNs || ts_ns > wall + kIdentityHoldNs) return;  // old enough, or a clock step
+        const uint64_t wait = std::min<uint64_t>(ts_ns + kIdentityHoldNs - wall, 50'000'000ull);
+        std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
+      }
+    };
     while (!g_stop) {
       auto r = source->next(p);
       if (r == PacketSource::Next::Packet) {
+        if (live && identity_dir.size()) hold_for_identity(p.meta.ts_ns);
         identity.at(p.meta.ts_ns);
         d.packet(p);
         last = p.pos;
