@@ -26,16 +26,20 @@ run: deps build
 	BUILD_DIR=$(BUILD_DIR) DATA_DIR=$(DATA_DIR) RUN_ARGS="$(RUN_ARGS)" bash scripts/run.sh
 
 # Unit tests under ASan/UBSan first (fast, catch memory errors), then every
-# test, the network-namespace integration tests included, on the normal build.
+# test, the network-namespace integration tests and the fuzz smoke run (on
+# the fuzz targets of the sanitizer build) included, on the normal build.
 test: deps build asan
 	cd $(ASAN_DIR) && ctest --output-on-failure -L unit
-	cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600
+	cd $(BUILD_DIR) && TAPWIRE_FUZZ_DIR=$(abspath $(ASAN_DIR)) ctest --output-on-failure --timeout 600
 
+# One clang build with ASan and UBSan for the unit tests and the libFuzzer
+# targets alike (tests/fuzz/README.md): the libraries are compiled once.
 $(ASAN_DIR)/CMakeCache.txt:
-	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DTAPWIRE_SANITIZE=ON
+	cmake -S . -B $(ASAN_DIR) -DCMAKE_BUILD_TYPE=Debug -DTAPWIRE_SANITIZE=ON -DTAPWIRE_FUZZ=ON \
+	  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
 
 asan: $(ASAN_DIR)/CMakeCache.txt
-	cmake --build $(ASAN_DIR) -j $(JOBS) --target tapwire-unit-tests tapwire
+	cmake --build $(ASAN_DIR) -j $(JOBS) --target tapwire-unit-tests tapwire tapwire-fuzzers
 
 unit-test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit
@@ -47,11 +51,12 @@ bench: deps build
 	bash scripts/bench.sh
 
 clean:
-	rm -rf $(BUILD_DIR) $(ASAN_DIR)
+	rm -rf $(BUILD_DIR) $(ASAN_DIR) $(FUZZ_DIR)
 
-# Fuzzing (tests/fuzz/README.md): libFuzzer targets, built with clang in their
-# own build dir. `make fuzz` runs each FUZZ_SECONDS and stops at the first
-# crash; `make fuzz-smoke` is the short run CI does (ctest -L fuzz in make test).
+# Fuzzing (tests/fuzz/README.md): libFuzzer targets, built with clang at -O1
+# in their own build dir. `make fuzz` runs each FUZZ_SECONDS and stops at the
+# first crash; `make fuzz-smoke` is the short run CI does (in make test, on
+# the targets of the sanitizer build).
 FUZZ_DIR           ?= build-fuzz
 FUZZ_SECONDS       ?= 300
 FUZZ_SMOKE_SECONDS ?= 20
@@ -63,5 +68,3 @@ fuzz: fuzz-build
 	FUZZ_DIR=$(FUZZ_DIR) FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh fuzz $(FUZZ_TARGETS)
 fuzz-smoke: fuzz-build
 	FUZZ_DIR=$(FUZZ_DIR) FUZZ_SMOKE_SECONDS=$(FUZZ_SMOKE_SECONDS) bash tests/fuzz/run.sh smoke $(FUZZ_TARGETS)
-# make test's ctest runs the fuzz smoke test on the targets built here.
-test: fuzz-build

@@ -201,6 +201,10 @@ std::vector<MetricFamily> sensor_families(const json& s) {
   out.push_back(FamilyBuilder("tapwire_segments_deleted_total", "Segments deleted by retention", MetricType::Counter)
                     .add(num(st, "segments_deleted"))
                     .f);
+  out.push_back(FamilyBuilder("tapwire_segments_damaged_total",
+                              "Segments found damaged at start and set aside in segments/damaged/", MetricType::Counter)
+                    .add(num(st, "segments_damaged"))
+                    .f);
   const json d = obj(s, "dissection");
   out.push_back(FamilyBuilder("tapwire_dissection_enabled", "1 while L7 dissection is enabled", MetricType::Gauge)
                     .add(flag(d, "enabled") ? 1 : 0)
@@ -408,6 +412,20 @@ std::vector<MetricFamily> dissector_families(const json& m) {
   by_label(shed_bytes, m, "shed_bytes", "reason");
   out.push_back(shed.f);
   out.push_back(shed_bytes.f);
+  const json db = obj(m, "db");
+  out.push_back(FamilyBuilder("tapwire_dissection_db_bytes", "Bytes the live dissection DB's calls take",
+                              MetricType::Gauge)
+                    .add(num(db, "bytes"))
+                    .f);
+  out.push_back(FamilyBuilder("tapwire_dissection_db_max_bytes",
+                              "The live dissection DB's size bound (tap.capture.dbMaxSize); 0: none", MetricType::Gauge)
+                    .add(num(db, "max_bytes"))
+                    .f);
+  out.push_back(FamilyBuilder("tapwire_dissection_db_calls_deleted_total",
+                              "Oldest calls deleted to keep the live dissection DB within tap.capture.dbMaxSize",
+                              MetricType::Counter)
+                    .add(num(db, "calls_deleted"))
+                    .f);
   return out;
 }
 

@@ -10,7 +10,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev libpcap-dev libsqlite3-dev
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libnghttp2-dev libzstd-dev
   libsystemd-dev linux-libc-dev libisal-dev libssl-dev libarchive-dev libcurl4-openssl-dev
-  libseccomp-dev
+  libseccomp-dev libbrotli-dev
   # fuzzing (make fuzz): libFuzzer and the sanitizers' runtime for clang
   libclang-rt-14-dev
   # test lab and references

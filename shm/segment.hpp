@@ -85,10 +85,13 @@ struct StoreStats {
   uint64_t records_written = 0;
   uint64_t bytes_written = 0;  // record bytes, headers included
   uint64_t append_failures = 0;  // records that could not be stored (counted as a drop)
+  uint64_t segments_damaged = 0;  // found damaged at start and moved to DIR/damaged/
 };
 
 // The writer's side of a segment directory: takes an exclusive lock
-// (DIR/.writer.lock), recovers segments a previous writer left open, rotates
+// (DIR/.writer.lock), recovers segments a previous writer left open, moves
+// damaged ones (not a segment any more: zeroed or cut header) to
+// DIR/damaged/, rotates
 // to a new segment when the open one is full or old, and deletes the oldest
 // sealed segments while the total exceeds storage_size.
 class SegmentStore {
@@ -114,6 +117,8 @@ class SegmentStore {
 
   StoreStats stats() const;
   const StoreOptions& options() const;
+  // Why each segment set aside at start was (one line each, naming the file).
+  const std::vector<std::string>& damaged() const;
 
  private:
   struct Impl;

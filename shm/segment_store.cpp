@@ -14,6 +14,7 @@
 #include <functional>
 #include <optional>
 
+#include "fs_util.hpp"
 #include "segment.hpp"
 
 namespace tapwire::shm {
@@ -24,6 +25,8 @@ constexpr uint64_t kPage = 4096;
 // After a segment could not be created (disk full), appends fail fast for
 // this long instead of retrying file creation for every record.
 constexpr uint64_t kCreateRetryNs = 1000000000ull;
+constexpr const char* kDamagedDir = "damaged";
+constexpr size_t kMaxDamaged = 16;
 
 std::string errstr(int err) { return std::strerror(err); }
 
@@ -31,23 +34,6 @@ uint64_t coarse_realtime_ns() {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME_COARSE, &ts);  // vDSO: no syscall per record
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-void mkdir_p(const std::string& dir) {
-  std::string cur;
-  size_t pos = 0;
-  while (pos <= dir.size()) {
-    size_t next = dir.find('/', pos);
-    if (next == std::string::npos) next = dir.size();
-    cur = dir.substr(0, next);
-    pos = next + 1;
-    if (cur.empty()) continue;  // leading '/'
-    if (mkdir(cur.c_str(), 0750) != 0 && errno != EEXIST)
-      throw SegmentError(dir + ": cannot create data directory: " + errstr(errno));
-  }
-  struct stat st{};
-  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    throw SegmentError(dir + ": data directory is not a directory");
 }
 
 uint64_t file_size(const std::string& path) {
@@ -87,6 +73,7 @@ struct SegmentStore::Impl {
   uint64_t retry_after_ns = 0;
   std::function<void(SegmentWriter&)> on_open;
   StoreStats st;
+  std::vector<std::string> damaged;  // one line per segment set aside at start
 
   uint64_t capacity() const { return segment_size - TW_SEG_HEADER_SIZE; }
   uint64_t stored() const { return sealed_bytes + (open ? segment_size : 0); }
@@ -118,20 +105,41 @@ struct SegmentStore::Impl {
     }
   }
 
+  // Moves a damaged segment into DIR/damaged/, which keeps the newest
+  // kMaxDamaged of them (they are not counted in storage_size).
+  void set_aside(const SegmentInfo& info, const std::string& why) {
+    const std::string dir = opts.dir + "/" + kDamagedDir;
+    if (mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST) {
+      unlink(info.path.c_str());
+    } else {
+      const std::string to = dir + "/" + info.path.substr(info.path.rfind('/') + 1);
+      if (rename(info.path.c_str(), to.c_str()) != 0) unlink(info.path.c_str());
+      auto kept = list_segments(dir);
+      for (size_t i = 0; i + kMaxDamaged < kept.size(); i++) unlink(kept[i].path.c_str());
+    }
+    st.segments_damaged++;
+    damaged.push_back(why);
+  }
+
   // Seals what a dead writer left open and takes stock of the ring.
   void scan() {
     remove_stale_temporaries(opts.dir);
     for (const auto& info : list_segments(opts.dir)) {
       next_seq = std::max(next_seq, info.seq + 1);
-      // A file named like a segment that is not one means this is not the
-      // directory the user thinks it is (or it was tampered with): refuse it
-      // rather than write next to it or delete it by retention.
-      bool is_open = false;
-      {
-        SegmentReader r = SegmentReader::open(info.path);  // throws with the file and the reason
-        is_open = !r.sealed();
+      // A segment whose header is damaged (a power loss before its pages
+      // reached the disk, a zeroed or cut file) is moved to DIR/damaged/
+      // and counted: capture starts, and the file is kept for a look.
+      try {
+        bool is_open = false;
+        {
+          SegmentReader r = SegmentReader::open(info.path);  // throws with the file and the reason
+          is_open = !r.sealed();
+        }
+        if (is_open) recover_segment(info.path);
+      } catch (const SegmentError& e) {
+        set_aside(info, e.what());
+        continue;
       }
-      if (is_open) recover_segment(info.path);
       const uint64_t size = file_size(info.path);
       sealed.push_back({info.seq, info.path, size});
       sealed_bytes += size;
@@ -208,7 +216,10 @@ SegmentStore::SegmentStore(StoreOptions opts) : impl_(new Impl) {
     seg = seg / kPage * kPage;
     s.segment_size = std::max(seg, kMinSegment);
     s.opts.segment_size = s.segment_size;
-    mkdir_p(s.opts.dir);
+    if (!tapwire::mkdir_p(s.opts.dir, 0750, 0750)) {
+      if (errno == ENOTDIR) throw SegmentError(s.opts.dir + ": data directory is not a directory");
+      throw SegmentError(s.opts.dir + ": cannot create data directory: " + errstr(errno));
+    }
     s.lock();
     s.scan();
     s.enforce_retention(0);
@@ -276,5 +287,7 @@ StoreStats SegmentStore::stats() const {
 }
 
 const StoreOptions& SegmentStore::options() const { return impl_->opts; }
+
+const std::vector<std::string>& SegmentStore::damaged() const { return impl_->damaged; }
 
 }  // namespace tapwire::shm

@@ -737,3 +737,45 @@ TEST_F(TapwireCalls, ControlBytesInIdentityStayOnOneLine) {
   EXPECT_EQ(r.out.find('\n'), r.out.size() - 1) << r.out;
   EXPECT_NE(r.out.find(" ns\\x0a/pod\\x1b[31m (p\\x0d) -> "), std::string::npos) << r.out;
 }
+
+// tap.capture.dbMaxSize: the oldest calls go, the newest stay, and the pages
+// in use never exceed the bound after a commit.
+TEST(CallDbBound, DeletesOldestCallsToStayWithinMaxSize) {
+  const std::string path = ::testing::TempDir() + "tw-bound-" + std::to_string(getpid()) + ".db";
+  fs::remove(path);
+  constexpr uint64_t kMax = 1ull << 20;
+  uint64_t deleted = 0;
+  {
+    CallDb db(path);
+    db.set_auto_commit(false);
+    db.set_max_size(kMax);
+    for (uint64_t k = 1; k <= 20000; k++) {
+      db.insert(http_call(k, "/item/" + std::to_string(k) + std::string(100, 'x'), 200));
+      if (k % 500 == 0) {
+        db.commit();
+        const auto s = db.size_stats();
+        ASSERT_LE(s.bytes, kMax) << "after " << k << " calls";
+        EXPECT_EQ(s.max_bytes, kMax);
+      }
+    }
+    db.commit();
+    const auto s = db.size_stats();
+    deleted = s.calls_deleted;
+    EXPECT_GT(deleted, 0u);
+    EXPECT_EQ(db.count() + deleted, 20000u);
+    // The file stops growing: freed pages are reused.
+    EXPECT_LE(s.file_bytes, kMax + (kMax / 4));
+    CallDb::Query q;
+    q.by_rowid = true;
+    auto rows = db.query(q);
+    ASSERT_FALSE(rows.empty());
+    EXPECT_EQ(rows.back()["request"]["path"], "/item/20000" + std::string(100, 'x'));
+    EXPECT_NE(rows.front()["request"]["path"], "/item/1" + std::string(100, 'x'));
+  }
+  // The count survives a reopen (it is in the DB's meta table).
+  CallDb again(path);
+  EXPECT_EQ(again.size_stats().calls_deleted, deleted);
+  fs::remove(path);
+  fs::remove(path + "-wal");
+  fs::remove(path + "-shm");
+}

@@ -897,3 +897,37 @@ TEST(SegmentStore, ReaderInAnotherProcessFollowsRotations) {
 }
 
 }  // namespace
+
+// A segment whose header was zeroed (power loss before its pages reached the
+// disk) is set aside in DIR/damaged/ and counted; the store opens, keeps the
+// good segments and goes on writing.
+TEST(SegmentStore, DamagedSegmentIsSetAsideAndCaptureStarts) {
+  TempDir dir;
+  {
+    SegmentStore store({dir.path()});
+    ASSERT_TRUE(append_rec(store, 0));
+    store.rotate();
+    ASSERT_TRUE(append_rec(store, 1));
+    store.rotate();
+  }
+  auto before = list_segments(dir.path());
+  ASSERT_EQ(before.size(), 2u);
+  {
+    std::vector<uint8_t> zeros(TW_SEG_HEADER_SIZE, 0);
+    int fd = ::open(before[0].path.c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(pwrite(fd, zeros.data(), zeros.size(), 0), static_cast<ssize_t>(zeros.size()));
+    close(fd);
+  }
+  SegmentStore store({dir.path()});
+  EXPECT_EQ(store.stats().segments_damaged, 1u);
+  ASSERT_EQ(store.damaged().size(), 1u);
+  EXPECT_NE(store.damaged()[0].find(before[0].path), std::string::npos) << store.damaged()[0];
+  EXPECT_EQ(store.stats().segments, 1u);
+  ASSERT_TRUE(append_rec(store, 2));
+  auto after = list_segments(dir.path());
+  ASSERT_EQ(after.size(), 2u);
+  EXPECT_EQ(after[0].seq, before[1].seq);
+  EXPECT_GT(after[1].seq, before[1].seq);
+  EXPECT_EQ(list_segments(dir.path() + "/damaged").size(), 1u);
+}

@@ -99,16 +99,6 @@ std::string call_line(const json& c) {
 // fail on it.
 std::string record_line(const json& c) { return c.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-std::unique_ptr<dissect::CallDb> open_db(const std::string& path) {
-  if (access(path.c_str(), R_OK) != 0)
-    throw CliError("cannot read the dissection DB", path, "give the --db that tapwire-dissector or tapwire dissect wrote");
-  try {
-    return std::make_unique<dissect::CallDb>(path, true);
-  } catch (const std::exception& e) {
-    throw CliError("cannot open the dissection DB", path, "is it a tapwire dissection DB?");
-  }
-}
-
 struct CallsOptions {
   std::string db;
   std::string protocol;
@@ -154,7 +144,7 @@ int run_calls(const CallsOptions& o) {
   q.service = o.service;
   q.process = o.process;
   q.node = o.node;
-  auto db = open_db(o.db);
+  auto db = open_call_db(o.db);
   for (auto& c : db->query(q)) std::printf("%s\n", o.json ? record_line(c).c_str() : call_line(c).c_str());
   return 0;
 }
@@ -217,6 +207,16 @@ int run_tail(const TailOptions& o) {
 }
 
 }  // namespace
+
+std::unique_ptr<dissect::CallDb> open_call_db(const std::string& path) {
+  if (access(path.c_str(), R_OK) != 0)
+    throw CliError("cannot read the dissection DB", path, "give the --db that tapwire-dissector or tapwire dissect wrote");
+  try {
+    return std::make_unique<dissect::CallDb>(path, true);
+  } catch (const std::exception&) {
+    throw CliError("cannot open the dissection DB", path, "is it a tapwire dissection DB?");
+  }
+}
 
 void register_calls(CLI::App& app, Action& action) {
   auto o = std::make_shared<CallsOptions>();

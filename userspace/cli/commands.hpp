@@ -5,12 +5,17 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+
+namespace tapwire::dissect {
+class CallDb;
+}
 
 namespace tapwire::cli {
 
@@ -46,6 +51,9 @@ std::optional<nlohmann::json> control_call(const std::string& socket_path, const
 // `tapwire calls` (query a dissection DB) and `tapwire tail` (follow it live)
 void register_calls(CLI::App& app, Action& action);
 void register_tail(CLI::App& app, Action& action);
+// A finished dissection DB (--db of calls and the exports), read-only. Throws
+// CliError when it cannot be read or is not a dissection DB.
+std::unique_ptr<dissect::CallDb> open_call_db(const std::string& path);
 // `tapwire export pcap` (registered under the `export` subcommand)
 void register_export_pcap(CLI::App& export_app, Action& action);
 // `tapwire export har` and `tapwire export jsonl` (from a dissection DB)

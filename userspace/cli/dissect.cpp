@@ -29,6 +29,7 @@
 #include "call_identity.hpp"
 #include "commands.hpp"
 #include "dissector.hpp"
+#include "flow_key.hpp"
 #include "packet_source.hpp"
 #include "segment.hpp"
 
@@ -88,45 +89,10 @@ struct Slot {
   char error[512] = {};
 };
 
-// The canonical 5-tuple: the same for both directions of a flow.
-uint64_t flow_hash(const tw_pkt& m) {
-  const uint8_t* a = m.saddr;
-  const uint8_t* b = m.daddr;
-  uint16_t pa = m.sport, pb = m.dport;
-  int c = std::memcmp(a, b, 16);
-  if (c > 0 || (c == 0 && pa > pb)) {
-    std::swap(a, b);
-    std::swap(pa, pb);
-  }
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  auto mix = [&](const void* p, size_t n) {
-    const auto* s = static_cast<const uint8_t*>(p);
-    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ull;
-  };
-  mix(&m.l4_proto, 1);
-  mix(&m.ip_version, 1);
-  mix(a, 16);
-  mix(&pa, 2);
-  mix(b, 16);
-  mix(&pb, 2);
-  return h;
-}
-
 DissectorOptions engine_options(const DissectOptions& o) {
   DissectorOptions opts;
-  opts.enable_http = opts.enable_dns = false;
-  for (size_t pos = 0; pos <= o.dissectors.size();) {
-    size_t comma = o.dissectors.find(',', pos);
-    std::string name = o.dissectors.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-    if (name == "http")
-      opts.enable_http = true;
-    else if (name == "dns")
-      opts.enable_dns = true;
-    else if (name != "none" && !name.empty())
-      throw CliError("unknown dissector", name, "--dissectors takes http, dns (comma-separated) or none");
-    if (comma == std::string::npos) break;
-    pos = comma + 1;
-  }
+  if (const std::string bad = enable_dissectors(opts, o.dissectors); !bad.empty())
+    throw CliError("unknown dissector", bad, "--dissectors takes http, dns (comma-separated) or none");
   opts.http.max_body_kept = o.max_body;
   opts.http.max_header_bytes = o.max_header;
   opts.memory_limit = static_cast<size_t>(o.memory_limit);

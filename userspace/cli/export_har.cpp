@@ -24,16 +24,6 @@ struct ExportDbOptions {
   std::string output = "-";
 };
 
-std::unique_ptr<dissect::CallDb> open_db(const std::string& path) {
-  if (access(path.c_str(), R_OK) != 0)
-    throw CliError("cannot read the dissection DB", path, "give the --db that tapwire-dissector or tapwire dissect wrote");
-  try {
-    return std::make_unique<dissect::CallDb>(path, true);
-  } catch (const std::exception&) {
-    throw CliError("cannot open the dissection DB", path, "is it a tapwire dissection DB?");
-  }
-}
-
 void write_all(OutputFile& out, const std::string& text) {
   if (std::fwrite(text.data(), 1, text.size(), out.fp()) != text.size())
     throw CliError("cannot write the output", out.writing_path(), std::strerror(errno));
@@ -165,7 +155,7 @@ json har_entry(const json& c) {
 }
 
 int run_export_har(const ExportDbOptions& o) {
-  auto db = open_db(o.db);
+  auto db = open_call_db(o.db);
   dissect::CallDb::Query q;
   q.protocol = "http";
   json entries = json::array();
@@ -194,7 +184,7 @@ int run_export_har(const ExportDbOptions& o) {
 }
 
 int run_export_jsonl(const ExportDbOptions& o) {
-  auto db = open_db(o.db);
+  auto db = open_call_db(o.db);
   OutputFile out(o.output);
   dissect::CallDb::Query q;
   uint64_t n = 0;

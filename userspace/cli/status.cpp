@@ -224,6 +224,8 @@ int run_status(const StatusOptions& o) {
   row("bytes stored", stored_text);
   row("segment size", bytes_human(u64_at(storage, "segment_size")));
   row("segments deleted", grouped(u64_at(storage, "segments_deleted")));
+  if (uint64_t d = u64_at(storage, "segments_damaged"))
+    row("segments damaged", grouped(d) + " (set aside at start in segments/damaged/)");
   row("records written", grouped(u64_at(storage, "records_written")));
   return 0;
 }

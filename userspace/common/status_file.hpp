@@ -11,7 +11,8 @@
 //   "drops": {"ringbuf_full": 0, ..., "storage_write_failed": 0},   // by reason, all CPUs
 //   "drops_by_cpu": [{"cpu": 0, "ringbuf_full": 0, ...}],
 //   "storage": {"dir": "...", "segments": 0, "bytes_stored": 0, "storage_size": 0,
-//               "segment_size": 0, "segments_deleted": 0, "records_written": 0}
+//               "segment_size": 0, "segments_deleted": 0, "segments_damaged": 0,
+//               "records_written": 0}
 // }
 #pragma once
 

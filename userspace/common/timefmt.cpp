@@ -4,6 +4,8 @@
 
 #include <cstdio>
 
+#include "clock.hpp"
+
 namespace tapwire {
 namespace {
 
@@ -204,11 +206,7 @@ TimeParseResult parse_time_arg(std::string_view text, uint64_t now_ns) {
   return parse_rfc3339(text);
 }
 
-uint64_t realtime_now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * kNsPerSec + static_cast<uint64_t>(ts.tv_nsec);
-}
+uint64_t realtime_now_ns() { return clock_ns(CLOCK_REALTIME); }
 
 std::string format_rfc3339_ns(uint64_t ns) {
   const uint64_t secs = ns / kNsPerSec;

@@ -1,4 +1,5 @@
 #include "config.hpp"
+#include "cidr.hpp"
 
 #include <arpa/inet.h>
 #include <regex.h>
@@ -179,27 +180,15 @@ std::vector<std::string> read_interfaces(const Value& v) {
   return out;
 }
 
-// Same rules as the sensor's parse_cidr: IPv4 or IPv6, optional /prefix.
+// IPv4 or IPv6, optional /prefix (parse_cidr, as the sensor reads them).
 std::vector<std::string> read_cidrs(const Value& v) {
   std::vector<std::string> out;
   for (const auto& item : read_list(v, "CIDRs")) {
     const std::string& s = scalar(v, item, "a CIDR (like 10.0.0.0/8 or fd00::/8)");
-    std::string addr = s;
-    long prefix = -1;
-    if (auto slash = s.find('/'); slash != std::string::npos) {
-      addr = s.substr(0, slash);
-      std::string p = s.substr(slash + 1);
-      if (p.empty() || p.size() > 3 || p.find_first_not_of("0123456789") != std::string::npos)
-        v.fail_at(item, "bad CIDR '" + s + "': the prefix length must be a number 0-128");
-      prefix = std::stol(p);
-    }
-    unsigned char buf[16];
-    if (inet_pton(AF_INET, addr.c_str(), buf) == 1) {
-      if (prefix > 32) v.fail_at(item, "bad CIDR '" + s + "': an IPv4 prefix is at most 32");
-    } else if (inet_pton(AF_INET6, addr.c_str(), buf) == 1) {
-      if (prefix > 128) v.fail_at(item, "bad CIDR '" + s + "': an IPv6 prefix is at most 128");
-    } else {
-      v.fail_at(item, "bad CIDR '" + s + "': expected an IPv4 or IPv6 address with an optional /prefix");
+    try {
+      parse_cidr(s);
+    } catch (const CidrError& e) {
+      v.fail_at(item, e.what());
     }
     out.push_back(s);
   }
@@ -318,6 +307,18 @@ const Field kFields[] = {
     {"tap.filters.ports.allow", [](const Value& v, TapwireConfig& c) { c.filters.allow_ports = read_ports(v); }},
     {"tap.filters.ports.deny", [](const Value& v, TapwireConfig& c) { c.filters.deny_ports = read_ports(v); }},
     {"tap.capture.stopped", [](const Value& v, TapwireConfig& c) { c.capture.stopped = read_bool(v); }},
+    {"tap.capture.attach",
+     [](const Value& v, TapwireConfig& c) {
+       c.capture.attach = read_string(v, false);
+       if (c.capture.attach != "auto" && c.capture.attach != "tc" && c.capture.attach != "tcx")
+         v.fail("must be auto, tc or tcx, got '" + c.capture.attach + "'");
+     }},
+    {"tap.capture.dbMaxSize",
+     [](const Value& v, TapwireConfig& c) {
+       c.capture.db_max_size = read_size(v, 0, UINT64_MAX);
+       if (c.capture.db_max_size != 0 && c.capture.db_max_size < kMiB)
+         v.fail("must be 0 (no bound) or at least 1Mi, got '" + v.node.Scalar() + "'");
+     }},
     {"tap.capture.raw.enabled", [](const Value& v, TapwireConfig& c) { c.capture.raw.enabled = read_bool(v); }},
     // Minimums and maximums are the sensor's flag checks and the segment store's floor.
     {"tap.capture.raw.storageSize",

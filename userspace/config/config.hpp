@@ -51,6 +51,12 @@ struct CaptureConfig {
   // On by default, unlike Kubeshark: dissection is the expensive part, switched
   // on while someone investigates (tapwire dissection enable, SIGUSR1).
   bool stopped = true;
+  // tap.capture.attach (--attach): tcx links ("tcx", Linux 6.6+), TC clsact
+  // filters with tapwire's own handle ("tc"), or tcx where the kernel has it ("auto").
+  std::string attach = "auto";
+  // tap.capture.dbMaxSize: the live dissection DB's bound; the oldest calls
+  // are deleted beyond it. 0 = no bound, else >= 1Mi.
+  uint64_t db_max_size = 500ull << 20;
   RawCaptureConfig raw;
   DissectionLifecycleConfig dissection;
   bool operator==(const CaptureConfig&) const = default;

@@ -311,9 +311,71 @@ void CallDb::begin() {
 
 void CallDb::commit() {
   if (in_tx_) {
+    if (max_size_) enforce_max_size();  // in the same transaction: the DB is never seen over its bound
     exec("COMMIT");
     in_tx_ = false;
     batch_ = 0;
+  }
+}
+
+int64_t CallDb::pragma_int(const char* sql) {
+  sqlite3_stmt* st = nullptr;
+  int64_t v = 0;
+  if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+void CallDb::set_max_size(uint64_t bytes) {
+  max_size_ = bytes;
+  if (!bytes) return;
+  const int64_t page = std::max<int64_t>(pragma_int("PRAGMA page_size"), 512);
+  const uint64_t wal = std::clamp<uint64_t>(bytes / 16, 64u << 10, 64u << 20);
+  exec("PRAGMA journal_size_limit=" + std::to_string(wal));
+  exec("PRAGMA wal_autocheckpoint=" + std::to_string(std::max<uint64_t>(wal / static_cast<uint64_t>(page), 16)));
+}
+
+CallDb::SizeStats CallDb::size_stats() {
+  SizeStats s;
+  const int64_t page = pragma_int("PRAGMA page_size");
+  const int64_t pages = pragma_int("PRAGMA page_count");
+  const int64_t free_pages = pragma_int("PRAGMA freelist_count");
+  s.file_bytes = static_cast<uint64_t>(pages * page);
+  s.bytes = static_cast<uint64_t>((pages - free_pages) * page);
+  s.max_bytes = max_size_;
+  if (!calls_deleted_loaded_) {
+    calls_deleted_loaded_ = true;
+    if (auto v = meta("calls_deleted")) calls_deleted_ = std::strtoull(v->c_str(), nullptr, 10);
+  }
+  s.calls_deleted = calls_deleted_;
+  return s;
+}
+
+void CallDb::enforce_max_size() {
+  SizeStats s = size_stats();
+  if (s.bytes <= max_size_) return;
+  // Calls take about the same room each: delete the share of them that
+  // brings the pages in use to 90% of the bound, then check again (indexes
+  // and the meta table make the estimate approximate).
+  for (int round = 0; round < 8 && s.bytes > max_size_ * 9 / 10; round++) {
+    const uint64_t rows = count();
+    if (rows == 0) break;
+    const uint64_t target = max_size_ * 9 / 10;
+    uint64_t n = rows - rows * target / s.bytes;
+    n = std::clamp<uint64_t>(n + rows / 100, 1, rows);
+    sqlite3_stmt* st = nullptr;
+    const char* sql =
+        "DELETE FROM calls WHERE rowid <= (SELECT rowid FROM calls ORDER BY rowid LIMIT 1 OFFSET ?1)";
+    if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK)
+      throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
+    sqlite3_bind_int64(st, 1, static_cast<sqlite3_int64>(n - 1));
+    const int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
+    calls_deleted_ += static_cast<uint64_t>(sqlite3_changes(db_));
+    set_meta("calls_deleted", std::to_string(calls_deleted_));
+    s = size_stats();
   }
 }
 
@@ -393,6 +455,10 @@ void CallDb::insert(const Call& c) {
   if (sqlite3_step(st) != SQLITE_DONE)
     throw std::runtime_error(std::string("dissection DB insert: ") + sqlite3_errmsg(db_));
   inserted_++;
+  if (max_size_ && ++since_size_check_ >= 256) {  // a few pragmas: the file never holds a whole batch over the bound
+    since_size_check_ = 0;
+    enforce_max_size();
+  }
   if (++batch_ >= kBatch && auto_commit_) commit();
 }
 

@@ -45,6 +45,21 @@ class CallDb {
   void commit();
   uint64_t inserted() const { return inserted_; }
 
+  // tap.capture.dbMaxSize: every few hundred inserts and at each commit, if
+  // the calls take more than
+  // `bytes` of the file, the oldest are deleted (in insertion order) until
+  // they take at most 90% of it; SQLite reuses the freed pages, so the file
+  // stops growing near `bytes`. 0: no bound.
+  // The write-ahead log is checkpointed and cut back to 1/16 of the bound.
+  void set_max_size(uint64_t bytes);
+  struct SizeStats {
+    uint64_t bytes = 0;  // pages in use (file pages minus free ones)
+    uint64_t file_bytes = 0;  // the file's pages, free ones included
+    uint64_t max_bytes = 0;
+    uint64_t calls_deleted = 0;  // to stay within max_bytes, over the DB's life
+  };
+  SizeStats size_stats();
+
   // Key/value metadata kept with the calls (committed with them).
   void set_meta(const std::string& key, const std::string& value);
   std::optional<std::string> meta(const std::string& key);
@@ -80,6 +95,12 @@ class CallDb {
   // (NULL by default), which spares it binding and clearing them.
   sqlite3_stmt* insert_ = nullptr;  // schema-1 columns and node
   sqlite3_stmt* insert_identity_ = nullptr;  // every column
+  uint64_t max_size_ = 0;
+  uint64_t calls_deleted_ = 0;
+  uint32_t since_size_check_ = 0;
+  bool calls_deleted_loaded_ = false;
+  void enforce_max_size();
+  int64_t pragma_int(const char* sql);
   bool in_tx_ = false;
   bool auto_commit_ = true;
   size_t batch_ = 0;

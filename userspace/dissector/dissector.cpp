@@ -6,6 +6,8 @@
 #include <list>
 #include <unordered_map>
 
+#include "flow_key.hpp"
+
 namespace tapwire::dissect {
 namespace {
 
@@ -14,52 +16,6 @@ constexpr uint16_t kDnsPort = 53;
 constexpr uint64_t kSweepEveryNs = 1'000'000'000ull;
 
 // ------------------------------------------------------------------ keys ---
-
-// A flow's two endpoints in canonical order (the lower address/port first),
-// so that both directions find the same flow.
-struct FlowKey {
-  uint8_t l4 = 0;
-  uint8_t ipv = 0;
-  uint16_t port[2] = {0, 0};
-  uint8_t addr[2][16] = {};
-  bool operator==(const FlowKey& o) const { return std::memcmp(this, &o, sizeof *this) == 0; }
-};
-static_assert(sizeof(FlowKey) == 38, "FlowKey must have no padding: it is hashed and compared as bytes");
-
-uint64_t fnv1a(const void* data, size_t len, uint64_t h = 1469598103934665603ull) {
-  auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-
-// Mixes the final hash so that similar keys spread (splitmix64 finaliser).
-uint64_t mix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-struct FlowKeyHash {
-  size_t operator()(const FlowKey& k) const { return mix(fnv1a(&k, sizeof k)); }
-};
-
-// Returns the canonical key and which side (0/1) the packet's source is.
-FlowKey make_key(const tw_pkt& m, int& src_side) {
-  FlowKey k;
-  k.l4 = m.l4_proto;
-  k.ipv = m.ip_version;
-  const size_t alen = m.ip_version == 6 ? 16 : 4;
-  int c = std::memcmp(m.saddr, m.daddr, alen);
-  bool src_first = c < 0 || (c == 0 && m.sport <= m.dport);
-  src_side = src_first ? 0 : 1;
-  std::memcpy(k.addr[src_side], m.saddr, alen);
-  std::memcpy(k.addr[1 - src_side], m.daddr, alen);
-  k.port[src_side] = m.sport;
-  k.port[1 - src_side] = m.dport;
-  return k;
-}
 
 Endpoint endpoint_of(const FlowKey& k, int side) {
   Endpoint e;
@@ -135,6 +91,23 @@ void clear_buffer(std::vector<uint8_t>& b) {
 }
 
 }  // namespace
+
+std::string enable_dissectors(DissectorOptions& o, const std::string& list) {
+  o.enable_http = o.enable_dns = false;
+  for (size_t pos = 0; pos <= list.size();) {
+    size_t comma = list.find(',', pos);
+    std::string name = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    if (name == "http")
+      o.enable_http = true;
+    else if (name == "dns")
+      o.enable_dns = true;
+    else if (name != "none" && !name.empty())
+      return name;
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return "";
+}
 
 const char* shed_reason_name(ShedReason r) {
   switch (r) {
@@ -736,7 +709,7 @@ struct Dissector::Impl {
       return;
     }
     int src_side;
-    FlowKey k = make_key(p.meta, src_side);
+    FlowKey k = make_flow_key(p.meta, src_side);
     DnsKey dk{k, msg.id};
     if (!msg.is_response) {
       if (dns_pending.size() >= opts.max_dns_pending) {
@@ -951,7 +924,7 @@ struct Dissector::Impl {
 
   void tcp(const Packet& p) {
     int side;
-    FlowKey k = make_key(p.meta, side);
+    FlowKey k = make_flow_key(p.meta, side);
     Flow& f = *flow_for(k);
     if (!f.first_ts) {
       f.first_ts = p.meta.ts_ns;

@@ -37,6 +37,11 @@ struct DissectorOptions {
   size_t memory_limit = 256ull << 20;
 };
 
+// --dissectors (the dissector, `tapwire dissect`): a comma-separated list of
+// http, dns, or none. Enables exactly the dissectors named; returns the first
+// name it does not know, "" when it knows them all.
+std::string enable_dissectors(DissectorOptions& o, const std::string& list);
+
 // Why state was shed to stay within DissectorOptions::memory_limit, in the
 // order the engine sheds: out-of-order data, kept bodies, unparsed buffers
 // (a header block still incomplete, detection, DNS over TCP), waiting DNS

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "capture.skel.h"
+#include "cidr.hpp"
 
 namespace tapwire::sensor {
 namespace {
@@ -38,38 +39,6 @@ uint32_t round_up_pow2_pages(uint32_t bytes) {
   uint32_t v = page;
   while (v < bytes && v < (1u << 30)) v <<= 1;
   return v;
-}
-
-struct Cidr {
-  int family;
-  uint8_t addr[16];
-  uint32_t prefix;
-};
-
-Cidr parse_cidr(const std::string& text) {
-  Cidr c{};
-  std::string addr = text;
-  int prefix = -1;
-  if (auto slash = text.find('/'); slash != std::string::npos) {
-    addr = text.substr(0, slash);
-    const std::string p = text.substr(slash + 1);
-    char* end = nullptr;
-    long v = std::strtol(p.c_str(), &end, 10);
-    if (p.empty() || *end != '\0' || v < 0 || v > 128)
-      throw std::runtime_error("bad CIDR '" + text + "': the prefix length must be a number 0-128");
-    prefix = static_cast<int>(v);
-  }
-  if (inet_pton(AF_INET, addr.c_str(), c.addr) == 1) {
-    c.family = AF_INET;
-    if (prefix > 32) throw std::runtime_error("bad CIDR '" + text + "': an IPv4 prefix is at most 32");
-    c.prefix = prefix < 0 ? 32 : static_cast<uint32_t>(prefix);
-  } else if (inet_pton(AF_INET6, addr.c_str(), c.addr) == 1) {
-    c.family = AF_INET6;
-    c.prefix = prefix < 0 ? 128 : static_cast<uint32_t>(prefix);
-  } else {
-    throw std::runtime_error("bad CIDR '" + text + "': expected an IPv4 or IPv6 address with an optional /prefix");
-  }
-  return c;
 }
 
 // Empties a map. Collects the keys first: deleting while iterating restarts

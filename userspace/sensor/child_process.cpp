@@ -11,16 +11,9 @@
 #include <cstdio>
 #include <cstring>
 
+#include "clock.hpp"
+
 namespace tapwire::sensor {
-namespace {
-
-uint64_t mono_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-}  // namespace
 
 pid_t spawn_child(const std::vector<std::string>& args, int stdout_fd) {
   std::vector<const char*> argv;

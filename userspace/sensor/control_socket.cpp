@@ -11,6 +11,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "clock.hpp"
+
 namespace tapwire::sensor {
 namespace {
 
@@ -24,12 +26,6 @@ void reply(int fd, std::string line) {
 void reply(int fd, const nlohmann::json& j) { reply(fd, j.dump()); }
 
 nlohmann::json error(const std::string& what) { return {{"ok", false}, {"error", what}}; }
-
-uint64_t mono_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 }  // namespace
 

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "clock.hpp"
+
 namespace tapwire::sensor {
 namespace {
 
@@ -25,12 +27,6 @@ std::string describe_exit(int status) {
   if (WIFEXITED(status)) return "exited with code " + std::to_string(WEXITSTATUS(status));
   if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
   return "ended";
-}
-
-uint64_t mono_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * kSecond + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 }  // namespace

@@ -56,7 +56,9 @@ void apply_config(const config::TapwireConfig& c, SensorOptions& o) {
   o.raw_capture = c.capture.raw.enabled;
   o.dissector_args = {"--max-body", std::to_string(c.dissection.max_body), "--max-header",
                       std::to_string(c.dissection.max_header)};
-  o.dissector_args.insert(o.dissector_args.end(), {"--memory-limit", std::to_string(c.dissection.memory_limit)});
+  o.dissector_args.insert(o.dissector_args.end(), {"--memory-limit", std::to_string(c.dissection.memory_limit),
+                                                   "--db-max-size", std::to_string(c.capture.db_max_size)});
+  o.attach = c.capture.attach;
   std::string ds;
   for (auto& d : c.enabled_dissectors) ds += (ds.empty() ? "" : ",") + d;
   o.dissector_args.push_back("--dissectors");
@@ -126,7 +128,8 @@ int main(int argc, char** argv) {
   app.add_flag("--no-identity", no_identity, "no process identity hooks and no identity stream (tap.identity.enabled: false)");
   app.add_option("--kube-watch", o.kube_watch_path, "the tapwire-kube-watch binary (default: next to this one)");
   app.add_option("--kube-watch-arg", kube_args, "an extra flag for tapwire-kube-watch (repeatable; tests)");
-  app.add_option("--attach", o.attach, "how to attach to interfaces: tcx (links, Linux 6.6+), tc (clsact filters), "
+  std::string attach;
+  app.add_option("--attach", attach, "how to attach to interfaces: tcx (links, Linux 6.6+), tc (clsact filters), "
                                        "or auto (tcx where the kernel has it; default)")
       ->check(CLI::IsMember({"auto", "tc", "tcx"}));
 
@@ -178,6 +181,7 @@ int main(int argc, char** argv) {
     flags.when_given(app, "--namespace", [v = namespaces](TapwireConfig& c) { c.namespaces = v; });
     flags.when_given(app, "--exclude-namespace", [v = excluded_namespaces](TapwireConfig& c) { c.excluded_namespaces = v; });
     flags.when_given(app, "--no-identity", [](TapwireConfig& c) { c.identity.enabled = false; });
+    flags.when_given(app, "--attach", [v = attach](TapwireConfig& c) { c.capture.attach = v; });
     o.kube_watch_args = kube_args;
     o.metrics_address_explicit = app.count("--metrics-address") > 0 || !config_path.empty();
   } catch (const CLI::ParseError& e) {

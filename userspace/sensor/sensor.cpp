@@ -17,55 +17,35 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <array>
+#include <algorithm>
 #include <cerrno>
-#include <cinttypes>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
-#include <algorithm>
 #include <optional>
 #include <set>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
+#include "activity_printer.hpp"
+#include "capture_drain.hpp"
+#include "clock.hpp"
+#include "control_commands.hpp"
 #include "control_socket.hpp"
 #include "dissector_supervisor.hpp"
+#include "fs_util.hpp"
 #include "identity_collector.hpp"
 #include "identity_recorder.hpp"
 #include "interfaces.hpp"
 #include "kube_watcher.hpp"
-#include "socket_owner.hpp"
-#include "metrics_exporter.hpp"
-#include "ring_drain.hpp"
 #include "segment.hpp"
-#include "status_file.hpp"
-#include "tapwire_abi.hpp"
+#include "sensor_status.hpp"
+#include "socket_owner.hpp"
 #include "tc_attach.hpp"
-#include "units.hpp"
 
 namespace tapwire::sensor {
 namespace {
-
-uint64_t clock_ns(clockid_t c) {
-  timespec ts{};
-  clock_gettime(c, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-// Drops counted in userspace, after the kernel handed a record over.
-// Bounds one drain pass so that signals and timers are still served under
-// a flood; the rest waits for the next pass (a few microseconds later).
-constexpr uint64_t kMaxRecordsPerDrain = 1u << 16;
-// How long a record waits in its ring so that records of other CPUs stamped
-// before it get there first (the time between stamping and committing a
-// record is microseconds; softirq processing can stretch it).
-constexpr uint64_t kHoldbackNs = 2'000'000;
-
-enum UserDrop { kRecordInvalid = 0, kStorageWriteFailed = 1, kUserDropMax };
-constexpr std::array<const char*, kUserDropMax> kUserDropNames = {"record_invalid", "storage_write_failed"};
 
 // io_uring user_data: what completed.
 enum Event : uint64_t {
@@ -80,21 +60,15 @@ enum Event : uint64_t {
 };
 uint64_t tag(Event e, uint32_t index = 0) { return (static_cast<uint64_t>(e) << 32) | index; }
 
-void mkdir_p(const std::string& dir) {
-  std::string path;
-  size_t pos = 0;
-  while (pos != std::string::npos) {
-    pos = dir.find('/', pos + 1);
-    path = dir.substr(0, pos);
-    if (path.empty()) continue;
-    // Parents as `mkdir -p` makes them: the dissector's user must pass through.
-    if (mkdir(path.c_str(), pos == std::string::npos ? 0750 : 0755) != 0 && errno != EEXIST)
-      throw std::runtime_error("cannot create data dir " + dir + ": " + std::strerror(errno) +
-                               ": choose a writable --data-dir");
+// DATA_DIR as `mkdir -p` makes it: its parents 0755 (the dissector's user
+// must pass through them), itself 0750.
+void make_data_dir(const std::string& dir) {
+  if (!mkdir_p(dir, 0750, 0755)) {
+    if (errno == ENOTDIR)
+      throw std::runtime_error("data dir " + dir + " is not a directory: choose another --data-dir");
+    throw std::runtime_error("cannot create data dir " + dir + ": " + std::strerror(errno) +
+                             ": choose a writable --data-dir");
   }
-  struct stat st{};
-  if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    throw std::runtime_error("data dir " + dir + " is not a directory: choose another --data-dir");
   if (access(dir.c_str(), W_OK | X_OK) != 0)
     throw std::runtime_error("data dir " + dir + " is not writable: " + std::strerror(errno) +
                              ": choose a writable --data-dir");
@@ -217,21 +191,21 @@ std::vector<identity::IpKey> local_addresses() {
   return out;
 }
 
-struct IfaceCounters {
-  uint64_t packets[2] = {0, 0};  // by direction
-  uint64_t bytes[2] = {0, 0};
-};
-
 }  // namespace
 
-struct Sensor::Impl {
+// The owner of the sensor's parts, and its event loop. The parts' jobs are
+// in their own files: draining the rings into the segment store
+// (capture_drain), the control commands (control_commands), status.json and
+// metrics (sensor_status), --print (activity_printer).
+struct Sensor::Impl final : ControlTarget {
   SensorOptions opts;
   std::optional<InterfaceSelector> selector;
   std::unique_ptr<shm::SegmentStore> store;
   std::unique_ptr<BpfCapture> bpf;
+  std::unique_ptr<CaptureDrain> drain;  // bpf's rings into the store
   std::unique_ptr<TcAttacher> tc;
   std::unique_ptr<LinkMonitor> links;
-  std::unique_ptr<MetricsExporter> exporter;
+  std::unique_ptr<StatusWriter> status_writer;  // status.json and the metrics exporter
   std::unique_ptr<DissectorSupervisor> supervisor;
   std::unique_ptr<ControlServer> control;
   std::unique_ptr<IdentityCollector> ident;
@@ -243,28 +217,17 @@ struct Sensor::Impl {
   PodTargets targets;
   bool targets_dirty = false;
   int kube_fd_armed = -1;  // the watcher's stdout the ring polls
-  std::map<std::string, nlohmann::json> kube_sync;  // resource -> last Sync
-  nlohmann::json kube_stats = nullptr;  // last Stats of the watcher
-  uint64_t kube_sync_failures = 0;
-  std::vector<BpfRingReader> rings;
+  KubeSync kube_sync;
   std::map<uint32_t, Interface> attached;  // ifindex -> interface
-  std::map<uint32_t, IfaceCounters> per_iface;  // node-based: pointers stay valid
-  IfaceCounters* last_counters = nullptr;
-  uint32_t last_ifindex = 0;
+  std::unique_ptr<ActivityPrinter> printer;  // --print
   io_uring uring{};
   bool uring_ready = false;
   int sigfd = -1;
   __kernel_timespec timer_ts{};
   uint64_t started_ns = 0;
-  uint64_t mono_to_real = 0;
-  std::array<uint64_t, kUserDropMax> user_drops{};
-  std::array<uint64_t, TW_DROP__MAX> drops_logged{};  // kernel drops already in loss records
   bool stop = false;
   int exit_code = 0;
-  // --print
-  uint64_t print_window_start = 0, printed_in_window = 0, suppressed = 0;
   uint64_t last_tick_mono = 0, last_rescan_mono = 0;
-  uint64_t last_print_packets = 0, last_print_bytes = 0;
 
   ~Impl() {
     if (uring_ready) io_uring_queue_exit(&uring);
@@ -273,7 +236,7 @@ struct Sensor::Impl {
 
   void setup() {
     selector.emplace(opts.interfaces);
-    mkdir_p(opts.data_dir);
+    make_data_dir(opts.data_dir);
     // A root sensor runs the dissector as an unprivileged user (a sensor
     // that is not root cannot switch, and needs not share).
     std::optional<DissectorAccount> account;
@@ -297,7 +260,10 @@ struct Sensor::Impl {
         what += ": move that file out of " + so.dir + " (or choose another --data-dir) and start again";
       throw std::runtime_error(what);
     }
-    store->on_open([this](shm::SegmentWriter& w) { write_iface_records(w); });
+    for (const auto& why : store->damaged())
+      std::fprintf(stderr, "tapwire-sensor: set aside a damaged segment (%s) in %s/damaged/\n", why.c_str(),
+                   so.dir.c_str());
+    store->on_open([this](shm::SegmentWriter& w) { write_iface_records(w, attached); });
 
     bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 8);
     bpf->set_filters(opts.filters);
@@ -307,18 +273,15 @@ struct Sensor::Impl {
     auto mode = parse_attach_mode(opts.attach);
     if (!mode) throw std::runtime_error("--attach must be tc, tcx or auto, not '" + opts.attach + "'");
     tc = std::make_unique<TcAttacher>(bpf->ingress_prog_fd(), bpf->egress_prog_fd(), state, *mode);
-    for (int fd : bpf->ring_fds()) rings.emplace_back(fd, bpf->ring_bytes());
+    drain = std::make_unique<CaptureDrain>(*store, *bpf);
+    if (opts.print) {
+      printer = std::make_unique<ActivityPrinter>(attached);
+      drain->on_packet([p = printer.get()](const tw_pkt& pkt) { p->packet(pkt); });
+    }
     links = std::make_unique<LinkMonitor>();
     setup_identity();
 
-    if (!opts.metrics_address.empty()) {
-      try {
-        exporter = std::make_unique<MetricsExporter>(opts.metrics_address);
-      } catch (const std::exception& e) {
-        if (opts.metrics_address_explicit) throw;
-        std::fprintf(stderr, "tapwire-sensor: %s; capturing without metrics\n", e.what());
-      }
-    }
+    status_writer = std::make_unique<StatusWriter>(opts.data_dir, opts.metrics_address, opts.metrics_address_explicit);
 
     SupervisorOptions sup;
     sup.data_dir = opts.data_dir;
@@ -330,7 +293,7 @@ struct Sensor::Impl {
     supervisor = std::make_unique<DissectorSupervisor>(sup);
     control = std::make_unique<ControlServer>(
         opts.control_socket.empty() ? opts.data_dir + "/control.sock" : opts.control_socket,
-        [this](const nlohmann::json& req) { return control_request(req); });
+        [this](const nlohmann::json& req) { return control_command(*this, req); });
 
     sigfd = signalfd(-1, &blocked_set(), SFD_CLOEXEC | SFD_NONBLOCK);
     if (sigfd < 0) throw std::runtime_error(std::string("cannot create a signalfd: ") + std::strerror(errno));
@@ -338,7 +301,7 @@ struct Sensor::Impl {
       throw std::runtime_error(std::string("cannot set up io_uring: ") + std::strerror(-rc));
     uring_ready = true;
 
-    mono_to_real = clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC);
+    drain->set_mono_to_real(clock_ns(CLOCK_REALTIME) - clock_ns(CLOCK_MONOTONIC));
     started_ns = clock_ns(CLOCK_REALTIME);
     rescan_interfaces();
     if (!opts.raw_capture)
@@ -445,11 +408,11 @@ struct Sensor::Impl {
     } else if (auto* sync = std::get_if<identity::SyncObject>(&w.object)) {
       // One line when identity from the API becomes unknown or known again,
       // not one per resource and retry (the watcher logs the details).
-      const std::string before = kube_state();
-      auto& last = kube_sync[sync->resource];
-      if (sync->state == "lost" && (last.is_null() || last.value("state", "") != "lost")) kube_sync_failures++;
+      const std::string before = kube_sync.state();
+      auto& last = kube_sync.resources[sync->resource];
+      if (sync->state == "lost" && (last.is_null() || last.value("state", "") != "lost")) kube_sync.failures++;
       last = {{"state", sync->state}, {"error", sync->error}, {"since_ns", now}};
-      const std::string after = kube_state();
+      const std::string after = kube_sync.state();
       if (after != before && after == "unknown" && sync->state == "lost")
         std::fprintf(stderr,
                      "tapwire-sensor: Kubernetes identity unknown (capture goes on): %s: %s; retrying with backoff\n",
@@ -457,7 +420,7 @@ struct Sensor::Impl {
       else if (after != before && after == "synced")
         std::fprintf(stderr, "tapwire-sensor: Kubernetes identity synced (%zu pods)\n", targets.pods());
     } else if (auto* stats = std::get_if<identity::StatsObject>(&w.object)) {
-      kube_stats = {{"requests", stats->requests}, {"events", stats->events}, {"relists", stats->relists}};
+      kube_sync.stats = {{"requests", stats->requests}, {"events", stats->events}, {"relists", stats->relists}};
       return;  // counters, not identity: not recorded
     }
     if (recorder) recorder->workload(w, now);
@@ -486,61 +449,54 @@ struct Sensor::Impl {
     arm_poll(kube_fd_armed, tag(kEvKube, static_cast<uint32_t>(kube_fd_armed)), false);
   }
 
+  // ------------------------------------------------------------ status --
+
   nlohmann::json identity_status() const {
-    using nlohmann::json;
-    json j = {{"enabled", opts.identity}, {"node", node_name}};
-    if (!ident_error.empty()) j["error"] = ident_error;
-    if (ident) {
-      auto c = ident->counters();
-      json emitted = json::object(), drops = json::object();
-      for (unsigned t = 0; t < c.emitted.size(); t++)
-        if (!ident_event_name(t).empty()) emitted[std::string(ident_event_name(t))] = c.emitted[t];
-      for (size_t r = 0; r < c.drops.size(); r++) drops[std::string(kIdentDropNames[r])] = c.drops[r];
-      drops["invalid_record"] = c.invalid_records;
-      j["events"] = emitted;
-      j["drops"] = drops;
-      j["cgroup2"] = ident->cgroup2_mount();
-      if (owners) j["owners"] = {{"lookups", owners->lookups()}, {"found", owners->found()}};
-    }
-    if (recorder) {
-      auto& r = recorder->stats();
-      auto st = recorder->store().stats();
-      j["stream"] = {{"dir", recorder->store().options().dir},
-                     {"records", r.records},
-                     {"dumps", r.dumps},
-                     {"dumps_incomplete", r.dumps_incomplete},
-                     {"write_failures", r.write_failures},
-                     {"evicted", r.evicted},
-                     {"segments", st.segments},
-                     {"bytes_stored", st.bytes_stored},
-                     {"storage_size", recorder->store().options().storage_size}};
-      j["live"] = {{"sockets", r.live_sockets}, {"processes", r.live_processes}, {"cgroups", r.cgroups},
-                   {"objects", r.objects}};
-    }
-    json k = {{"enabled", kube != nullptr}};
-    if (kube) {
-      k["watcher"] = kube->status();
-      json res = json::object();
-      for (auto& [name, sync] : kube_sync) res[name] = sync;
-      k["resources"] = res;
-      k["state"] = kube_state();
-      k["sync_failures"] = kube_sync_failures;
-      k["stats"] = kube_stats;
-    }
-    j["kubernetes"] = k;
-    j["targets"] = targets.status();
-    return j;
+    return identity_status_json({.enabled = opts.identity,
+                                 .node = node_name,
+                                 .error = ident_error,
+                                 .collector = ident.get(),
+                                 .owners = owners.get(),
+                                 .recorder = recorder.get(),
+                                 .kube = kube.get(),
+                                 .kube_sync = kube_sync,
+                                 .targets = targets});
   }
 
-  // "synced" once every resource's list completed and none is lost now;
-  // "unknown" otherwise (identity from the API cannot be trusted then).
-  std::string kube_state() const {
-    if (!kube) return "off";
-    for (const char* needed : {"pods", "services", "endpointslices", "nodes"})
-      if (!kube_sync.count(needed)) return "unknown";
-    for (auto& [name, s] : kube_sync)
-      if (s.value("state", "") != "synced") return "unknown";
-    return "synced";
+  nlohmann::json status_json(const char* state) const {
+    return sensor_status_json({.bpf = *bpf,
+                               .drain = *drain,
+                               .store = *store,
+                               .attached = attached,
+                               .tc = tc.get(),
+                               .supervisor = supervisor.get(),
+                               .control = control.get(),
+                               .started_ns = started_ns},
+                              state, identity_status());
+  }
+
+  void write_status(const char* state) { status_writer->write(status_json(state)); }
+
+  // ----------------------------------------------- control (ControlTarget) --
+
+  nlohmann::json status_now() const override { return status_json("capturing"); }
+  nlohmann::json identity_now() const override { return identity_status(); }
+  DissectorSupervisor& dissection() override { return *supervisor; }
+
+  bool rotate_segments() override {
+    if (!store) return false;
+    store->rotate();
+    if (recorder) recorder->rotate();  // the identity stream too: a snapshot links sealed files only
+    return true;
+  }
+
+  const TargetRules& target_rules() const override { return opts.targets; }
+  bool kubernetes() const override { return kube != nullptr; }
+  PodTargets& pod_targets() override { return targets; }
+
+  void apply_target_rules(const TargetRules& r) override {
+    opts.targets = r;
+    apply_targets();
   }
 
   static const sigset_t& blocked_set() {
@@ -560,10 +516,7 @@ struct Sensor::Impl {
     bpf->set_interface(i.ifindex, i.has_l2);
     tc->attach(i.ifindex, i.name);
     attached[i.ifindex] = i;
-    if (store) {
-      auto rec = iface_record(i);
-      store->append(TW_REC_IFACE, {reinterpret_cast<const uint8_t*>(&rec), sizeof rec}, {}, rec.ts_ns);
-    }
+    if (store) append_iface_record(*store, i);
     std::fprintf(stderr, "tapwire-sensor: capturing on %s (ifindex %u, %s)\n", i.name.c_str(), i.ifindex,
                  tc->mode() == AttachMode::kTcx ? "tcx link" : "TC filter");
   }
@@ -600,91 +553,6 @@ struct Sensor::Impl {
         throw;
       }
     }
-  }
-
-  static tw_seg_iface iface_record(const Interface& i) {
-    tw_seg_iface rec{};
-    rec.ifindex = i.ifindex;
-    std::strncpy(rec.name, i.name.c_str(), sizeof rec.name - 1);
-    rec.ts_ns = clock_ns(CLOCK_REALTIME);
-    return rec;
-  }
-
-  void write_iface_records(shm::SegmentWriter& w) {
-    for (auto& [idx, i] : attached) {
-      auto rec = iface_record(i);
-      w.append(TW_REC_IFACE, {reinterpret_cast<const uint8_t*>(&rec), sizeof rec}, {}, rec.ts_ns);
-    }
-  }
-
-  // ------------------------------------------------------------- draining --
-
-  void on_record(std::span<const uint8_t> rec) {
-    if (rec.size() < sizeof(tw_pkt)) {
-      user_drops[kRecordInvalid]++;
-      return;
-    }
-    tw_pkt hdr;
-    std::memcpy(&hdr, rec.data(), sizeof hdr);
-    if (hdr.cap_len != rec.size() - sizeof(tw_pkt) || hdr.direction > TW_DIR_EGRESS) {
-      user_drops[kRecordInvalid]++;
-      return;
-    }
-    hdr.ts_ns += mono_to_real;
-    auto payload = rec.subspan(sizeof(tw_pkt));
-    if (!store->append(TW_REC_PACKET, {reinterpret_cast<const uint8_t*>(&hdr), sizeof hdr}, payload, hdr.ts_ns)) {
-      user_drops[kStorageWriteFailed]++;
-      return;
-    }
-    if (hdr.ifindex != last_ifindex || !last_counters) {  // one map lookup per run of same-interface records
-      last_counters = &per_iface[hdr.ifindex];
-      last_ifindex = hdr.ifindex;
-    }
-    auto& c = *last_counters;
-    if (!(hdr.flags & TW_PKT_F_CONTINUATION)) c.packets[hdr.direction]++;
-    c.bytes[hdr.direction] += hdr.cap_len;
-    if (opts.print) print_packet(hdr);
-  }
-
-  // Merges the per-CPU rings by timestamp, so that a segment holds records
-  // in time order (as far as they have arrived): a flow's two directions are
-  // often handled by different CPUs.
-  // Returns true if it stopped at kMaxRecordsPerDrain with more waiting.
-  // Records younger than kHoldbackNs stay in their ring until the next pass:
-  // a packet stamped earlier on another CPU may still be on its way into
-  // that CPU's ring, and taking the younger one first would put the segment
-  // out of time order. `everything` (at shutdown) takes all.
-  bool drain_all(bool everything = false) {
-    const size_t n = rings.size();
-    const uint64_t watermark = everything ? UINT64_MAX : clock_ns(CLOCK_MONOTONIC) - kHoldbackNs;
-    std::vector<std::span<const uint8_t>> heads(n);
-    for (size_t i = 0; i < n; i++) heads[i] = rings[i].peek();
-    bool more = true;
-    for (uint64_t done = 1; done <= kMaxRecordsPerDrain; done++) {
-      size_t best = n;
-      uint64_t best_ts = UINT64_MAX;
-      for (size_t i = 0; i < n; i++) {
-        if (heads[i].empty()) continue;
-        uint64_t ts = 0;
-        if (heads[i].size() >= sizeof(uint64_t)) std::memcpy(&ts, heads[i].data(), sizeof ts);
-        if (ts < best_ts || best == n) {
-          best = i;
-          best_ts = ts;
-        }
-      }
-      if (best == n || best_ts > watermark) {
-        more = false;
-        break;
-      }
-      on_record(heads[best]);
-      rings[best].advance();
-      heads[best] = rings[best].peek();
-      if ((done & 255) == 0)
-        for (auto& r : rings) r.release();
-    }
-    for (auto& r : rings) r.release();
-    store->publish();
-    return more;
   }
 
   // ------------------------------------------------------------- io_uring --
@@ -745,7 +613,7 @@ struct Sensor::Impl {
   // Reads the file again (with the same flags on top). A rejected file
   // changes nothing. Filters, snap length, interfaces, the idle stop and the
   // dissector's settings apply at once; the rest at the next start.
-  nlohmann::json reload_config() {
+  nlohmann::json reload_config() override {
     sd_notify(0, "RELOADING=1");
     nlohmann::json r = reload_config_now();
     sd_notify(0, "READY=1");
@@ -790,6 +658,7 @@ struct Sensor::Impl {
     later(next.segment_size != opts.segment_size, "tap.capture.raw.segmentSize");
     later(next.segment_max_age_s != opts.segment_max_age_s, "tap.capture.raw.segmentMaxAge");
     later(next.ring_bytes != opts.ring_bytes, "tap.capture.raw.ringSize");
+    later(next.attach != opts.attach, "tap.capture.attach");
     later(next.metrics_address != opts.metrics_address, "tap.metrics.address");
     later(next.control_socket != opts.control_socket, "tap.controlSocket");
     later(next.raw_capture != opts.raw_capture, "tap.capture.raw.enabled");
@@ -820,73 +689,6 @@ struct Sensor::Impl {
     return {{"ok", true}, {"reloaded", opts.config_path}, {"restart_needed", restart}};
   }
 
-  nlohmann::json control_request(const nlohmann::json& req) {
-    const std::string cmd = req["cmd"].get<std::string>();
-    const std::string action = req.value("action", "");
-    const uint64_t now = clock_ns(CLOCK_MONOTONIC);
-    if (cmd == "status") return {{"ok", true}, {"status", status_json("capturing")}};
-    if (cmd == "activity") {
-      supervisor->activity(now);
-      return {{"ok", true}, {"dissection", supervisor->status(now)}};
-    }
-    if (cmd == "dissection") {
-      if (action == "enable")
-        supervisor->enable(now, "control socket");
-      else if (action == "disable")
-        supervisor->disable("control socket");
-      else if (action != "status")
-        return {{"ok", false}, {"error", "dissection: action must be enable, disable or status"}};
-      return {{"ok", true}, {"dissection", supervisor->status(now)}};
-    }
-    if (cmd == "config") {
-      if (action != "reload") return {{"ok", false}, {"error", "config: action must be reload"}};
-      return reload_config();
-    }
-    if (cmd == "segment") {  // `tapwire snapshot create` seals the open segment this way
-      if (action != "rotate") return {{"ok", false}, {"error", "segment: action must be rotate"}};
-      if (!store) return {{"ok", false}, {"error", "segment: no segment store (raw capture disabled)"}};
-      store->rotate();
-      if (recorder) recorder->rotate();  // the identity stream too: a snapshot links sealed files only
-      return {{"ok", true}};
-    }
-    if (cmd == "targets") return targets_request(req, action);
-    if (cmd == "identity") return {{"ok", true}, {"identity", identity_status()}};
-    return {{"ok", false},
-            {"error", "unknown cmd '" + cmd + "': status, dissection, activity, config, segment, targets or identity"}};
-  }
-
-  // {"cmd":"targets","action":"get"} or {"cmd":"targets","action":"set","regex":R,
-  // "namespaces":[..],"excludedNamespaces":[..]}: the rules until the next reload.
-  nlohmann::json targets_request(const nlohmann::json& req, const std::string& action) {
-    if (action == "get" || action.empty())
-      return {{"ok", true}, {"targets", identity_status()["targets"]}};
-    if (action != "set") return {{"ok", false}, {"error", "targets: action must be get or set"}};
-    TargetRules r = opts.targets;
-    try {
-      if (req.contains("regex")) r.regex = req.at("regex").get<std::string>();
-      if (req.contains("namespaces")) r.namespaces = req.at("namespaces").get<std::vector<std::string>>();
-      if (req.contains("excludedNamespaces"))
-        r.excluded = req.at("excludedNamespaces").get<std::vector<std::string>>();
-    } catch (const nlohmann::json::exception&) {
-      return {{"ok", false},
-              {"error", "targets: regex must be a string, namespaces and excludedNamespaces lists of strings"}};
-    }
-    for (auto* list : {&r.namespaces, &r.excluded})
-      if (list->size() > 1000) return {{"ok", false}, {"error", "targets: at most 1000 namespaces"}};
-    if (r.active() && !kube)
-      return {{"ok", false}, {"error", "targets: pod targeting needs Kubernetes identity (start with --kubeconfig)"}};
-    try {
-      targets.set_rules(r);
-    } catch (const std::exception& e) {
-      return {{"ok", false}, {"error", std::string("targets: ") + e.what()}};
-    }
-    opts.targets = r;
-    apply_targets();
-    std::fprintf(stderr, "tapwire-sensor: pod targeting set by the control socket: %s\n",
-                 targets.status().dump().c_str());
-    return {{"ok", true}, {"targets", identity_status()["targets"]}};
-  }
-
   void handle_links() {
     bool changed = false;
     for (auto& e : links->read_events()) {
@@ -900,9 +702,10 @@ struct Sensor::Impl {
   }
 
   void tick(uint64_t now_mono) {
-    mono_to_real = clock_ns(CLOCK_REALTIME) - now_mono;
-    uint64_t now_real = now_mono + mono_to_real;
-    write_loss_records(now_real);
+    const uint64_t mono_to_real = clock_ns(CLOCK_REALTIME) - now_mono;
+    drain->set_mono_to_real(mono_to_real);
+    const uint64_t now_real = now_mono + mono_to_real;
+    drain->write_loss_records(now_real);
     store->tick(now_real);
     supervisor->tick(now_mono);
     control->expire_clients();  // control clients silent for too long are cut off
@@ -919,191 +722,13 @@ struct Sensor::Impl {
       last_rescan_mono = now_mono;
     }
     write_status("capturing");
-    if (opts.print) print_summary(now_mono);
-  }
-
-  // Kernel drops become TW_REC_LOSS records, so that whoever reads the
-  // segments knows data is missing around that time.
-  void write_loss_records(uint64_t now_real) {
-    auto per_cpu = bpf->read_counters();
-    for (uint32_t r = 0; r < TW_DROP__MAX; r++) {
-      uint64_t total = 0;
-      for (auto& c : per_cpu) total += c.drop[r];
-      if (total <= drops_logged[r]) continue;
-      tw_seg_loss loss{};
-      loss.ts_ns = now_real;
-      loss.reason = r;
-      loss.count = total - drops_logged[r];
-      if (store->append(TW_REC_LOSS, {reinterpret_cast<const uint8_t*>(&loss), sizeof loss}, {}, now_real))
-        drops_logged[r] = total;
-    }
-    store->publish();
-  }
-
-  nlohmann::json status_json(const char* state) const {
-    using nlohmann::json;
-    auto per_cpu = bpf->read_counters();
-    json counters = json::object(), drops = json::object(), by_cpu = json::array();
-    for (uint32_t s = 0; s < TW_STAT__MAX; s++) {
-      uint64_t t = 0;
-      for (auto& c : per_cpu) t += c.stat[s];
-      counters[std::string(abi::kStatNames[s])] = t;
-    }
-    for (uint32_t r = 0; r < TW_DROP__MAX; r++) {
-      uint64_t t = 0;
-      for (auto& c : per_cpu) t += c.drop[r];
-      drops[std::string(abi::kDropReasonNames[r])] = t;
-    }
-    for (uint32_t r = 0; r < kUserDropMax; r++) drops[kUserDropNames[r]] = user_drops[r];
-    for (size_t cpu = 0; cpu < per_cpu.size(); cpu++) {
-      json c = {{"cpu", cpu}};
-      for (uint32_t r = 0; r < TW_DROP__MAX; r++) c[std::string(abi::kDropReasonNames[r])] = per_cpu[cpu].drop[r];
-      by_cpu.push_back(c);
-    }
-    json ifaces = json::array();
-    for (auto& [idx, i] : attached) {
-      json j = {{"name", i.name}, {"ifindex", idx}};
-      if (auto it = per_iface.find(idx); it != per_iface.end()) {
-        j["ingress"] = {{"packets", it->second.packets[0]}, {"bytes", it->second.bytes[0]}};
-        j["egress"] = {{"packets", it->second.packets[1]}, {"bytes", it->second.bytes[1]}};
-      }
-      ifaces.push_back(j);
-    }
-    auto st = store->stats();
-    json storage = {{"dir", store->options().dir},
-                    {"segments", st.segments},
-                    {"bytes_stored", st.bytes_stored},
-                    {"storage_size", store->options().storage_size},
-                    {"segment_size", store->options().segment_size},
-                    {"segments_deleted", st.segments_deleted},
-                    {"records_written", st.records_written}};
-    json ring = json::array();
-    for (size_t i = 0; i < rings.size(); i++)
-      ring.push_back({{"cpu", i}, {"pending_bytes", rings[i].pending()}, {"size_bytes", bpf->ring_bytes()}});
-    return {{"version", TAPWIRE_VERSION},
-            {"pid", getpid()},
-            {"state", state},
-            {"started_ns", started_ns},
-            {"updated_ns", clock_ns(CLOCK_REALTIME)},
-            {"interfaces", ifaces},
-            {"attach", tc ? attach_mode_name(tc->mode()) : "none"},
-            {"rule_generation", {{"active", bpf->active_generation()}, {"switches", bpf->generation_switches()}}},
-            {"counters", counters},
-            {"drops", drops},
-            {"drops_by_cpu", by_cpu},
-            {"rings", ring},
-            {"storage", storage},
-            {"dissection", supervisor ? supervisor->status(clock_ns(CLOCK_MONOTONIC)) : nlohmann::json(nullptr)},
-            {"control_socket", control ? control->path() : std::string()},
-            {"identity", identity_status()}};
-  }
-
-  // The dissector's metrics file, if a dissector is writing one now. The
-  // dissector is the less trusted process (it parses the wire, as another
-  // user) and may write anything there: no link is followed, nothing but a
-  // regular file is read (a FIFO would block the sensor), at most 1 MiB, and
-  // parsed without exceptions; the exporter checks every field's type.
-  nlohmann::json dissector_metrics() const {
-    constexpr size_t kMaxBytes = 1 << 20;
-    const std::string path = opts.data_dir + "/dissector.json";
-    int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) return nullptr;
-    struct stat st {};
-    std::string text;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= static_cast<off_t>(kMaxBytes) &&
-        time(nullptr) - st.st_mtime <= 10) {
-      text.resize(kMaxBytes + 1);
-      size_t got = 0;
-      while (got < text.size()) {
-        ssize_t n = ::read(fd, text.data() + got, text.size() - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        got += static_cast<size_t>(n);
-      }
-      text.resize(got > kMaxBytes ? 0 : got);  // grew past the cap while read: not trusted
-    }
-    ::close(fd);
-    if (text.empty()) return nullptr;
-    auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false, /*ignore_comments=*/false);
-    return j.is_object() ? j : nlohmann::json(nullptr);
-  }
-
-  void write_status(const char* state) {
-    nlohmann::json status = status_json(state);
-    if (exporter) {
-      exporter->set_sensor_status(status);
-      exporter->set_dissector_metrics(dissector_metrics());
-    }
-    if (!write_status_file(opts.data_dir, status))
-      std::fprintf(stderr, "tapwire-sensor: cannot write %s: %s\n", status_file_path(opts.data_dir).c_str(),
-                   std::strerror(errno));
-  }
-
-  // ---------------------------------------------------------------- print --
-
-  void print_packet(const tw_pkt& p) {
-    if (p.flags & TW_PKT_F_CONTINUATION) return;
-    uint64_t sec = p.ts_ns / 1000000000ull;
-    if (sec != print_window_start) {
-      if (suppressed) std::printf("  ... and %" PRIu64 " more packets\n", suppressed);
-      print_window_start = sec;
-      printed_in_window = 0;
-      suppressed = 0;
-    }
-    if (++printed_in_window > 20) {
-      suppressed++;
-      return;
-    }
-    char src[64], dst[64];
-    auto addr = [](const tw_pkt& pk, const uint8_t* a, uint16_t port, char* out, size_t n) {
-      char ip[48];
-      inet_ntop(pk.ip_version == 4 ? AF_INET : AF_INET6, a, ip, sizeof ip);
-      std::snprintf(out, n, pk.ip_version == 4 ? "%s:%u" : "[%s]:%u", ip, port);
-    };
-    addr(p, p.saddr, p.sport, src, sizeof src);
-    addr(p, p.daddr, p.dport, dst, sizeof dst);
-    char flags[8] = {};
-    int f = 0;
-    if (p.tcp_flags & TW_TCP_SYN) flags[f++] = 'S';
-    if (p.tcp_flags & TW_TCP_FIN) flags[f++] = 'F';
-    if (p.tcp_flags & TW_TCP_RST) flags[f++] = 'R';
-    if (p.tcp_flags & TW_TCP_PSH) flags[f++] = 'P';
-    if (p.tcp_flags & TW_TCP_ACK) flags[f++] = '.';
-    time_t t = static_cast<time_t>(sec);
-    tm tmv{};
-    localtime_r(&t, &tmv);
-    auto it = attached.find(p.ifindex);
-    std::printf("%02d:%02d:%02d.%06u %s %-7s %s %s > %s %s%s%s len %u%s\n", tmv.tm_hour, tmv.tm_min, tmv.tm_sec,
-                static_cast<unsigned>((p.ts_ns % 1000000000ull) / 1000),
-                it != attached.end() ? it->second.name.c_str() : "?", std::string(abi::direction_name(p.direction)).c_str(),
-                p.l4_proto == 6 ? "TCP" : "UDP", src, dst, p.l4_proto == 6 ? "[" : "", p.l4_proto == 6 ? flags : "",
-                p.l4_proto == 6 ? "]" : "", p.payload_len, (p.flags & TW_PKT_F_TRUNCATED) ? " (truncated)" : "");
-  }
-
-  void print_summary(uint64_t now_mono) {
-    (void)now_mono;
-    auto per_cpu = bpf->read_counters();
-    uint64_t pk = 0, by = 0, dr = 0;
-    for (auto& c : per_cpu) {
-      pk += c.stat[TW_STAT_PACKETS_CAPTURED];
-      by += c.stat[TW_STAT_BYTES_CAPTURED];
-      for (auto d : c.drop) dr += d;
-    }
-    for (auto d : user_drops) dr += d;
-    auto st = store->stats();
-    std::printf("-- %" PRIu64 " packets/s, %s/s payload | total %" PRIu64 " packets, %s | drops %" PRIu64
-                " | %" PRIu64 " segments, %s stored\n",
-                pk - last_print_packets, format_size(by - last_print_bytes).c_str(), pk, format_size(by).c_str(), dr,
-                st.segments, format_size(st.bytes_stored).c_str());
-    std::fflush(stdout);
-    last_print_packets = pk;
-    last_print_bytes = by;
+    if (printer) printer->summary(*bpf, *drain, *store);
   }
 
   // ----------------------------------------------------------------- loop --
 
   int run() {
-    for (uint32_t i = 0; i < rings.size(); i++) arm_poll(rings[i].fd(), tag(kEvRing, i), true);
+    for (uint32_t i = 0; i < drain->rings().size(); i++) arm_poll(drain->rings()[i].fd(), tag(kEvRing, i), true);
     arm_poll(sigfd, tag(kEvSignal), false);
     arm_poll(links->fd(), tag(kEvNetlink), false);
     arm_poll(control->listen_fd(), tag(kEvControl), false);
@@ -1134,7 +759,7 @@ struct Sensor::Impl {
         switch (ev) {
           case kEvRing:
             if (!(cqe->flags & IORING_CQE_F_MORE))
-              arm_poll(rings[data & 0xffffffff].fd(), data, true);
+              arm_poll(drain->rings()[data & 0xffffffff].fd(), data, true);
             break;
           case kEvSignal:
             handle_signals();
@@ -1175,7 +800,7 @@ struct Sensor::Impl {
       // Identity first: a socket's owner is announced before its packets
       // reach the capture hooks, and is then published before them.
       drain_identity();
-      more = drain_all();
+      more = drain->drain_all();
       if (targets_dirty) apply_targets();
       uint64_t now = clock_ns(CLOCK_MONOTONIC);
       if (now - last_tick_mono >= 1000000000ull) {
@@ -1195,9 +820,9 @@ struct Sensor::Impl {
     // Detach first so nothing new arrives, then take everything in flight.
     tc->detach_all();
     attached.clear();
-    for (int i = 0; i < 1024 && drain_all(true); i++) {
+    for (int i = 0; i < 1024 && drain->drain_all(true); i++) {
     }
-    write_loss_records(clock_ns(CLOCK_REALTIME));
+    drain->write_loss_records(clock_ns(CLOCK_REALTIME));
     drain_identity();
     write_status("stopped");
     ident.reset();  // detaches the identity programs

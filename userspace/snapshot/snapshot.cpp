@@ -22,6 +22,7 @@
 #include <sstream>
 #include <thread>
 
+#include "fs_util.hpp"
 #include "segment.hpp"
 #include "timefmt.hpp"
 #include "units.hpp"
@@ -122,18 +123,15 @@ void rename_noreplace(const std::string& from, const std::string& to, const std:
   }
 }
 
-void mkdir_p(const std::string& dir, mode_t mode) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw SnapshotError("cannot create directory", dir, ec.message());
-  (void)mode;
+void make_dirs(const std::string& dir, mode_t mode) {
+  if (!mkdir_p(dir, mode)) throw SnapshotError("cannot create directory", dir, errno_str());
 }
 
 // A fresh NAME.tmp under DATA_DIR/snapshots (a stale one from a crashed
 // create is removed first).
 std::string fresh_tmp(const std::string& data_dir, const std::string& name) {
   const std::string base = snapshots_dir(data_dir);
-  mkdir_p(base, 0750);
+  make_dirs(base, 0750);
   const std::string tmp = base + "/" + name + ".tmp";
   remove_tree(tmp);
   if (::mkdir(tmp.c_str(), 0750) != 0) throw SnapshotError("cannot create directory", tmp, errno_str());
@@ -486,7 +484,7 @@ Manifest create(const CreateOptions& o) {
   m.to_ns = o.to_ns != UINT64_MAX ? o.to_ns : last + 1;
   m.interfaces.assign(interfaces.begin(), interfaces.end());
   m.tapwire_version = TAPWIRE_VERSION;
-  if (!ident.empty()) mkdir_p(tmp.path + "/identity", 0750);
+  if (!ident.empty()) make_dirs(tmp.path + "/identity", 0750);
   for (const auto& [h, sub] : files) {
     const std::string rel = sub + fs::path(h.path).filename().string();
     const std::string dst = tmp.path + "/" + rel;

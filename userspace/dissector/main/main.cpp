@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   bool keep_priority = false, quiet = false;
   size_t body_kept = 64 * 1024, header_bytes = 64 * 1024;
   uint64_t memory_limit = DissectorOptions{}.memory_limit;
+  uint64_t db_max_size = 500ull << 20;  // tap.capture.dbMaxSize's default
   CLI::App app{"tapwire-dissector: dissects captured traffic into API calls (HTTP, DNS)"};
   std::string version = std::string("tapwire-dissector ") + TAPWIRE_VERSION;
 #ifdef TW_WITH_MIMALLOC
@@ -126,6 +127,9 @@ int main(int argc, char** argv) {
   app.add_option("--stats", stats_path, "write the dissector's metrics as JSON here (live default: DATA_DIR/dissector.json)");
   app.add_option("--max-body", body_kept, "body bytes kept per message")->capture_default_str();
   app.add_option("--max-header", header_bytes, "header bytes allowed per message")->capture_default_str();
+  app.add_option("--db-max-size", db_max_size,
+                 "live: delete the oldest calls to keep the DB's calls within this many bytes (0: no bound)")
+      ->capture_default_str();
   app.add_option("--memory-limit", memory_limit,
                  "heap for dissection state (flows, reassembly, buffers, waiting requests), like 256Mi; beyond it "
                  "the least useful state is shed; 0: no limit (default 256Mi)")
@@ -179,7 +183,10 @@ int main(int argc, char** argv) {
       out.db = std::make_unique<CallDb>(db_path, false, /*bulk=*/data_dir.empty());
       // Live, calls are committed only with the checkpoint that covers them:
       // a dissector killed at any moment neither loses nor repeats a call.
-      if (!data_dir.empty()) out.db->set_auto_commit(false);
+      if (!data_dir.empty()) {
+        out.db->set_auto_commit(false);
+        out.db->set_max_size(db_max_size);  // live only: a pcap or snapshot DB holds all it dissects
+      }
     }
     if (jsonl_path == "-") {
       out.jsonl_fd = STDOUT_FILENO;
@@ -232,19 +239,8 @@ int main(int argc, char** argv) {
     CallIdentity identity(identity_dir, live);
 
     DissectorOptions opts;
-    opts.enable_http = opts.enable_dns = false;
-    for (size_t pos = 0; pos <= dissectors.size();) {
-      size_t comma = dissectors.find(',', pos);
-      std::string name = dissectors.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-      if (name == "http")
-        opts.enable_http = true;
-      else if (name == "dns")
-        opts.enable_dns = true;
-      else if (name != "none" && !name.empty())
-        throw std::runtime_error("--dissectors: unknown dissector '" + name + "' (known: http, dns)");
-      if (comma == std::string::npos) break;
-      pos = comma + 1;
-    }
+    if (auto bad = enable_dissectors(opts, dissectors); !bad.empty())
+      throw std::runtime_error("--dissectors: unknown dissector '" + bad + "' (known: http, dns)");
     opts.http.max_body_kept = body_kept;
     opts.http.max_header_bytes = header_bytes;
     opts.memory_limit = static_cast<size_t>(memory_limit);
@@ -267,6 +263,11 @@ int main(int argc, char** argv) {
       j["source"] = {{"packets", source->stats().packets}, {"skipped", source->stats().skipped},
                      {"loss_records", source->stats().loss_records}, {"segments_missed", source->stats().segments_missed}};
       j["pid"] = getpid();
+      if (out.db) {
+        const auto ds = out.db->size_stats();
+        j["db"] = {{"bytes", ds.bytes}, {"file_bytes", ds.file_bytes}, {"max_bytes", ds.max_bytes},
+                   {"calls_deleted", ds.calls_deleted}};
+      }
       const auto& is = identity.table().stats();
       j["identity"] = {{"records", identity.feed().stats().records},
                        {"resolved_by_socket", is.resolved_by_socket},
