@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include "identity_feed.hpp"
 #include "identity_test_helpers.hpp"
 #include "segment.hpp"
@@ -21,23 +22,7 @@ using namespace tapwire::identity;
 using namespace tapwire::identity::testing;
 namespace shm = tapwire::shm;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/tw-identity-feed-test-XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using tapwire::test_util::TempDir;
 
 // One identity segment written by hand, created (as its header says) at
 // `created`: the feed picks its start by that time.

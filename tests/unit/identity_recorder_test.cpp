@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include "identity_feed.hpp"
 #include "identity_recorder.hpp"
 #include "identity_table.hpp"
@@ -25,23 +26,7 @@ using tapwire::sensor::IdentityRecorder;
 using tapwire::sensor::IdentityRecorderOptions;
 namespace shm = tapwire::shm;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/tw-identity-recorder-test-XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using tapwire::test_util::TempDir;
 
 uint64_t realtime_now() {
   timespec ts{};

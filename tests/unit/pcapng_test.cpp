@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include "pcapng_writer.hpp"
 #include "segment.hpp"
 #include "status_file.hpp"
@@ -53,26 +54,7 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/tapwire-pcapng-test-XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (p) path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (std::getenv("TAPWIRE_TEST_KEEP")) {  // for debugging: keep the files
-      std::printf("kept %s\n", path_.c_str());
-      return;
-    }
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using tapwire::test_util::TempDir;
 
 // Runs `cmd` through sh; stdout and stderr captured separately.
 CmdResult run_cmd(const std::string& cmd, const std::string& scratch_dir) {

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "temp_dir.hpp"
 #include "segment.hpp"
 
 namespace tapwire::shm::detail {
@@ -32,23 +33,7 @@ namespace {
 using namespace tapwire::shm;
 using Clock = std::chrono::steady_clock;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/tw-segment-test-XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using tapwire::test_util::TempDir;
 
 // Deterministic records: record i has a length, a type and bytes that depend
 // only on i; the first 4 body bytes (when there are 4) hold i itself.

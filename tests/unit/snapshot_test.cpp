@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "temp_dir.hpp"
 #include "segment.hpp"
 #include "snapshot.hpp"
 
@@ -28,26 +29,7 @@ namespace fs = std::filesystem;
 namespace snap = tapwire::snapshot;
 using tapwire::shm::SegmentWriter;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/tw-snapshot-test-XXXXXX";
-    const char* p = mkdtemp(tmpl);
-    if (!p) throw std::runtime_error("mkdtemp failed");
-    path_ = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    for (auto it = fs::recursive_directory_iterator(path_, ec); !ec && it != fs::recursive_directory_iterator();
-         it.increment(ec))
-      if (it->is_directory()) ::chmod(it->path().c_str(), 0750);
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using tapwire::test_util::TempDir;
 
 constexpr uint64_t kSec = 1000000000ull;
 constexpr uint64_t kT0 = 1795398720ull * kSec;  // 2026-11-23T...

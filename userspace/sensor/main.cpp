@@ -1,4 +1,4 @@
-// tapwire-sensor: raw capture daemon. See README.md and ../shared DESIGN.md.
+// tapwire-sensor: raw capture daemon. See README.md and docs/ARCHITECTURE.md.
 #include <unistd.h>
 
 #include <algorithm>
