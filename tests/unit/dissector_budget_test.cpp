@@ -21,6 +21,18 @@
 
 using namespace tapwire::dissect;
 
+
+// AddressSanitizer (g++ says so with __SANITIZE_ADDRESS__, clang with __has_feature).
+#if defined(__SANITIZE_ADDRESS__)
+#define TW_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TW_TEST_ASAN 1
+#endif
+#endif
+#ifndef TW_TEST_ASAN
+#define TW_TEST_ASAN 0
+#endif
 namespace {
 
 constexpr uint64_t kT0 = 1'795'000'000'000'000'000ull;
@@ -159,7 +171,7 @@ size_t rss_bytes() {
 TEST(DissectorMemory, EstimateFollowsTheHeap) {
   // Each kind of state in bulk, no limit: the engine's count against what
   // malloc says is in use (the unit tests run on glibc malloc).
-#ifdef __SANITIZE_ADDRESS__
+#if TW_TEST_ASAN
   GTEST_SKIP() << "AddressSanitizer's allocator replaces malloc: mallinfo2 does not see the heap";
 #endif
   struct Case {
