@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import struct
+import zlib
 import subprocess
 import sys
 import time
@@ -476,6 +477,65 @@ def kube_frame():
     write(d, "bad-length", struct.pack("<I", 5) + frame(WORKLOADS[0]) + struct.pack("<I", 0) + b"{}")
 
 
+def websocket():
+    """Input: [flags u8][limits u8][seed u32 LE][stream] (websocket_fuzz.cpp)."""
+    d = out_dir("websocket")
+
+    def frame(op, payload, fin=True, mask=None, rsv=0, form=None):
+        b = bytes([(0x80 if fin else 0) | rsv | op])
+        n = len(payload)
+        m = 0x80 if mask is not None else 0
+        f = form or (0 if n < 126 else 126 if n <= 0xffff else 127)
+        if f == 0:
+            b += bytes([m | n])
+        elif f == 126:
+            b += bytes([m | 126]) + struct.pack(">H", n)
+        else:
+            b += bytes([m | 127]) + struct.pack(">Q", n)
+        if mask is None:
+            return b + payload
+        k = struct.pack(">I", mask)
+        return b + k + bytes(c ^ k[i % 4] for i, c in enumerate(payload))
+
+    def seed(name, flags, stream, lim=0, s=7):
+        write(d, name, bytes([flags, lim]) + struct.pack("<I", s) + stream)
+
+    def defl(msgs, reset=False):
+        z = zlib.compressobj(6, zlib.DEFLATED, -15)
+        out = []
+        for m in msgs:
+            if reset:
+                z = zlib.compressobj(6, zlib.DEFLATED, -15)
+            c = z.compress(m) + z.flush(zlib.Z_SYNC_FLUSH)
+            out.append(c[:-4])  # RFC 7692: without the 00 00 ff ff tail
+        return out
+
+    seed("rfc6455-server", 64, b"\x81\x05Hello" + b"\x01\x03Hel\x80\x02lo" + b"\x89\x05Hello" +
+         b"\x82\x7e\x01\x00" + bytes(range(256)) + frame(8, b"\x03\xe8bye"))
+    seed("rfc6455-client", 65, b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58" +
+         b"\x8a\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58" + frame(8, b"\x03\xe9", mask=0x01020304))
+    seed("fragmented-ping", 65, frame(1, b"Hel", fin=False, mask=1) + frame(9, b"p", mask=2) +
+         frame(0, b"lo", mask=3) + frame(8, b"", mask=4))
+    seed("rfc7692", 66, b"\xc1\x07\xf2\x48\xcd\xc9\xc9\x07\x00" + b"\xc1\x05\xf2\x00\x11\x00\x00" +
+         b"\x41\x03\xf2\x48\xcd\x80\x04\xc9\xc9\x07\x00" + b"\xc1\x08\xf3\x48\xcd\xc9\xc9\x07\x00\x00")
+    ms = defl([b'{"op":"update","v":%d}' % i for i in range(4)])
+    seed("deflate-takeover-client", 67,
+         b"".join(frame(1, c, mask=0x11223344 * (i + 1) & 0xffffffff, rsv=0x40) for i, c in enumerate(ms)))
+    ms = defl([b"no context takeover message %d" % i for i in range(3)], reset=True)
+    seed("deflate-no-takeover-server", 70, b"".join(frame(1, c, rsv=0x40) for c in ms))
+    big = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = big.compress(bytes(1 << 20)) + big.flush(zlib.Z_SYNC_FLUSH)
+    seed("deflate-bomb", 66 | 16, frame(2, bomb[:-4], rsv=0x40) + frame(1, b"after"), lim=0x25)
+    seed("small-limits", 64 | 16, frame(1, b"x" * 200) + frame(9, b"y" * 130) + frame(1, b"z", form=126), lim=0x13)
+    seed("hostile-length", 64, frame(1, b"ok") + b"\x82\x7f\x80\x00\x00\x00\x00\x00\x00\x00" + b"junk")
+    seed("close-codes", 64, frame(8, b"\x03\xed") + frame(8, b"\x03") + frame(8, b"\x0f\xa0ok") + frame(8, b""))
+    seed("gaps", 64 | 32 | 1, frame(2, b"0123456789" * 10, mask=5) + frame(1, b"tail", mask=6))
+    seed("extensions", 128, b"permessage-deflate; client_max_window_bits, permessage-deflate\0"
+         b"permessage-deflate; server_no_context_takeover; client_max_window_bits=10", s=0)
+    seed("extensions-quoted", 128, b'foo; a="x,y", permessage-deflate\0'
+         b'permessage-deflate; server_max_window_bits="9"; mystery', s=0)
+
+
 # ------------------------------------------------------- sensor segments --
 
 def capture():
@@ -542,7 +602,7 @@ def main():
     if "--capture" in sys.argv:
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")
