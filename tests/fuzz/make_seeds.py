@@ -536,6 +536,32 @@ def websocket():
          b'permessage-deflate; server_max_window_bits="9"; mystery', s=0)
 
 
+def http2():
+    """Input: [flags u8][limits u8][seed u32 LE][cut u16 LE][client bytes][server bytes] (http2_fuzz.cpp)."""
+    d = out_dir("http2")
+
+    def frame(t, f, sid, p): return struct.pack(">I", len(p))[1:] + bytes([t, f]) + struct.pack(">I", sid) + p
+    def lit(n, v, idx=True): # literal with incremental indexing, new name, no huffman
+        return bytes([0x40 if idx else 0x00, len(n)]) + n + bytes([len(v)]) + v
+    def grpc(m, c=0): return bytes([c]) + struct.pack(">I", len(m)) + m
+    def seed(name, flags, limits, client, server, rs=1):
+        inp = bytes([flags, limits]) + struct.pack("<I", rs) + struct.pack("<H", len(client)) + client + server
+        write(d, name, inp)
+    req = b"\x83\x86" + lit(b":path", b"/helloworld.Greeter/SayHello", False) + lit(b"content-type", b"application/grpc") + lit(b"te", b"trailers")
+    client = frame(4,0,0,b"\x00\x03\x00\x00\x00\x64") + frame(4,1,0,b"") + frame(1,4,1,req) + frame(0,0,1,grpc(b"\x0a\x05world")[:3]) + frame(0,1,1,grpc(b"\x0a\x05world")[3:])
+    server = frame(4,0,0,b"") + frame(4,1,0,b"") + frame(1,4,1,b"\x88" + lit(b"content-type", b"application/grpc")) + frame(0,0,1,grpc(b"\x0a\x0bHello world")) + frame(1,5,1,lit(b"grpc-status", b"0") + lit(b"grpc-message", b"ok%20"))
+    for fl in (0x01, 0x05, 0x15, 0x25, 0x27, 0x0d):
+        seed("grpc_%02x" % fl, fl, 0x5a, client, server)
+    # plain GET, push, goaway, rst, continuation, padding
+    get1 = b"\x82\x87" + lit(b":authority", b"example.com") + b"\x84"
+    c2 = frame(4,0,0,b"") + frame(1,0x2d,1, b"\x03" + b"\x80\x00\x00\x00\x0f" + get1[:5] + b"\0\0\0") + frame(9,4,1,get1[5:]) + frame(1,5,3,b"\x82\x87\xbe\x84") + frame(3,0,3,b"\0\0\0\x08")
+    s2 = frame(4,0,0,b"\x00\x05\x00\x01\x00\x00") + frame(5,4,1,b"\0\0\0\x02" + b"\x82\x87\x85") + frame(1,4,1,b"\x88") + frame(1,4,2,b"\x88") + frame(0,9,2,b"\x02css\0\0") + frame(0,1,1,b"html") + frame(6,0,0,b"12345678") + frame(7,0,0,b"\0\0\0\x01\0\0\0\x02bye") + frame(0x42,0,0,b"ext")
+    for fl in (0x01, 0x21, 0x23, 0x31):
+        seed("misc_%02x" % fl, fl, 0xa7, c2, s2, rs=7)
+    # mid-connection join
+    seed("midjoin", 0x20, 0, b"AAAA" + c2[20:], b"\xff\xff" + s2[15:], rs=3)
+
+
 # ------------------------------------------------------- sensor segments --
 
 def capture():
@@ -602,7 +628,7 @@ def main():
     if "--capture" in sys.argv:
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")
