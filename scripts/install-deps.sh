@@ -18,6 +18,8 @@ PACKAGES=(
   tcpdump tshark prometheus
   # identity lab (tests/integration/identity_lab.py): pods' servers and clients, the test API server's TLS
   redis-server redis-tools openssl zstd
+  # bodies (tests/integration/test_bodies.py): files served precompressed with br and zstd
+  brotli
   # benchmarks: peak memory of a command (scripts/bench_identity.py)
   time
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator

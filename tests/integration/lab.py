@@ -318,8 +318,11 @@ class Lab:
     DOMAIN = "tw.test"
 
     def __init__(self, nginx: bool = True, dnsmasq: bool = True, nginx_workers: int = 1,
-                 keep_dir: bool = False):
+                 keep_dir: bool = False, nginx_server_extra: str = ""):
+        """nginx_server_extra: more directives for nginx's server block (locations; the
+        document root is self.dir / "nginx" / "www", files may be added there at any time)."""
         self.want_nginx = nginx
+        self.nginx_server_extra = nginx_server_extra
         self.want_dnsmasq = dnsmasq
         self.nginx_workers = nginx_workers
         self.keep_dir = keep_dir or os.environ.get("TW_LAB_KEEP") == "1"
@@ -475,6 +478,7 @@ http {{
             client_body_in_single_buffer on;
             return 200 "posted\\n";
         }}
+{self.nginx_server_extra}
     }}
 }}
 """)

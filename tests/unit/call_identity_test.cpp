@@ -297,7 +297,7 @@ TEST(CallIdentityDb, UnknownFieldsAreNullColumns) {
   Sql s(t.path);
   EXPECT_EQ(s.rows("SELECT node, src_pid, src_process, src_pod, src_namespace, dst_pod FROM calls"),
             "NULL|NULL|NULL|web-1|NULL|NULL\n");
-  EXPECT_EQ(s.rows("SELECT value FROM meta WHERE key = 'schema_version'"), "2\n");
+  EXPECT_EQ(s.rows("SELECT value FROM meta WHERE key = 'schema_version'"), "3\n");
 }
 
 // ------------------------------------------------------------- migration
@@ -381,13 +381,13 @@ TEST(CallIdentityDb, SchemaOneIsMigratedInPlaceAndKeepsItsRows) {
   with_identity.src.identity = full_identity();
   with_identity.node = "node-1";
   {
-    CallDb db(v1.path);  // writing: migrates
-    EXPECT_EQ(db.meta("schema_version"), "2");
+    CallDb db(v1.path);  // writing: migrates (to schema 3: identity, then bodies)
+    EXPECT_EQ(db.meta("schema_version"), "3");
     EXPECT_EQ(db.meta("checkpoint"), "seg 7 off 4096");
     db.insert(with_identity);
   }
   { CallDb db(fresh.path); }
-  // Same columns in the same order as a DB created at schema 2 (tapwire
+  // Same columns in the same order as a DB created at schema 3 (tapwire
   // dissect merges DBs column by column).
   EXPECT_EQ(table_columns(v1.path), table_columns(fresh.path));
   Sql s(v1.path);
@@ -412,12 +412,12 @@ TEST(CallIdentityDb, SchemaOneIsMigratedInPlaceAndKeepsItsRows) {
 TEST(CallIdentityDb, RefusesAnUnknownSchema) {
   TempDb t;
   make_v1(t.path);
-  Sql(t.path).exec("UPDATE meta SET value = '3' WHERE key = 'schema_version'");
+  Sql(t.path).exec("UPDATE meta SET value = '4' WHERE key = 'schema_version'");
   try {
     CallDb db(t.path);
-    FAIL() << "schema 3 accepted";
+    FAIL() << "schema 4 accepted";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("schema 3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("schema 4"), std::string::npos) << e.what();
     EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
   }
   // ...and leaves it as it was: no column added.

@@ -2,8 +2,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cinttypes>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -94,6 +96,191 @@ std::string call_line(const json& c) {
   return buf;
 }
 
+// ------------------------------------------------------- calls --id ---
+
+// Bytes of a text for a terminal: TAB and LF as they are, CRLF as LF, other
+// C0 and C1 controls and DEL escaped (\x1b), so that a body or a header
+// cannot drive the terminal. Text from the record is UTF-8.
+std::string terminal_text(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); i++) {
+    const unsigned char ch = static_cast<unsigned char>(s[i]);
+    if (ch == '\r' && i + 1 < s.size() && s[i + 1] == '\n') continue;
+    const bool c1 = ch == 0xc2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+                    static_cast<unsigned char>(s[i + 1]) <= 0x9f;  // U+0080..U+009F
+    if ((ch < 0x20 && ch != '\t' && ch != '\n') || ch == 0x7f || c1) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\x%02x", c1 ? static_cast<unsigned char>(s[++i]) : ch);
+      out += esc;
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out;
+}
+
+std::string base64_decode(const std::string& in) {
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size() / 4 * 3);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    const int v = val(c);
+    if (v < 0) continue;  // padding
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((acc >> bits) & 0xff);
+    }
+  }
+  return out;
+}
+
+// hexdump -C: offset, 16 bytes in hex, the printable ones as they are.
+std::string hexdump(const std::string& b, size_t max_bytes) {
+  std::string out;
+  const size_t n = std::min(b.size(), max_bytes);
+  for (size_t off = 0; off < n; off += 16) {
+    char line[96];
+    int len = std::snprintf(line, sizeof line, "  %08zx  ", off);
+    std::string ascii;
+    for (size_t i = 0; i < 16; i++) {
+      if (off + i < n) {
+        const unsigned char ch = static_cast<unsigned char>(b[off + i]);
+        len += std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "%02x ", ch);
+        ascii += ch >= 0x20 && ch < 0x7f ? static_cast<char>(ch) : '.';
+      } else {
+        len += std::snprintf(line + len, sizeof line - static_cast<size_t>(len), "   ");
+      }
+      if (i == 7) line[len++] = ' ';
+    }
+    line[len] = 0;
+    out += line;
+    out += " |" + ascii + "|\n";
+  }
+  if (b.size() > n)
+    out += "  ... " + std::to_string(b.size() - n) + " more bytes (--json has the whole body, base64)\n";
+  return out;
+}
+
+std::string num(const json& j, const char* k) {
+  auto it = j.find(k);
+  return it != j.end() && it->is_number() ? it->dump() : "";
+}
+
+// An end in full: address, then each identity field known.
+std::string endpoint_detail(const json& e) {
+  std::string out = str(e, "ip");
+  out = (out.find(':') != std::string::npos ? "[" + out + "]" : out) + ":" + str(e, "port");
+  auto add = [&](const std::string& label, const std::string& v) {
+    if (!v.empty()) out += "  " + label + " " + printable(v);
+  };
+  std::string pod = str(e, "pod"), ns = str(e, "namespace");
+  add("pod", ns.empty() ? pod : pod.empty() ? "" : ns + "/" + pod);
+  if (pod.empty()) add("namespace", ns);
+  add("container", str(e, "container"));
+  auto w = e.find("workload");
+  if (w != e.end() && w->is_object()) add("workload", str(*w, "kind") + "/" + str(*w, "name"));
+  add("service", str(e, "service"));
+  add("node", str(e, "node"));
+  auto p = e.find("process");
+  if (p != e.end() && p->is_object()) {
+    std::string proc = str(*p, "name");
+    std::string more;
+    if (std::string pid = num(*p, "pid"); !pid.empty()) more = "pid " + pid;
+    if (std::string exe = str(*p, "exe"); !exe.empty()) more += (more.empty() ? "" : ", ") + printable(exe);
+    add("process", proc.empty() ? more : more.empty() ? proc : proc + " (" + more + ")");
+  }
+  if (std::string id = str(e, "container_id"); !id.empty()) add("container_id", id);
+  return out;
+}
+
+// One message's headers and body, curl -v style: `mark` ("> " or "< ")
+// before the start line and each header.
+std::string message_detail(const json& m, const std::string& start_line, const std::string& mark) {
+  std::string out = mark + terminal_text(start_line) + "\n";
+  auto hs = m.find("headers");
+  if (hs != m.end() && hs->is_object())
+    for (auto it = hs->begin(); it != hs->end(); ++it)
+      out += mark + terminal_text(it.key()) + ": " +
+             terminal_text(it.value().is_string() ? it.value().get<std::string>() : it.value().dump()) + "\n";
+  out += mark + "\n";
+  const std::string size = num(m, "body_size");
+  std::string about = "body: " + (size.empty() ? "0" : size) + " bytes";
+  if (std::string ce = str(m, "content_encoding"); !ce.empty())
+    about += " " + printable(ce) + ", " + num(m, "body_decoded_size") + " decoded";
+  auto body = m.find("body");
+  if (body != m.end() && body->is_string()) {
+    const std::string& b = body->get_ref<const std::string&>();
+    if (str(m, "body_encoding") == "base64") {
+      const std::string bytes = base64_decode(b);
+      out += hexdump(bytes, 1024);
+      about += "; binary, " + std::to_string(bytes.size()) + " kept";
+    } else {
+      out += terminal_text(b);
+      if (!b.empty() && b.back() != '\n') out += "\n";
+      about += "; text, " + std::to_string(b.size()) + " kept";
+    }
+  } else if (size.empty() || size == "0") {
+    return out;  // no body
+  } else {
+    about += "; none kept";
+  }
+  return out + "(" + about + ")\n";
+}
+
+// `tapwire calls --id ID`: one call, whole.
+std::string call_detail(const json& c) {
+  std::string out = "call " + str(c, "id") + "  " + str(c, "protocol") + "\n";
+  const std::string ts = str(c, "ts");
+  out += "  time      " + ts;
+  if (c["duration_us"].is_number()) {
+    const int64_t us = c["duration_us"].get<int64_t>();
+    char d[64];
+    std::snprintf(d, sizeof d, "  duration %" PRId64 " us (%.3f ms)", us, static_cast<double>(us) / 1000.0);
+    out += d;
+  } else {
+    out += "  no response";
+  }
+  out += "\n";
+  out += "  client    " + endpoint_detail(c["src"]) + "\n";
+  out += "  server    " + endpoint_detail(c["dst"]) + "\n";
+  if (std::string node = str(c, "node"); !node.empty()) out += "  captured  on node " + printable(node) + "\n";
+  std::string flags;
+  for (auto& f : c["flags"]) flags += (flags.empty() ? "" : ", ") + f.get<std::string>();
+  out += "  flags     " + (flags.empty() ? std::string("none") : flags) + "\n";
+  const json& req = c["request"];
+  const json& resp = c["response"];
+  if (str(c, "protocol") == "http") {
+    const std::string version = req.is_object() ? str(req, "version") : "HTTP/1.1";
+    out += "\n";
+    if (req.is_object())
+      out += message_detail(req, str(req, "method") + " " + str(req, "path") + " " + version, "> ");
+    else
+      out += "> (request not seen)\n";
+    out += "\n";
+    if (resp.is_object())
+      out += message_detail(resp, version + " " + str(resp, "status") + " " + str(resp, "reason"), "< ");
+    else
+      out += "< (no response)\n";
+  } else {
+    // DNS and what else comes: the request and response objects as they are.
+    out += "\n> " + terminal_text(req.dump(2, ' ', false, json::error_handler_t::replace)) + "\n";
+    out += "< " + terminal_text(resp.dump(2, ' ', false, json::error_handler_t::replace)) + "\n";
+  }
+  return out;
+}
+
 // --json: the full record. Identity strings are bytes from the node (a
 // process name need not be UTF-8): replace what is not UTF-8 rather than
 // fail on it.
@@ -105,6 +292,7 @@ struct CallsOptions {
   std::string status;
   std::string from, to;
   std::string namespace_, pod, service, process, node;
+  std::string id;
   size_t limit = 0;
   bool json = false;
 };
@@ -144,8 +332,26 @@ int run_calls(const CallsOptions& o) {
   q.service = o.service;
   q.process = o.process;
   q.node = o.node;
+  if (!o.id.empty()) {
+    std::string id = o.id;
+    for (char& ch : id)
+      if (ch >= 'A' && ch <= 'F') ch = static_cast<char>(ch + 32);
+    if (id.size() != 16 || id.find_first_not_of("0123456789abcdef") != std::string::npos)
+      throw CliError("bad --id", printable(o.id), "give a call id: 16 hex digits, as `tapwire calls --json` shows");
+    q.id = id;
+  }
   auto db = open_call_db(o.db);
-  for (auto& c : db->query(q)) std::printf("%s\n", o.json ? record_line(c).c_str() : call_line(c).c_str());
+  const auto calls = db->query(q);
+  if (!o.id.empty()) {
+    if (calls.empty()) throw CliError("no call with this id", q.id, "in " + o.db + " (with the filters given)");
+    std::string sep;
+    for (auto& c : calls) {
+      std::printf("%s%s", sep.c_str(), o.json ? (record_line(c) + "\n").c_str() : call_detail(c).c_str());
+      if (!o.json) sep = "\n";
+    }
+    return 0;
+  }
+  for (auto& c : calls) std::printf("%s\n", o.json ? record_line(c).c_str() : call_line(c).c_str());
   return 0;
 }
 
@@ -235,6 +441,10 @@ void register_calls(CLI::App& app, Action& action) {
   sub->add_option("--process", o->process, "only calls with either end's process named so (its comm, e.g. nginx)")
       ->type_name("NAME");
   sub->add_option("--node", o->node, "only calls captured on this node or with an end on it")->type_name("NAME");
+  sub->add_option("--id", o->id,
+                  "print this call whole: start lines, headers, bodies, timing, both ends, flags "
+                  "(with --json: its call record)")
+      ->type_name("ID");
   sub->add_option("--limit", o->limit, "at most this many calls");
   sub->add_flag("--json", o->json, "one call record (JSON) per line");
   sub->callback([o, &action] { action = [o] { return run_calls(*o); }; });

@@ -76,11 +76,41 @@ std::string har_time(const std::string& ts) {
   return ts.substr(0, dot + 4) + ts.substr(end);
 }
 
+bool is_base64(const json& m) { return str_or(m, "body_encoding") == "base64"; }
+
+bool has_flag(const json& c, const char* flag) {
+  auto f = c.find("flags");
+  if (f == c.end() || !f->is_array()) return false;
+  for (auto& x : *f)
+    if (x.is_string() && x.get_ref<const std::string&>() == flag) return true;
+  return false;
+}
+
+// HAR content: `size` the decoded length (the body as sent when it was not
+// encoded), `compression` the bytes the Content-Encoding saved, `text` the
+// body kept (decoded), with "encoding": "base64" when it is binary.
+json response_content(const json& resp, const std::string& mime_type, bool body_cut) {
+  const int64_t wire = resp.value("body_size", int64_t{0});
+  json content = {{"size", wire}, {"mimeType", mime_type}};
+  if (resp.contains("content_encoding")) {
+    const int64_t decoded = resp.value("body_decoded_size", int64_t{0});
+    content["size"] = decoded;
+    // With a body cut (the call's flag body_truncated) the decoded size
+    // counts what was decoded of it: the saving is not known.
+    if (!body_cut) content["compression"] = decoded - wire;
+  }
+  if (auto b = resp.find("body"); b != resp.end() && b->is_string()) {
+    content["text"] = *b;
+    if (is_base64(resp)) content["encoding"] = "base64";
+  }
+  return content;
+}
+
 json har_entry(const json& c) {
   const json& req = c["request"];
   const json& resp = c["response"];
-  std::string host, ctype;
-  json req_headers = har_headers(req["headers"], &host, nullptr);
+  std::string host, ctype, req_ctype;
+  json req_headers = har_headers(req["headers"], &host, &req_ctype);
   const std::string dst_ip = c["dst"]["ip"].get<std::string>();
   const int dst_port = c["dst"]["port"].get<int>();
   if (host.empty())
@@ -99,6 +129,16 @@ json har_entry(const json& c) {
                   {"queryString", query_string(path)},
                   {"headersSize", -1},
                   {"bodySize", req.value("body_size", int64_t{0})}};
+  // The request body kept (HAR 1.2 postData has no encoding field: a binary
+  // body is its base64, said so by the custom field _encoding).
+  if (auto b = req.find("body"); b != req.end() && b->is_string()) {
+    json post = {{"mimeType", req_ctype}, {"text", *b}};
+    if (is_base64(req)) {
+      post["_encoding"] = "base64";
+      post["comment"] = "the body is binary: text holds its base64";
+    }
+    request["postData"] = std::move(post);
+  }
   json response;
   double wait_ms = 0;
   if (resp.is_object()) {
@@ -112,7 +152,7 @@ json har_entry(const json& c) {
                 {"httpVersion", version},
                 {"cookies", json::array()},
                 {"headers", headers},
-                {"content", {{"size", body}, {"mimeType", ctype}}},
+                {"content", response_content(resp, ctype, has_flag(c, "body_truncated"))},
                 {"redirectURL", location},
                 {"headersSize", -1},
                 {"bodySize", body}};

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "body/body_json.hpp"
+
 namespace tapwire::dissect {
 
 const char* protocol_name(Protocol p) {
@@ -22,6 +24,7 @@ std::vector<std::string> flag_names(uint32_t flags) {
       {kFlagGap, "gap"},           {kFlagTruncated, "truncated"}, {kFlagOrphanResponse, "orphan_response"},
       {kFlagTimeout, "timeout"},   {kFlagClosed, "closed"},       {kFlagUpgrade, "upgrade"},
       {kFlagBodyTruncated, "body_truncated"}, {kFlagMemoryShed, "memory_shed"},  {kFlagIncomplete, "incomplete"},
+      {kFlagBodyDecodeError, "body_decode_error"},
   };
   std::vector<std::string> out;
   for (auto& [bit, name] : kNames)
@@ -83,6 +86,16 @@ nlohmann::json headers_json(const std::vector<proto::Header>& hs) {
   return j;
 }
 
+void put_body_json(nlohmann::json& j, const proto::HttpMessage& m) {
+  if (!m.body.empty())
+    j.update(proto::body_json(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(m.body.data()), m.body.size()), !m.body_binary));
+  if (!m.content_encoding.empty()) {
+    j["content_encoding"] = m.content_encoding;
+    j["body_decoded_size"] = m.body_decoded_size;
+  }
+}
+
 namespace {
 
 // Identity fields appear only when known (non-empty, pid non-zero), so a
@@ -132,6 +145,7 @@ nlohmann::json to_json(const Call& c) {
            {"version", m.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1"},
            {"headers", headers_json(m.headers)},
            {"body_size", m.body_size}};
+    put_body_json(req, m);
   }
   if (c.http_response) {
     auto& m = *c.http_response;
@@ -139,6 +153,7 @@ nlohmann::json to_json(const Call& c) {
             {"reason", m.reason},
             {"headers", headers_json(m.headers)},
             {"body_size", m.body_size}};
+    put_body_json(resp, m);
   }
   if (c.dns_query) {
     auto& q = *c.dns_query;

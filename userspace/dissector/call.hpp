@@ -32,6 +32,9 @@ enum CallFlag : uint32_t {
   // connection or a waiting DNS query): parts of it may be missing.
   kFlagMemoryShed = 1u << 7,
   kFlagIncomplete = 1u << 8,  // the request or response was cut short: the stream ended (or was shed) inside it
+  // A body's Content-Encoding could not be undone (corrupt, or a coding not
+  // known): the record has the body as sent, base64.
+  kFlagBodyDecodeError = 1u << 9,
 };
 std::vector<std::string> flag_names(uint32_t flags);
 
@@ -67,6 +70,11 @@ struct Call {
 
 // The call record (DESIGN.md) as JSON.
 nlohmann::json to_json(const Call& c);
+// An HTTP message's body fields, added to its record object `j`: "body"
+// (text, or base64 with "body_encoding": "base64") when bytes were kept,
+// "content_encoding" and "body_decoded_size" when a Content-Encoding was
+// undone (proto::finish_body). CallDb::row_json rebuilds the same fields.
+void put_body_json(nlohmann::json& j, const proto::HttpMessage& m);
 // HTTP headers as the record shows them: an object, repeated names joined
 // with ", ".
 nlohmann::json headers_json(const std::vector<proto::Header>& hs);

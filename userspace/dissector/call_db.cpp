@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <unordered_map>
 
+#include "body/body_json.hpp"
+
 namespace tapwire::dissect {
 namespace {
 
@@ -15,9 +17,11 @@ constexpr size_t kBatch = 16384;
 // nothing is JSON until it is read back: headers are stored as the header
 // block they came in ("name: value" lines), answers one per line.
 // The columns of schema 1 (the statement is left open after flags); schema
-// 2 appends identity_columns() after them, in the order a migrated DB gets
-// them from ALTER TABLE, so that every DB of schema 2 has the same column
-// order (tapwire dissect merges part DBs with INSERT ... SELECT *).
+// 2 appends identity_columns() after them, schema 3 body_columns() after
+// those, in the order a migrated DB gets them from ALTER TABLE, so that
+// every DB of schema 3 has the same column order (tapwire dissect merges
+// part DBs with INSERT ... SELECT *). A new column goes at the end, added to
+// new DBs and by the migration in the same order.
 const char* kCallsV1 = R"sql(
 CREATE TABLE calls (
   id             TEXT NOT NULL,     -- 16 hex digits, stable for the same traffic
@@ -61,6 +65,21 @@ std::vector<std::string> identity_columns() {  // "name TYPE", in table order
   return out;
 }
 
+// Bodies (schema 3), per message: the bytes kept (decoded when a
+// Content-Encoding was undone; NULL when none were kept), 'base64' when the
+// record shows them as base64 (binary) and NULL for text, the codings
+// undone and the decoded size (NULL when not encoded).
+const char* kBodyColumns[] = {"body BLOB", "body_encoding TEXT", "content_encoding TEXT",
+                              "body_decoded_size INTEGER"};
+constexpr int kBodyColumnCount = sizeof kBodyColumns / sizeof kBodyColumns[0];
+
+std::vector<std::string> body_columns() {  // "name TYPE", in table order
+  std::vector<std::string> out;
+  for (const char* m : {"req_", "resp_"})
+    for (const char* c : kBodyColumns) out.push_back(m + std::string(c));
+  return out;
+}
+
 // Namespace, the filter that scopes the others, is indexed at both ends.
 // Partial indexes: a call without identity (NULL) adds no entry, and
 // `x = ?` implies `x IS NOT NULL`, so the either-end filter uses both (a
@@ -73,9 +92,9 @@ CREATE INDEX IF NOT EXISTS calls_src_namespace ON calls(src_namespace) WHERE src
 CREATE INDEX IF NOT EXISTS calls_dst_namespace ON calls(dst_namespace) WHERE dst_namespace IS NOT NULL;
 )sql";
 
-std::string column_names(const std::string& prefix = "") {  // "node, src_pid, ..."
+std::string column_names(const std::vector<std::string>& columns) {  // "node, src_pid, ..."
   std::string out;
-  for (auto& c : identity_columns()) out += (out.empty() ? "" : ", ") + prefix + c.substr(0, c.find(' '));
+  for (auto& c : columns) out += (out.empty() ? "" : ", ") + c.substr(0, c.find(' '));
   return out;
 }
 
@@ -171,12 +190,31 @@ void bind_identity(sqlite3_stmt* st, int first, const identity::EndpointIdentity
 }
 
 // Parameter numbers of the insert statement and column numbers of a query
-// row (0-based): the schema-1 columns, then node, src_*, dst_*, rowid.
+// row (0-based): the schema-1 columns, then node, src_*, dst_*, req_ and
+// resp_ bodies, rowid.
 constexpr int kV1Columns = 25;
 constexpr int kNodeColumn = kV1Columns;
 constexpr int kSrcIdentity = kNodeColumn + 1;
 constexpr int kDstIdentity = kSrcIdentity + kEndColumnCount;
-constexpr int kRowidColumn = kDstIdentity + kEndColumnCount;
+constexpr int kReqBody = kDstIdentity + kEndColumnCount;
+constexpr int kRespBody = kReqBody + kBodyColumnCount;
+constexpr int kRowidColumn = kRespBody + kBodyColumnCount;
+
+// The message has body columns to fill.
+bool has_body_columns(const proto::HttpMessage& m) { return !m.body.empty() || !m.content_encoding.empty(); }
+
+// Binds one message's body columns from `first` on (1-based). The message
+// outlives the statement's step.
+void bind_body(sqlite3_stmt* st, int first, const proto::HttpMessage& m) {
+  if (!m.body.empty()) {
+    sqlite3_bind_blob(st, first, m.body.data(), static_cast<int>(m.body.size()), SQLITE_STATIC);
+    if (m.body_binary) sqlite3_bind_text(st, first + 1, "base64", -1, SQLITE_STATIC);
+  }
+  if (!m.content_encoding.empty()) {
+    bind_static(st, first + 2, m.content_encoding);
+    sqlite3_bind_int64(st, first + 3, static_cast<sqlite3_int64>(m.body_decoded_size));
+  }
+}
 
 }  // namespace
 
@@ -209,26 +247,29 @@ CallDb::CallDb(const std::string& path, bool read_only, bool bulk) : regex_cache
         if (sqlite3_prepare_v2(db_, (sql + ")").c_str(), -1, st, nullptr) != SQLITE_OK)
           throw std::runtime_error(path + ": " + sqlite3_errmsg(db_));
       };
-      prepare(&insert_, v1 + "node", kNodeColumn + 1);
-      prepare(&insert_identity_, v1 + column_names(), kRowidColumn);
+      const std::string identity = column_names(identity_columns()), bodies = column_names(body_columns());
+      prepare(&insert_[0], v1 + "node", kNodeColumn + 1);
+      prepare(&insert_[1], v1 + identity, kReqBody);
+      prepare(&insert_[2], v1 + "node, " + bodies, kNodeColumn + 1 + 2 * kBodyColumnCount);
+      prepare(&insert_[3], v1 + identity + ", " + bodies, kRowidColumn);
     } else {
       sqlite3_stmt* st = nullptr;
       bool ok = sqlite3_prepare_v2(db_, "SELECT count(*) FROM calls", -1, &st, nullptr) == SQLITE_OK;
       sqlite3_finalize(st);
       if (!ok) throw std::runtime_error(path + ": not a tapwire dissection DB (" + sqlite3_errmsg(db_) + ")");
       identity_columns_ = has_column("calls", "node");
+      body_columns_ = has_column("calls", "resp_body");
     }
   } catch (...) {
-    sqlite3_finalize(insert_);
-    sqlite3_finalize(insert_identity_);
+    for (sqlite3_stmt* st : insert_) sqlite3_finalize(st);
     sqlite3_close(db_);
     db_ = nullptr;
     throw;
   }
 }
 
-// Creates the schema in a new file, or brings a schema-1 DB to schema 2,
-// in one IMMEDIATE transaction: two writers opening the same file at once
+// Creates the schema in a new file, or brings a schema-1 or -2 DB to schema
+// 3, in one IMMEDIATE transaction: two writers opening the same file at once
 // cannot both create or both migrate it, and a crash leaves it as it was.
 void CallDb::create_or_migrate(const std::string& path) {
   exec("BEGIN IMMEDIATE");
@@ -241,7 +282,9 @@ void CallDb::create_or_migrate(const std::string& path) {
         throw std::runtime_error(path + ": dissection DB schema " + *v + " without its calls table: use a new --db file");
       std::string sql = kCallsV1;
       const char* sep = "  ";
-      for (auto& c : identity_columns()) {
+      std::vector<std::string> added = identity_columns();
+      for (auto& c : body_columns()) added.push_back(c);
+      for (auto& c : added) {
         sql += sep + c;
         sep = ",\n  ";
       }
@@ -251,8 +294,10 @@ void CallDb::create_or_migrate(const std::string& path) {
       // (schema 1 did not create them in one transaction). Its columns tell.
       v = has_column("calls", "node") ? current : "1";
     }
-    if (v == "1") {
+    if (v == "1")
       for (auto& c : identity_columns()) exec("ALTER TABLE calls ADD COLUMN " + c);
+    if (v == "1" || v == "2") {
+      for (auto& c : body_columns()) exec("ALTER TABLE calls ADD COLUMN " + c);
     } else if (v && *v != current) {
       throw std::runtime_error(path + ": dissection DB schema " + *v + ", this tapwire writes schema " + current +
                                ": use a new --db file");
@@ -282,8 +327,7 @@ CallDb::~CallDb() {
     commit();
   } catch (...) {
   }
-  sqlite3_finalize(insert_);
-  sqlite3_finalize(insert_identity_);
+  for (sqlite3_stmt* st : insert_) sqlite3_finalize(st);
   sqlite3_close(db_);
 }
 
@@ -396,7 +440,9 @@ void append_headers(std::string& out, const std::vector<proto::Header>& hs) {
 void CallDb::insert(const Call& c) {
   begin();
   const bool identity = c.src.identity || c.dst.identity;
-  sqlite3_stmt* st = identity ? insert_identity_ : insert_;
+  const bool bodies = (c.http_request && has_body_columns(*c.http_request)) ||
+                      (c.http_response && has_body_columns(*c.http_response));
+  sqlite3_stmt* st = insert_[(identity ? 1 : 0) + (bodies ? 2 : 0)];
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   const std::string id = c.id(), src = c.src.ip(), dst = c.dst.ip();
@@ -452,11 +498,24 @@ void CallDb::insert(const Call& c) {
   if (!c.node.empty()) bind_static(st, kNodeColumn + 1, c.node);
   if (c.src.identity) bind_identity(st, kSrcIdentity + 1, *c.src.identity);
   if (c.dst.identity) bind_identity(st, kDstIdentity + 1, *c.dst.identity);
+  if (bodies) {
+    const int first = identity ? kReqBody + 1 : kNodeColumn + 2;  // the statement's body parameters
+    if (c.http_request) bind_body(st, first, *c.http_request);
+    if (c.http_response) bind_body(st, first + kBodyColumnCount, *c.http_response);
+  }
   if (sqlite3_step(st) != SQLITE_DONE)
     throw std::runtime_error(std::string("dissection DB insert: ") + sqlite3_errmsg(db_));
   inserted_++;
-  if (max_size_ && ++since_size_check_ >= 256) {  // a few pragmas: the file never holds a whole batch over the bound
+  if (bodies) {
+    if (c.http_request) body_bytes_since_check_ += c.http_request->body.size();
+    if (c.http_response) body_bytes_since_check_ += c.http_response->body.size();
+  }
+  // A few pragmas, every 256 calls or every 1/32 of the bound in bodies
+  // (a row with a body kept can be --max-body bytes): the file never holds
+  // a whole batch over the bound.
+  if (max_size_ && (++since_size_check_ >= 256 || body_bytes_since_check_ >= max_size_ / 32)) {
     since_size_check_ = 0;
+    body_bytes_since_check_ = 0;
     enforce_max_size();
   }
   if (++batch_ >= kBatch && auto_commit_) commit();
@@ -502,14 +561,20 @@ constexpr const char* kColumns =
     "version, req_headers, req_body_size, status, reason, resp_headers, resp_body_size, dns_id, qname, qtype, rcode, "
     "answers, flags";
 
-// The select list: identity columns, or NULLs in their place for a
-// schema-1 DB read without migrating it.
-std::string select_list(bool identity) {
+// The select list: identity and body columns, or NULLs in their place for a
+// schema-1 or -2 DB read without migrating it.
+std::string select_list(bool identity, bool bodies) {
   std::string out = std::string(kColumns) + ", ";
   if (identity) {
-    out += column_names();
+    out += column_names(identity_columns());
   } else {
-    for (int i = kNodeColumn; i < kRowidColumn; i++) out += i == kNodeColumn ? "NULL" : ", NULL";
+    for (int i = kNodeColumn; i < kReqBody; i++) out += i == kNodeColumn ? "NULL" : ", NULL";
+  }
+  out += ", ";
+  if (bodies) {
+    out += column_names(body_columns());
+  } else {
+    for (int i = kReqBody; i < kRowidColumn; i++) out += i == kReqBody ? "NULL" : ", NULL";
   }
   return out + ", rowid";
 }
@@ -532,6 +597,22 @@ nlohmann::json headers_from_block(const std::string& block) {
     pos = nl + 1;
   }
   return headers_json(hs);
+}
+
+// One message's body fields from its body columns, as put_body_json() in
+// call.cpp makes them.
+void body_from_row(nlohmann::json& j, sqlite3_stmt* st, int first) {
+  if (sqlite3_column_type(st, first) != SQLITE_NULL) {
+    const void* p = sqlite3_column_blob(st, first);
+    const int n = sqlite3_column_bytes(st, first);
+    const bool base64 = sqlite3_column_type(st, first + 1) != SQLITE_NULL;
+    j.update(proto::body_json(std::span<const uint8_t>(static_cast<const uint8_t*>(p), p ? static_cast<size_t>(n) : 0),
+                              !base64));
+  }
+  if (sqlite3_column_type(st, first + 2) != SQLITE_NULL) {
+    j["content_encoding"] = column_string(st, first + 2);
+    j["body_decoded_size"] = sqlite3_column_int64(st, first + 3);
+  }
 }
 
 // One end as the record shows it: {ip, port} and the identity fields that
@@ -582,11 +663,13 @@ nlohmann::json CallDb::row_json(sqlite3_stmt* st) {
              {"version", text(12)},
              {"headers", headers_from_block(text(13))},
              {"body_size", sqlite3_column_int64(st, 14)}};
+    if (has_req) body_from_row(req, st, kReqBody);
     if (has_resp)
       resp = {{"status", sqlite3_column_int(st, 15)},
               {"reason", text(16)},
               {"headers", headers_from_block(text(17))},
               {"body_size", sqlite3_column_int64(st, 18)}};
+    if (has_resp) body_from_row(resp, st, kRespBody);
   } else {
     if (has_req) req = {{"id", sqlite3_column_int(st, 19)}, {"qname", text(20)}, {"qtype", text(21)}};
     if (has_resp) {
@@ -627,11 +710,12 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
     if (std::string err = regex_error(q.pod_regex); !err.empty())
       throw std::invalid_argument("bad pod regex '" + q.pod_regex + "': " + err);
   if (!identity_columns_) identity_columns_ = has_column("calls", "node");  // migrated since?
+  if (!body_columns_) body_columns_ = has_column("calls", "resp_body");
   // Without identity columns no call has a namespace, pod, ...: an
   // identity filter matches nothing.
   const char* none = " AND 0";
   const bool id = identity_columns_;
-  std::string sql = "SELECT " + select_list(id) + " FROM calls WHERE 1=1";
+  std::string sql = "SELECT " + select_list(id, body_columns_) + " FROM calls WHERE 1=1";
   if (!q.protocol.empty()) sql += " AND protocol = ?1";
   if (q.status) sql += " AND status = ?2";
   if (q.status_class) sql += " AND status >= ?3 AND status < ?3 + 100";
@@ -643,6 +727,7 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
   if (!q.service.empty()) sql += id ? " AND (src_service = ?9 OR dst_service = ?9)" : none;
   if (!q.process.empty()) sql += id ? " AND (src_process = ?10 OR dst_process = ?10)" : none;
   if (!q.node.empty()) sql += id ? " AND (node = ?11 OR src_node = ?11 OR dst_node = ?11)" : none;
+  if (!q.id.empty()) sql += " AND id = ?12";
   sql += q.after_rowid || q.by_rowid ? " ORDER BY rowid" : " ORDER BY ts_ns, rowid";
   if (q.limit) sql += " LIMIT " + std::to_string(q.limit);
   sqlite3_stmt* st = nullptr;
@@ -661,6 +746,7 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
     if (!q.process.empty()) bind_text(st, 10, q.process);
     if (!q.node.empty()) bind_text(st, 11, q.node);
   }
+  if (!q.id.empty()) bind_text(st, 12, q.id);
   std::vector<nlohmann::json> out;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {

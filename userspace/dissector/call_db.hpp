@@ -19,10 +19,11 @@ struct sqlite3_stmt;
 
 namespace tapwire::dissect {
 
-// 2: identity columns (node, src_*/dst_* pid, process, ... node). A version-1
-// DB opened for writing is migrated in place; read-only, it reads as calls
-// without identity.
-inline constexpr int kCallDbSchemaVersion = 2;
+// 2: identity columns (node, src_*/dst_* pid, process, ... node).
+// 3: bodies (req_/resp_ body, body_encoding, content_encoding,
+// body_decoded_size). A version-1 or -2 DB opened for writing is migrated in
+// place; read-only, it reads as calls without what it lacks.
+inline constexpr int kCallDbSchemaVersion = 3;
 
 struct RegexCache;
 
@@ -78,6 +79,7 @@ class CallDb {
     std::string service;  // exact service name
     std::string process;  // exact process name (comm)
     std::string node;  // exact node name: the capturing node or either end's
+    std::string id;  // exact call id (16 hex digits), "" = any (a scan: the id is not indexed)
   };
   // Calls as call-record JSON objects, oldest first; `last_rowid`, if given,
   // gets the rowid of the last one returned. Throws std::invalid_argument if
@@ -90,14 +92,16 @@ class CallDb {
 
  private:
   sqlite3* db_ = nullptr;
-  // Two insert statements: a call with endpoint identity binds every
-  // column; one without leaves the identity columns out of the statement
-  // (NULL by default), which spares it binding and clearing them.
-  sqlite3_stmt* insert_ = nullptr;  // schema-1 columns and node
-  sqlite3_stmt* insert_identity_ = nullptr;  // every column
+  // Four insert statements: a call with endpoint identity binds the
+  // identity columns, one with a body kept (or decoded) the body columns;
+  // a statement leaves out the columns its calls do not have (NULL by
+  // default), which spares it binding and clearing them. Index: 1 for
+  // identity, + 2 for bodies.
+  sqlite3_stmt* insert_[4] = {};
   uint64_t max_size_ = 0;
   uint64_t calls_deleted_ = 0;
   uint32_t since_size_check_ = 0;
+  uint64_t body_bytes_since_check_ = 0;
   bool calls_deleted_loaded_ = false;
   void enforce_max_size();
   int64_t pragma_int(const char* sql);
@@ -109,6 +113,7 @@ class CallDb {
   // False for a version-1 DB opened read-only: identity reads as unknown
   // (checked again at each query, in case a writer migrates it meanwhile).
   bool identity_columns_ = true;
+  bool body_columns_ = true;  // the same for a version-1 or -2 DB and the body columns
   std::unique_ptr<RegexCache> regex_cache_;  // compiled pod regexes, for the SQL regexp()
   static nlohmann::json row_json(sqlite3_stmt* st);
   void exec(const char* sql);

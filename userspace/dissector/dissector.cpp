@@ -470,6 +470,7 @@ struct Dissector::Impl {
       c.ts_ns = req->ts_first_ns;
       if (req->gap) c.flags |= kFlagGap;
       if (req->body_truncated) c.flags |= kFlagBodyTruncated;
+      if (req->body_decode_error) c.flags |= kFlagBodyDecodeError;
       if (req->upgrade) c.flags |= kFlagUpgrade;
       if (req->incomplete) c.flags |= kFlagIncomplete;
       if (req->memory_shed) c.flags |= kFlagMemoryShed;
@@ -483,6 +484,7 @@ struct Dissector::Impl {
       c.end_ns = resp->ts_last_ns;
       if (resp->gap) c.flags |= kFlagGap;
       if (resp->body_truncated) c.flags |= kFlagBodyTruncated;
+      if (resp->body_decode_error) c.flags |= kFlagBodyDecodeError;
       if (resp->upgrade) c.flags |= kFlagUpgrade;
       if (resp->incomplete) c.flags |= kFlagIncomplete;
       if (resp->memory_shed) c.flags |= kFlagMemoryShed;
@@ -513,6 +515,9 @@ struct Dissector::Impl {
   void http_take(Flow& f, HttpState& h, int role) {
     const int side = role == 0 ? f.client : 1 - f.client;
     for (auto& msg : h.out) {
+      // Complete: its body decoded (at most max_body_kept bytes of it, as
+      // kept before) before it waits for its pair, counted as it is now.
+      proto::finish_body(msg, opts.http.max_body_kept);
       if (h.gap_pending[role]) {
         msg.gap = true;
         h.gap_pending[role] = false;

@@ -12,6 +12,9 @@
 #include <array>
 #include <cstring>
 
+#include "body/body_text.hpp"
+#include "body/content_coding.hpp"
+
 namespace tapwire::proto {
 
 namespace {
@@ -195,11 +198,59 @@ int hex_value(uint8_t c) {
 
 size_t message_heap_bytes(const HttpMessage& m) {
   size_t n = string_heap_bytes(m.method) + string_heap_bytes(m.target) + string_heap_bytes(m.reason) +
-             string_heap_bytes(m.body) + heap_bytes(m.headers.capacity() * sizeof(Header)) +
+             string_heap_bytes(m.body) + string_heap_bytes(m.content_encoding) +
+             heap_bytes(m.headers.capacity() * sizeof(Header)) +
              heap_bytes(m.trailers.capacity() * sizeof(Header));
   for (const auto* list : {&m.headers, &m.trailers})
     for (const Header& h : *list) n += string_heap_bytes(h.name) + string_heap_bytes(h.value);
   return n;
+}
+
+namespace {
+
+// A Content-Encoding value names a coding other than identity.
+bool names_a_coding(std::string_view v) {
+  bool any = false;
+  for_each_element(v, [&](std::string_view e) {
+    if (!e.empty() && !iequals(e, "identity")) any = true;
+  });
+  return any;
+}
+
+}  // namespace
+
+void finish_body(HttpMessage& m, size_t max_body) {
+  if (!m.content_encoding.empty() || m.body_decode_error) return;  // done already
+  const auto bytes = [&m] {
+    return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(m.body.data()), m.body.size());
+  };
+  if (m.body.empty()) return;  // nothing kept: nothing to decode or show
+  // Several Content-Encoding fields are one list (RFC 9110 5.3).
+  std::string ce;
+  for (const Header& h : m.headers)
+    if (h.name == "content-encoding") ce += (ce.empty() ? "" : ", ") + h.value;
+  if (names_a_coding(ce)) {
+    DecodeLimits lim;
+    lim.max_output = max_body;
+    DecodedBody d = decode_content(ce, bytes(), lim);
+    // A compressed stream that ends before the body does is corrupt; one
+    // that ends where the kept bytes end is a body cut short.
+    if (!d.error.empty() || !d.decoded || (d.incomplete && !m.body_truncated)) {
+      m.body_decode_error = true;
+      m.body_binary = true;  // the bytes as sent: base64
+      return;
+    }
+    const size_t before = string_heap_bytes(m.body);
+    d.data.shrink_to_fit();
+    m.body = std::move(d.data);
+    m.content_encoding = std::move(d.encoding);
+    m.body_decoded_size = m.body.size();
+    if (d.truncated) m.body_truncated = true;
+    m.heap = m.heap + string_heap_bytes(m.body) + string_heap_bytes(m.content_encoding) - before;
+    if (m.body.empty()) return;
+  }
+  const std::string* ct = m.header("content-type");
+  m.body_binary = !(is_text(ct ? std::string_view(*ct) : std::string_view(), bytes()) && is_utf8(bytes(), true));
 }
 
 const std::string* HttpMessage::header(std::string_view lower_name) const {

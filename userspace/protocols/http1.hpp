@@ -35,7 +35,15 @@ struct HttpMessage {
   uint64_t header_bytes = 0;  // start line + headers + CRLF on the wire
   uint64_t body_size = 0;  // body bytes (after de-chunking)
   uint64_t wire_size = 0;  // all bytes of the message on the wire
-  std::string body;  // the first max_body_kept bytes of the body
+  std::string body;  // the first max_body_kept bytes of the body (decoded, after finish_body())
+  // Set by finish_body() when the message is complete: the body's Content-
+  // Encoding undone ("gzip", "gzip, br": the codings as listed, lower-case;
+  // "" when the body is not encoded, or was not decoded), the size of the
+  // decoded bytes, and how the record shows them.
+  std::string content_encoding;
+  uint64_t body_decoded_size = 0;  // bytes decoded (of the part kept, when body_truncated)
+  bool body_binary = false;  // the kept body is not text (base64 in the record)
+  bool body_decode_error = false;  // a Content-Encoding could not be undone: `body` is the bytes as sent
   bool chunked = false;
   bool body_truncated = false;  // body longer than what is kept
   bool headers_truncated = false;  // more than max_headers fields
@@ -58,6 +66,17 @@ struct HttpMessage {
 // Heap bytes a message owns beyond its own size (strings, header lists),
 // counted again from scratch, O(headers): what HttpMessage::heap keeps.
 size_t message_heap_bytes(const HttpMessage& m);
+
+// Once a message is complete (not per packet): undoes the Content-Encoding
+// of its kept body (gzip, deflate, br, zstd; body/content_coding.hpp),
+// keeping at most `max_body` decoded bytes, and tells text from binary
+// (body/body_text.hpp). A body cut short (by max_body, a gap, the end of the
+// stream) decodes to the beginning of the decoded body, flagged
+// body_truncated. A body that does not decode (corrupt, an unknown coding,
+// a compressed stream that ends before the body does) stays as sent, binary,
+// flagged body_decode_error. Updates `heap`. Runs once per message: a second
+// call changes nothing.
+void finish_body(HttpMessage& m, size_t max_body);
 
 // Parses one direction. feed() consumes what it can: complete messages are
 // appended to `out`; a partially received start line or header block is left
