@@ -148,9 +148,10 @@ class BadInput(unittest.TestCase):
                 self.assert_one_line_error(f"export with a junk segment ({desc})", rc, err, [re.escape(JUNK_NAME)])
 
     def test_sensor_on_a_dir_with_a_junk_segment(self):
-        """The sensor may refuse the directory (one error line naming the file)
-        or capture anyway; then it must say so (naming the file), never
-        overwrite or crash on it, and stop cleanly."""
+        """The sensor captures anyway: the file is set aside, unchanged, in
+        segments/damaged/, one line names it, and the sensor stops cleanly.
+        (A sensor that refused the directory would have to say so in one
+        error line naming the file.)"""
         L = self.L
         d = L.dir / "junk-sensor"
         (d / "segments").mkdir(parents=True)
@@ -175,7 +176,11 @@ class BadInput(unittest.TestCase):
             out = s.output()
             print(f"sensor with a junk segment: captured anyway, exit {rc}; output: {out.strip()}")
             self.assertEqual(rc, 0, f"sensor exit {rc} on SIGINT: {out}")
-            self.assertEqual(junk.read_bytes(), body, f"the sensor changed {junk}")
+            aside = d / "segments" / "damaged" / JUNK_NAME
+            self.assertFalse(junk.exists(), f"{junk} is still among the segments")
+            self.assertEqual(aside.read_bytes(), body, f"the sensor changed {junk} when it set it aside")
+            self.assertEqual((s.final_status or {}).get("storage", {}).get("segments_damaged"), 1,
+                             s.final_status)
             self.assertIn(JUNK_NAME, out,
                           f"the sensor ran on a data dir holding a file that is not a segment ({junk}) without a "
                           f"word about it; `tapwire export pcap` on that dir then fails. Its output: {out!r}")
