@@ -232,6 +232,343 @@ char LICENSE[] SEC("license") = "GPL";
 
 # --------------------------------------------------------------------------
 
+def kill_cgroup_tree(top: Path) -> None:
+    """Kills every process in the cgroups below top (cgroup.kill), waits until
+    they are empty (bounded), removes the directories bottom-up."""
+    if not top.is_dir():
+        return
+    dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [top]
+    for d in dirs:
+        try:
+            (d / "cgroup.kill").write_text("1\n")
+        except OSError:
+            for pid in (d / "cgroup.procs").read_text().split() if (d / "cgroup.procs").exists() else []:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+    deadline = time.monotonic() + 10
+    for d in dirs:
+        while time.monotonic() < deadline:
+            try:
+                if not (d / "cgroup.procs").read_text().split():
+                    break
+            except OSError:
+                break
+            time.sleep(0.05)
+        try:
+            d.rmdir()
+        except OSError as e:
+            log(f"cannot remove cgroup {d}: {e}")
+
+
+def detach_foreign(root: str, state: Path) -> None:
+    try:
+        st = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return
+    lab.run(["bpftool", "cgroup", "detach", root, st.get("hook", "egress"), "id", str(st["prog_id"])], check=False)
+    state.unlink(missing_ok=True)
+
+
+def sweep_stale(cg2: str) -> None:
+    """What a SIGKILLed run of this test left: namespaces, cgroups, the
+    foreign program and its bpffs, whose creating process is gone."""
+    dead = lambda name: (m := re.match(rf"{PREFIX}-(\d+)-", name)) and not pid_alive(int(m.group(1)))
+    for line in lab.run(["ip", "netns", "list"], check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if dead(name):
+            for pid in lab.run(["ip", "netns", "pids", name], check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            lab.run(["ip", "netns", "del", name], check=False)
+            log(f"removed stale namespace {name}")
+    for d in Path(cg2).glob(f"{PREFIX}-*"):
+        if d.is_dir() and dead(d.name):
+            kill_cgroup_tree(d)
+            log(f"removed stale cgroups {d}")
+    for d in Path(tempfile.gettempdir()).glob(f"{PREFIX}-*"):
+        if d.is_dir() and dead(d.name):
+            for state in d.glob("foreign*.json"):
+                detach_foreign(cg2, state)
+            if (d / "bpffs").is_dir():
+                lab.run(["umount", str(d / "bpffs")], check=False)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class IdLab:
+    """Two namespaces joined by a veth, kubelet-style cgroups, processes
+    placed in them; everything removed in cleanup()."""
+
+    def __init__(self):
+        self.cg2 = cgroup2_mount()
+        tag = "%04x" % random.SystemRandom().randrange(0x10000)
+        self.id = f"{os.getpid()}-{tag}"
+        self.ns_a, self.ns_b = f"{PREFIX}-{self.id}-a", f"{PREFIX}-{self.id}-b"
+        short = "%05x" % random.SystemRandom().randrange(0x100000)
+        self.veth_a, self.veth_b = f"ti{short}a", f"ti{short}b"
+        self.n = 1 + (os.getpid() + int(tag, 16)) % 250
+        self.a4, self.a4b, self.b4 = f"10.231.{self.n}.1", f"10.231.{self.n}.3", f"10.231.{self.n}.2"
+        self.a6, self.b6 = f"fd00:7479:{self.n}::1", f"fd00:7479:{self.n}::2"
+        self.cg_top = Path(self.cg2) / f"{PREFIX}-{self.id}"
+        self.dir: Path | None = None
+        self.procs: list[lab.Proc] = []
+        self.namespaces: list[str] = []
+        self.bpffs: Path | None = None
+        self._cleaned = False
+
+    def __enter__(self) -> "IdLab":
+        lab._install_handlers()
+        lab._ACTIVE.append(self)  # the signal handlers and atexit clean it up
+        try:
+            sweep_stale(self.cg2)
+            self.dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{self.id}-"))
+            os.chmod(self.dir, 0o755)
+            (self.dir / "peers.py").write_text(PEERS)
+            self._network()
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
+        for p in reversed(self.procs):
+            try:
+                p.stop(signal.SIGTERM, 5)
+            except Exception as e:  # keep cleaning
+                log(f"stopping {p.name}: {e}")
+        kill_cgroup_tree(self.cg_top)
+        for ns in self.namespaces:
+            for pid in lab.run(["ip", "netns", "pids", ns], check=False, timeout=10).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            lab.run(["ip", "netns", "del", ns], check=False, timeout=20)
+        if self.dir:
+            detach_foreign(self.cg2, self.dir / "foreign.json")
+            if self.bpffs:
+                lab.run(["umount", str(self.bpffs)], check=False)
+            if os.environ.get("TW_LAB_KEEP") == "1":
+                log(f"kept {self.dir}")
+            else:
+                shutil.rmtree(self.dir, ignore_errors=True)
+        if self in lab._ACTIVE:
+            lab._ACTIVE.remove(self)
+
+    # ---- network ---------------------------------------------------------
+    def _network(self):
+        for ns in (self.ns_a, self.ns_b):
+            lab.run(["ip", "netns", "add", ns])
+            self.namespaces.append(ns)
+            self.ns(ns, ["ip", "link", "set", "lo", "up"])
+        lab.run(["ip", "link", "add", self.veth_a, "netns", self.ns_a, "type", "veth",
+                 "peer", "name", self.veth_b, "netns", self.ns_b])
+        for ns, dev, a4s, a6 in ((self.ns_a, self.veth_a, (self.a4, self.a4b), self.a6),
+                                 (self.ns_b, self.veth_b, (self.b4,), self.b6)):
+            for a4 in a4s:
+                self.ns(ns, ["ip", "addr", "add", f"{a4}/24", "dev", dev])
+            self.ns(ns, ["ip", "-6", "addr", "add", f"{a6}/64", "dev", dev, "nodad"])
+            self.ns(ns, ["ip", "link", "set", dev, "up"])
+        for ns, dev in ((self.ns_a, self.veth_a), (self.ns_b, self.veth_b)):
+            wait_until(lambda: "LOWER_UP" in self.ns(ns, ["ip", "link", "show", "dev", dev]).stdout, 15,
+                       f"{dev} to be up")
+
+    def ns(self, ns: str, cmd: list, **kw):
+        return lab.run(["ip", "netns", "exec", ns] + [str(c) for c in cmd], **kw)
+
+    # ---- cgroups and processes ------------------------------------------
+    def container(self, qos: str = "besteffort") -> Path:
+        """A pod's container cgroup as the kubelet's systemd driver with
+        containerd lays it out."""
+        uid = str(uuid.uuid4()).replace("-", "_")
+        d = (self.cg_top / "kubepods.slice" / f"kubepods-{qos}.slice" / f"kubepods-{qos}-pod{uid}.slice"
+             / f"cri-containerd-{secrets.token_hex(32)}.scope")
+        d.mkdir(parents=True)
+        return d
+
+    def rel(self, cg: Path) -> str:
+        """A cgroup's path below the cgroup2 mount, as the probe prints it."""
+        return "/" + str(cg.relative_to(self.cg2))
+
+    def _placed(self, cg: Path, ns: str, cmd: list) -> list[str]:
+        # The pid joins its cgroup before it execs anything: all the test's
+        # processes are born there, and keep the pid through both execs.
+        return ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$@"', "sh",
+                str(cg), ns] + [str(c) for c in cmd]
+
+    def spawn(self, name: str, ns: str, cg: Path, cmd: list, death_sig=signal.SIGTERM) -> lab.Proc:
+        p = lab.Proc(name, self._placed(cg, ns, cmd), self.dir / f"{name}-{len(self.procs)}.log",
+                     death_sig=death_sig)
+        self.procs.append(p)
+        return p
+
+    def run_in(self, ns: str, cg: Path, cmd: list, timeout: float = 30) -> tuple[int, subprocess.CompletedProcess]:
+        """Runs cmd to completion in ns and cg; returns (its pid, result)."""
+        p = subprocess.Popen(self._placed(cg, ns, cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=lab._die_with_parent(signal.SIGKILL))
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate(timeout=10)
+            raise AssertionError(f"{cmd} did not finish in {timeout}s: {out} {err}")
+        r = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        if r.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({r.returncode}): {out[-1000:]} {err[-1000:]}")
+        return p.pid, r
+
+    def json_line(self, p: lab.Proc, key: str, timeout: float = 20) -> dict:
+        """The first JSON line p printed that has key."""
+        def find():
+            for l in list(p.lines):
+                try:
+                    j = json.loads(l)
+                except ValueError:
+                    continue
+                if isinstance(j, dict) and key in j:
+                    return j
+            return None
+        return wait_until(find, timeout, f"{p.name} to print {key!r} (output so far: {p.output()[-500:]!r})")
+
+    def listen_cookies(self, ns: str, proto: str, port: int) -> set[int]:
+        """Cookies of the listening/bound sockets on port, from ss -e."""
+        out = self.ns(ns, ["ss", "-Hn" + ("tl" if proto == "tcp" else "ul") + "e", f"sport = :{port}"]).stdout
+        return {int(m, 16) for m in re.findall(r"\bsk:([0-9a-f]+)", out)}
+
+    def old_sockets(self, cg_srv: Path, cg_cli: Path) -> dict:
+        """Sockets made before the probe starts: a TCP connection (server in
+        ns a, client in ns b), and connected UDP clients of echo servers over
+        IPv4 and IPv6. They talk once self.dir/"go" exists; the TCP client
+        closes once "bye" does; the UDP clients exit after their exchange."""
+        py, peers = sys.executable, self.dir / "peers.py"
+        o: dict = {"procs": {}}
+        srv = self.spawn("old-server", self.ns_a, cg_srv, [py, peers, "server", self.a4])
+        o["srv"] = self.json_line(srv, "port")
+        cli = self.spawn("old-client", self.ns_b, cg_cli,
+                         [py, peers, "client", self.a4, o["srv"]["port"], self.dir / "go", self.dir / "bye"])
+        o["cli"] = self.json_line(cli, "cookie")
+        o["acc"] = self.json_line(srv, "accepted_cookie")
+        o["procs"].update(srv=srv, cli=cli)
+        for v, addr in ((4, self.a4), (6, self.a6)):
+            e = self.spawn(f"udp-echo{v}", self.ns_a, cg_srv, [py, peers, "udp-echo", addr])
+            o[f"echo{v}"] = self.json_line(e, "port")
+            c = self.spawn(f"udp-late{v}", self.ns_b, cg_cli,
+                           [py, peers, "udp-late", addr, o[f"echo{v}"]["port"], self.dir / "go"])
+            o[f"late{v}"] = self.json_line(c, "cookie")
+            o["procs"].update({f"echo{v}": e, f"late{v}": c})
+        return o
+
+    def old_sockets_talk(self, o: dict) -> None:
+        (self.dir / "go").touch()
+        for k in ("cli", "late4", "late6"):
+            self.json_line(o["procs"][k], "echo")
+
+    def old_sockets_end(self, o: dict) -> None:
+        """Ends them all (their sockets close while the probe watches)."""
+        (self.dir / "bye").touch()
+        self.json_line(o["procs"]["cli"], "closed")
+        self.json_line(o["procs"]["srv"], "closed")
+        for k in ("echo4", "echo6", "late4", "late6"):
+            o["procs"][k].stop(signal.SIGTERM, 10)
+
+    # ---- nginx, dnsmasq ------------------------------------------------------
+    def start_nginx(self, cg: Path, workers: int = 1) -> lab.Proc:
+        d = self.dir / "nginx"
+        (d / "www").mkdir(parents=True)
+        (d / "www" / "hello.txt").write_text("hello from nginx\n")
+        (d / "www" / "10k.bin").write_bytes(random.Random(7).randbytes(10240))
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (d / "tmp" / sub).mkdir(parents=True)
+        t = d / "tmp"
+        conf = d / "nginx.conf"
+        conf.write_text(f"""
+user root root;
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path {t}/client_body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+    server {{
+        listen 80;
+        listen [::]:80 ipv6only=on;
+        root {d}/www;
+    }}
+}}
+""")
+        p = self.spawn("nginx", self.ns_a, cg, ["nginx", "-p", d, "-c", conf, "-e", d / "error.log"],
+                       death_sig=signal.SIGKILL)
+        # ready once both listening sockets exist (no traffic to find out)
+        wait_until(lambda: len(self.listen_cookies(self.ns_a, "tcp", 80)) >= 2 or not p.alive(), 15,
+                   "nginx to listen")
+        if not p.alive():
+            raise AssertionError(f"nginx exited: {p.output()}")
+        return p
+
+    def start_dnsmasq(self, cg: Path) -> lab.Proc:
+        d = self.dir / "dnsmasq"
+        d.mkdir()
+        # No --bind-interfaces: one socket bound to the wildcard address,
+        # answering from the address each query was sent to.
+        cmd = ["dnsmasq", "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null", "--no-resolv",
+               "--no-hosts", "--no-poll", "--user=root", "--group=root", "--port=53",
+               f"--pid-file={d}/dnsmasq.pid", f"--local=/{DOMAIN}/",
+               f"--host-record=www.{DOMAIN},{self.a4},{self.a6}"]
+        p = self.spawn("dnsmasq", self.ns_a, cg, cmd, death_sig=signal.SIGKILL)
+        wait_until(lambda: self.listen_cookies(self.ns_a, "udp", 53) or not p.alive(), 15, "dnsmasq to bind")
+        if not p.alive():
+            raise AssertionError(f"dnsmasq exited: {p.output()}")
+        return p
+
+    # ---- the foreign program ---------------------------------------------
+    def attach_foreign(self) -> int:
+        """Compiles, loads and attaches (multi) a counting cgroup_skb egress
+        program to the cgroup2 root, as another agent would. Returns its id."""
+        src, obj = self.dir / "foreign.bpf.c", self.dir / "foreign.bpf.o"
+        src.write_text(FOREIGN_BPF)
+        arch = os.uname().machine
+        lab.run(["clang", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{arch}-linux-gnu", "-c", src, "-o", obj])
+        self.bpffs = self.dir / "bpffs"
+        self.bpffs.mkdir()
+        lab.run(["mount", "-t", "bpf", "bpf", self.bpffs])
+        lab.run(["bpftool", "prog", "load", obj, self.bpffs / "prog", "pinmaps", self.bpffs / "maps"])
+        pid = json.loads(lab.run(["bpftool", "-j", "prog", "show", "pinned", self.bpffs / "prog"]).stdout)["id"]
+        (self.dir / "foreign.json").write_text(json.dumps({"prog_id": pid, "hook": "egress"}))
+        lab.run(["bpftool", "cgroup", "attach", self.cg2, "egress", "pinned", self.bpffs / "prog", "multi"])
+        return pid
+
+    def foreign_count(self) -> int:
+        r = lab.run(["bpftool", "-j", "map", "lookup", "pinned", self.bpffs / "maps" / "twidb_count",
+                     "key", "0", "0", "0", "0"])
+        j = json.loads(r.stdout)
+        if "formatted" in j:
+            return int(j["formatted"]["value"])
+        return int.from_bytes(bytes(int(b, 16) for b in j["value"]), "little")
+
+    def root_progs(self) -> list[dict]:
+        """Programs attached to the cgroup2 root (all attach types)."""
+        return json.loads(lab.run(["bpftool", "-j", "cgroup", "show", self.cg2]).stdout.strip() or "[]")
+
+
 # --------------------------------------------------------------------------
 
 def events(probe: lab.Proc, *types: str) -> list[dict]:
