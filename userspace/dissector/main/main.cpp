@@ -295,11 +295,14 @@ int main(int argc, char** argv) {
     // publishes its identity stream and its segments separately. Held that
     // long, a call names both ends live as it does from a snapshot.
     constexpr uint64_t kIdentityHoldNs = 1'000'000'000ull;
+    uint64_t wall_seen = 0;  // the latest wall clock read: packets older than it by the hold need no read
     auto hold_for_identity = [&](uint64_t ts_ns) {
+      if (ts_ns + kIdentityHoldNs <= wall_seen) return;
       for (int i = 0; i < 40 && !g_stop; i++) {
         timespec now{};
         clock_gettime(CLOCK_REALTIME, &now);
-        const uint64_t wall = static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
+        const uint64_t wall = wall_seen =
+            static_cast<uint64_t>(now.tv_sec) * 1000000000ull + static_cast<uint64_t>(now.tv_nsec);
         if (wall >= ts_ns + kIdentityHoldNs || ts_ns > wall + kIdentityHoldNs) return;  // old enough, or a clock step
         const uint64_t wait = std::min<uint64_t>(ts_ns + kIdentityHoldNs - wall, 50'000'000ull);
         std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
