@@ -11,6 +11,9 @@ PACKAGES=(
   libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libnghttp2-dev libzstd-dev
   libsystemd-dev linux-libc-dev libisal-dev libssl-dev libarchive-dev libcurl4-openssl-dev
   libseccomp-dev libbrotli-dev
+  # gRPC messages decoded with .proto files: libprotobuf; its .proto importer's
+  # headers (compiler/importer.h) are packaged in libprotoc-dev (the code is in libprotobuf)
+  libprotobuf-dev libprotoc-dev
   # fuzzing (make fuzz): libFuzzer and the sanitizers' runtime for clang
   libclang-rt-14-dev
   # test lab and references
@@ -20,6 +23,11 @@ PACKAGES=(
   redis-server redis-tools openssl zstd
   # bodies (tests/integration/test_bodies.py): files served precompressed with br and zstd
   brotli
+  # HTTP/2 and gRPC (tests/integration/test_http2.py, test_grpc.py): nghttp and h2load, nghttpd,
+  # nghttpx (Upgrade: h2c); a gRPC server and client in Python (run by /usr/bin/python3)
+  nghttp2-client nghttp2-server nghttp2-proxy python3-grpcio
+  # WebSocket peers (tests/integration/test_websocket.py): server and client of python3-websockets
+  python3-websockets
   # benchmarks: peak memory of a command (scripts/bench_identity.py)
   time
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator

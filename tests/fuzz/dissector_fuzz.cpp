@@ -46,31 +46,38 @@ DissectorOptions options_from(uint8_t o) {
     opts.dns.max_records = 3;
     opts.max_dns_pending = 3;
   }
-  opts.enable_http = !(o & 2);
-  opts.enable_dns = !(o & 4);
+  opts.dissectors.clear();
+  if (!(o & 2)) opts.dissectors.push_back("http");
+  if (!(o & 4)) opts.dissectors.push_back("dns");
+  if (!(o & 8)) opts.dissectors.push_back("ws");
   return opts;
 }
 
 void check_call(const Call& c, const DissectorOptions& opts) {
   FUZZ_CHECK(c.has_request() || c.has_response());
-  if (c.protocol == Protocol::Http) {
-    FUZZ_CHECK(!c.dns_query && !c.dns_response);
-    FUZZ_CHECK(opts.enable_http);
-    for (const auto* m : {&c.http_request, &c.http_response}) {
-      if (!*m) continue;
-      FUZZ_CHECK((*m)->body.size() <= opts.http.max_body_kept);
-      FUZZ_CHECK((*m)->headers.size() <= opts.http.max_headers);
+  const std::string_view protocol = c.protocol;
+  const proto::ProtocolInfo* info = proto::find_protocol(protocol);
+  FUZZ_CHECK(info != nullptr, "unknown protocol " + std::string(protocol));
+  FUZZ_CHECK(opts.enabled(info->dissector), std::string(protocol) + " calls with its dissector off");
+  if (protocol == "http") {
+    FUZZ_CHECK(!c.dns_query() && !c.dns_response());
+    for (const auto* m : {c.http_request(), c.http_response()}) {
+      if (!m) continue;
+      FUZZ_CHECK(m->body.size() <= opts.http.max_body_kept);
+      FUZZ_CHECK(m->headers.size() <= opts.http.max_headers);
     }
-    if (c.http_request) FUZZ_CHECK(c.http_request->is_request);
-    if (c.http_response) FUZZ_CHECK(!c.http_response->is_request);
-  } else {
-    FUZZ_CHECK(c.protocol == Protocol::Dns);
-    FUZZ_CHECK(!c.http_request && !c.http_response);
-    FUZZ_CHECK(opts.enable_dns);
-    if (c.dns_query) FUZZ_CHECK(!c.dns_query->is_response);
-    if (c.dns_response) FUZZ_CHECK(c.dns_response->is_response);
-    if (c.dns_query && c.dns_response) FUZZ_CHECK(c.dns_query->id == c.dns_response->id);
+    if (c.http_request()) FUZZ_CHECK(c.http_request()->is_request);
+    if (c.http_response()) FUZZ_CHECK(!c.http_response()->is_request);
+  } else if (protocol == "dns") {
+    FUZZ_CHECK(!c.http_request() && !c.http_response());
+    if (c.dns_query()) FUZZ_CHECK(!c.dns_query()->is_response);
+    if (c.dns_response()) FUZZ_CHECK(c.dns_response()->is_response);
+    if (c.dns_query() && c.dns_response()) FUZZ_CHECK(c.dns_query()->id == c.dns_response()->id);
   }
+  // Every record is valid JSON text.
+  std::string text;
+  write_record(c, text);
+  FUZZ_CHECK(nlohmann::json::accept(text), "record is not JSON: " + text.substr(0, 200));
   FUZZ_CHECK(c.l4_proto == IPPROTO_TCP || c.l4_proto == IPPROTO_UDP);
   FUZZ_CHECK(c.id().size() == 16);
   // What tapwire-dissector --jsonl writes for it (main.cpp).
@@ -151,8 +158,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   d.finish();
   const DissectorMetrics& mt = d.metrics();
   FUZZ_CHECK(mt.flows_active == 0 && mt.buffered_bytes == 0 && mt.dns_pending == 0);
-  FUZZ_CHECK(mt.calls_http + mt.calls_dns == calls,
-             std::to_string(mt.calls_http + mt.calls_dns) + " calls counted, " + std::to_string(calls) + " seen");
+  FUZZ_CHECK(mt.calls_total() == calls,
+             std::to_string(mt.calls_total()) + " calls counted, " + std::to_string(calls) + " seen");
   FUZZ_CHECK(mt.packets == records);
   (void)metrics_json(mt).dump();
   return 0;

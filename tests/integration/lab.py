@@ -318,11 +318,14 @@ class Lab:
     DOMAIN = "tw.test"
 
     def __init__(self, nginx: bool = True, dnsmasq: bool = True, nginx_workers: int = 1,
-                 keep_dir: bool = False, nginx_server_extra: str = ""):
+                 keep_dir: bool = False, nginx_server_extra: str = "", nginx_http_extra: str = ""):
         """nginx_server_extra: more directives for nginx's server block (locations; the
-        document root is self.dir / "nginx" / "www", files may be added there at any time)."""
+        document root is self.dir / "nginx" / "www", files may be added there at any time).
+        nginx_http_extra: more directives for nginx's http block, e.g. another server block
+        (`{www}` in it stands for the document root)."""
         self.want_nginx = nginx
         self.nginx_server_extra = nginx_server_extra
+        self.nginx_http_extra = nginx_http_extra
         self.want_dnsmasq = dnsmasq
         self.nginx_workers = nginx_workers
         self.keep_dir = keep_dir or os.environ.get("TW_LAB_KEEP") == "1"
@@ -480,6 +483,7 @@ http {{
         }}
 {self.nginx_server_extra}
     }}
+{self.nginx_http_extra.replace("{www}", str(d / "www"))}
 }}
 """)
         self.nginx = self.spawn("nginx", self.srv_ns, ["nginx", "-p", d, "-c", conf, "-e", d / "error.log"],

@@ -293,7 +293,7 @@ TEST(CallBody, EachContentCodingIsStoredDecoded) {
       EXPECT_TRUE(r["body"] == k.decoded) << "body differs";
       EXPECT_EQ(j["flags"], json::array());
       // Memory accounting follows the decoded body.
-      EXPECT_EQ(c.http_response->heap, proto::message_heap_bytes(*c.http_response));
+      EXPECT_EQ(c.http_response()->heap, proto::message_heap_bytes(*c.http_response()));
     }
   }
 }
@@ -336,7 +336,7 @@ TEST(CallBody, DecodedBodyIsCappedAtMaxBody) {
   EXPECT_EQ(j["response"]["body_decoded_size"], 64 * 1024);
   EXPECT_TRUE(j["response"]["body"] == text.substr(0, 64 * 1024));
   EXPECT_EQ(j["flags"], json::array({"body_truncated"}));
-  EXPECT_LE(proto::string_heap_bytes(c.http_response->body), proto::heap_bytes(64 * 1024 + 1));
+  EXPECT_LE(proto::string_heap_bytes(c.http_response()->body), proto::heap_bytes(64 * 1024 + 1));
 }
 
 TEST(CallBody, EncodedBodyCutByMaxBodyDecodesItsBeginning) {
@@ -476,16 +476,26 @@ TEST(CallBodyDb, Columns) {
     for (auto& c : calls) db.insert(c);
   }
   Sql s(path);
-  EXPECT_EQ(s.rows("SELECT value FROM meta WHERE key = 'schema_version'"), "3\n");
-  // The first call: a JSON request body (text), a gzip response stored decoded.
-  EXPECT_EQ(s.rows("SELECT typeof(req_body), req_body, req_body_encoding, req_content_encoding, req_body_decoded_size, "
-                   "typeof(resp_body), resp_body_encoding, resp_content_encoding, resp_body_decoded_size = "
-                   "length(resp_body), resp_body_size < resp_body_decoded_size FROM calls WHERE path = '/j'"),
-            "blob|{\"a\": 1}\n|NULL|NULL|NULL|blob|NULL|gzip|1|1\n");
-  EXPECT_EQ(s.rows("SELECT req_body_encoding, resp_body_encoding FROM calls WHERE path = '/b'"), "base64|base64\n");
-  // No body: NULL columns.
-  EXPECT_EQ(s.rows("SELECT count(*) FROM calls WHERE req_body IS NULL AND req_body_encoding IS NULL"), "9\n");
-  EXPECT_EQ(s.rows("SELECT resp_body, resp_content_encoding FROM calls WHERE status = 304"), "NULL|NULL\n");
+  EXPECT_EQ(s.rows("SELECT value FROM meta WHERE key = 'schema_version'"), "4\n");
+  // Schema 4 keeps the record's request and response objects as JSON; the
+  // body fields are theirs. The first call: a JSON request body (text), a
+  // gzip response stored decoded.
+  EXPECT_EQ(s.rows("SELECT json_extract(request, '$.body'), json_extract(request, '$.body_encoding'), "
+                   "json_extract(response, '$.content_encoding'), "
+                   "json_extract(response, '$.body_decoded_size') = length(json_extract(response, '$.body')), "
+                   "json_extract(response, '$.body_size') < json_extract(response, '$.body_decoded_size') "
+                   "FROM calls WHERE path = '/j'"),
+            "{\"a\": 1}\n|NULL|gzip|1|1\n");
+  EXPECT_EQ(s.rows("SELECT json_extract(request, '$.body_encoding'), json_extract(response, '$.body_encoding') "
+                   "FROM calls WHERE path = '/b'"),
+            "base64|base64\n");
+  // No body: no body fields.
+  EXPECT_EQ(s.rows("SELECT count(*) FROM calls WHERE json_extract(request, '$.body') IS NULL"), "9\n");
+  EXPECT_EQ(s.rows("SELECT json_extract(response, '$.body'), json_extract(response, '$.content_encoding') "
+                   "FROM calls WHERE status = 304"),
+            "NULL|NULL\n");
+  // The summary columns every protocol fills.
+  EXPECT_EQ(s.rows("SELECT method, path, status FROM calls WHERE path = '/j'"), "POST|/j|200\n");
 }
 
 namespace {
@@ -546,7 +556,7 @@ TEST(CallBodyDb, SchemaTwoIsMigratedInPlace) {
   const auto calls = body_calls();
   {
     CallDb db(v2);  // writing: migrates
-    EXPECT_EQ(db.meta("schema_version"), "3");
+    EXPECT_EQ(db.meta("schema_version"), "4");
     EXPECT_EQ(db.meta("checkpoint"), "seg 9 off 1");
     db.insert(calls[0]);
   }
@@ -578,7 +588,7 @@ TEST(CallBodyDb, SchemaOneIsMigratedToThree) {
   }
   {
     CallDb db(v1);
-    EXPECT_EQ(db.meta("schema_version"), "3");
+    EXPECT_EQ(db.meta("schema_version"), "4");
   }
   { CallDb db(fresh); }
   EXPECT_EQ(table_columns(v1), table_columns(fresh));

@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "call_db.hpp"
+#include "dns/session.hpp"
+#include "http1/session.hpp"
 
 using namespace tapwire::dissect;
 using tapwire::identity::EndpointIdentity;
@@ -45,7 +47,7 @@ Endpoint endpoint(const char* ip, uint16_t port, std::shared_ptr<const EndpointI
 
 Call http_call(uint64_t key, const std::string& path, int status) {
   Call c;
-  c.protocol = Protocol::Http;
+  c.protocol = "http";
   c.key = key;
   c.ts_ns = kT0 + key * 1000;
   c.end_ns = c.ts_ns + 412'000;
@@ -55,7 +57,9 @@ Call http_call(uint64_t key, const std::string& path, int status) {
   req.method = "GET";
   req.target = path;
   req.headers = {{"host", "api"}, {"accept", "*/*"}};
-  c.http_request = req;
+  c.method = req.method;
+  c.path = req.target;
+  c.request = std::make_shared<proto::HttpRecord>(std::move(req));
   if (status) {
     proto::HttpMessage resp;
     resp.is_request = false;
@@ -63,14 +67,15 @@ Call http_call(uint64_t key, const std::string& path, int status) {
     resp.reason = "OK";
     resp.headers = {{"content-type", "application/json"}};
     resp.body_size = 12;
-    c.http_response = resp;
+    c.status = resp.status;
+    c.response = std::make_shared<proto::HttpRecord>(std::move(resp));
   }
   return c;
 }
 
 Call dns_call(uint64_t key) {
   Call c;
-  c.protocol = Protocol::Dns;
+  c.protocol = "dns";
   c.key = key;
   c.ts_ns = kT0 + key * 1000;
   c.end_ns = c.ts_ns + 90'000;
@@ -79,13 +84,16 @@ Call dns_call(uint64_t key) {
   proto::DnsMessage q;
   q.id = 0x1234;
   q.questions = {{"api.shop.svc.cluster.local", 1, 1}};
-  c.dns_query = q;
+  c.method = "A";
+  c.path = q.questions[0].name;
+  c.request = std::make_shared<proto::DnsRecord>(proto::DnsMessage(q));
   proto::DnsMessage r = q;
   r.is_response = true;
   r.answers.push_back({});
   r.answers.back().type = 1;
   r.answers.back().data = "10.96.0.12";
-  c.dns_response = r;
+  c.status = 0;
+  c.response = std::make_shared<proto::DnsRecord>(std::move(r));
   return c;
 }
 
@@ -297,7 +305,7 @@ TEST(CallIdentityDb, UnknownFieldsAreNullColumns) {
   Sql s(t.path);
   EXPECT_EQ(s.rows("SELECT node, src_pid, src_process, src_pod, src_namespace, dst_pod FROM calls"),
             "NULL|NULL|NULL|web-1|NULL|NULL\n");
-  EXPECT_EQ(s.rows("SELECT value FROM meta WHERE key = 'schema_version'"), "3\n");
+  EXPECT_EQ(s.rows("SELECT value FROM meta WHERE key = 'schema_version'"), "4\n");
 }
 
 // ------------------------------------------------------------- migration
@@ -382,7 +390,7 @@ TEST(CallIdentityDb, SchemaOneIsMigratedInPlaceAndKeepsItsRows) {
   with_identity.node = "node-1";
   {
     CallDb db(v1.path);  // writing: migrates (to schema 3: identity, then bodies)
-    EXPECT_EQ(db.meta("schema_version"), "3");
+    EXPECT_EQ(db.meta("schema_version"), "4");
     EXPECT_EQ(db.meta("checkpoint"), "seg 7 off 4096");
     db.insert(with_identity);
   }
@@ -412,12 +420,12 @@ TEST(CallIdentityDb, SchemaOneIsMigratedInPlaceAndKeepsItsRows) {
 TEST(CallIdentityDb, RefusesAnUnknownSchema) {
   TempDb t;
   make_v1(t.path);
-  Sql(t.path).exec("UPDATE meta SET value = '4' WHERE key = 'schema_version'");
+  Sql(t.path).exec("UPDATE meta SET value = '5' WHERE key = 'schema_version'");
   try {
     CallDb db(t.path);
-    FAIL() << "schema 4 accepted";
+    FAIL() << "schema 5 accepted";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("schema 4"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("schema 5"), std::string::npos) << e.what();
     EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
   }
   // ...and leaves it as it was: no column added.

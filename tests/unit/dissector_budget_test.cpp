@@ -266,24 +266,24 @@ TEST(DissectorMemory, ShedsInOrderAndFlagsWhatItShed) {
   auto flagged = [](const Call& c) { return (c.flags & kFlagMemoryShed) != 0; };
   size_t bodies = 0, headers = 0, dns = 0;
   for (const Call& c : calls) {
-    if (c.http_request && c.http_request->target.rfind("/body/", 0) == 0) {
+    if (c.http_request() && c.http_request()->target.rfind("/body/", 0) == 0) {
       bodies++;
       EXPECT_TRUE(flagged(c));
       EXPECT_TRUE(c.flags & kFlagBodyTruncated);
-      EXPECT_TRUE(c.http_request->body.empty());
-      EXPECT_EQ(c.http_request->body_size, 65536u);
+      EXPECT_TRUE(c.http_request()->body.empty());
+      EXPECT_EQ(c.http_request()->body_size, 65536u);
     }
-    if (c.http_request && c.http_request->target.rfind("/hdr/", 0) == 0) {
+    if (c.http_request() && c.http_request()->target.rfind("/hdr/", 0) == 0) {
       headers++;
       EXPECT_TRUE(flagged(c));
       EXPECT_TRUE(c.flags & kFlagIncomplete);
     }
-    if (c.dns_query) {
+    if (c.dns_query()) {
       dns++;
       EXPECT_TRUE(flagged(c)) << "every waiting query was shed before the first connection";
-      EXPECT_FALSE(c.dns_response);
+      EXPECT_FALSE(c.dns_response());
     }
-    if (c.http_request && c.http_request->target == "/fine") {
+    if (c.http_request() && c.http_request()->target == "/fine") {
       EXPECT_TRUE(c.has_response());
       EXPECT_FALSE(flagged(c)) << "answered calls lose nothing";
     }
@@ -329,7 +329,7 @@ TEST(DissectorMemory, HostileTrafficStaysWithinTheLimitAndCallsGoOn) {
   size_t fine = 0;
   for (size_t i = before; i < calls.size(); i++) {
     const Call& c = calls[i];
-    if (!c.http_request || c.http_request->target != "/fine") continue;
+    if (!c.http_request() || c.http_request()->target != "/fine") continue;
     fine++;
     EXPECT_TRUE(c.has_response());
     EXPECT_EQ(c.flags, 0u) << flag_names(c.flags).front();

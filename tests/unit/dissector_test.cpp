@@ -84,10 +84,10 @@ TEST(Dissector, PairsRequestWithResponseAndTimesIt) {
   d.finish();
   ASSERT_EQ(calls.size(), 1u);
   const Call& c = calls[0];
-  EXPECT_EQ(c.protocol, Protocol::Http);
-  EXPECT_EQ(c.http_request->method, "GET");
-  EXPECT_EQ(c.http_request->target, "/a");
-  EXPECT_EQ(c.http_response->status, 200);
+  EXPECT_STREQ(c.protocol, "http");
+  EXPECT_EQ(c.http_request()->method, "GET");
+  EXPECT_EQ(c.http_request()->target, "/a");
+  EXPECT_EQ(c.http_response()->status, 200);
   EXPECT_EQ(c.duration_us(), 412);
   EXPECT_EQ(c.src.ip(), "10.9.0.2");
   EXPECT_EQ(c.src.port, 40000);
@@ -108,10 +108,10 @@ TEST(Dissector, PipelinedRequestsPairInOrder) {
   cv.fin();
   d.finish();
   ASSERT_EQ(calls.size(), 2u);
-  EXPECT_EQ(calls[0].http_request->target, "/a");
-  EXPECT_EQ(calls[0].http_response->status, 200);
-  EXPECT_EQ(calls[1].http_request->target, "/b");
-  EXPECT_EQ(calls[1].http_response->status, 404);
+  EXPECT_EQ(calls[0].http_request()->target, "/a");
+  EXPECT_EQ(calls[0].http_response()->status, 200);
+  EXPECT_EQ(calls[1].http_request()->target, "/b");
+  EXPECT_EQ(calls[1].http_response()->status, 404);
 }
 
 TEST(Dissector, DetectsHttpOnAnyPortWithoutHandshake) {
@@ -124,7 +124,7 @@ TEST(Dissector, DetectsHttpOnAnyPortWithoutHandshake) {
   d.finish();
   ASSERT_EQ(calls.size(), 1u);
   EXPECT_EQ(calls[0].dst.port, 31337);
-  EXPECT_EQ(calls[0].http_response->status, 200);
+  EXPECT_EQ(calls[0].http_response()->status, 200);
 }
 
 TEST(Dissector, RequestWithoutResponseIsReportedWithNullResponse) {
@@ -170,8 +170,8 @@ TEST(Dissector, MissingBytesFlagTheCallAndParsingResumes) {
   d.finish();
   ASSERT_EQ(calls.size(), 2u);
   EXPECT_TRUE(calls[0].flags & kFlagGap) << "the call whose body went missing";
-  EXPECT_EQ(calls[1].http_request->target, "/c");
-  EXPECT_EQ(calls[1].http_response->status, 404);
+  EXPECT_EQ(calls[1].http_request()->target, "/c");
+  EXPECT_EQ(calls[1].http_response()->status, 404);
   EXPECT_EQ(d.metrics().reassembly_gaps, 1u);
 }
 
@@ -258,14 +258,14 @@ TEST(Dissector, ResumeReplaysWithoutRepeatingCalls) {
   std::vector<std::string> run1, run2;
   SourcePosition resume, done;
   {
-    Dissector d({}, [&](Call&& x) { run1.push_back(x.http_request->target); });
+    Dissector d({}, [&](Call&& x) { run1.push_back(x.http_request()->target); });
     for (size_t i = 0; i <= checkpoint_at; i++) d.packet(pkts[i]);
     done = pkts[checkpoint_at].pos;
     resume = d.resume_position(done);
     // ...killed here: the second request is still waiting for its response.
   }
   {
-    Dissector d({}, [&](Call&& x) { run2.push_back(x.http_request->target); });
+    Dissector d({}, [&](Call&& x) { run2.push_back(x.http_request()->target); });
     d.suppress_through(done);
     for (auto& p : pkts)
       if (!(p.pos < resume)) d.packet(p);
@@ -416,9 +416,9 @@ TEST(Dissector, StraySegmentsDoNotBlindTheConnection) {
     ASSERT_EQ(calls.size(), 105u);
     for (size_t i = 0; i < calls.size(); i++) {
       const std::string want = i < 5 ? "/before/" + std::to_string(i) : "/after/" + std::to_string(i - 5);
-      ASSERT_TRUE(calls[i].http_request) << i;
-      EXPECT_EQ(calls[i].http_request->target, want);
-      ASSERT_TRUE(calls[i].http_response) << want;
+      ASSERT_TRUE(calls[i].http_request()) << i;
+      EXPECT_EQ(calls[i].http_request()->target, want);
+      ASSERT_TRUE(calls[i].http_response()) << want;
       EXPECT_EQ(names(calls[i].flags), std::vector<std::string>{}) << want;
     }
     EXPECT_EQ(d.metrics().reassembly_out_of_window, k.out_of_window);
@@ -495,9 +495,9 @@ TEST(Dissector, MessagesCutShortAtTheEndAreReportedIncomplete) {
     SCOPED_TRACE("a request whose header block never ends");
     auto calls = run({{true, "GET /cut HTTP/1.1\r\nHost: x\r\nX-Pad: aaaa"}}, false);
     ASSERT_EQ(calls.size(), 1u);
-    EXPECT_EQ(calls[0].http_request->method, "GET");
-    EXPECT_EQ(calls[0].http_request->target, "/cut");
-    EXPECT_EQ(*calls[0].http_request->header("host"), "x");
+    EXPECT_EQ(calls[0].http_request()->method, "GET");
+    EXPECT_EQ(calls[0].http_request()->target, "/cut");
+    EXPECT_EQ(*calls[0].http_request()->header("host"), "x");
     EXPECT_FALSE(calls[0].has_response());
     EXPECT_EQ(names(calls[0].flags), (Flags{"closed", "incomplete"}));
   }
@@ -505,8 +505,8 @@ TEST(Dissector, MessagesCutShortAtTheEndAreReportedIncomplete) {
     SCOPED_TRACE("a request line cut in its target");
     auto calls = run({{true, "POST /partial-tar"}}, true);
     ASSERT_EQ(calls.size(), 1u);
-    EXPECT_EQ(calls[0].http_request->method, "POST");
-    EXPECT_EQ(calls[0].http_request->target, "/partial-tar");
+    EXPECT_EQ(calls[0].http_request()->method, "POST");
+    EXPECT_EQ(calls[0].http_request()->target, "/partial-tar");
     EXPECT_EQ(names(calls[0].flags), (Flags{"closed", "incomplete"}));
   }
   {
@@ -518,18 +518,18 @@ TEST(Dissector, MessagesCutShortAtTheEndAreReportedIncomplete) {
     SCOPED_TRACE("a response body that never ends");
     auto calls = run({{true, kGet}, {false, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"}}, true);
     ASSERT_EQ(calls.size(), 1u);
-    ASSERT_TRUE(calls[0].http_response);
-    EXPECT_EQ(calls[0].http_response->status, 200);
-    EXPECT_EQ(calls[0].http_response->body_size, 10u);
+    ASSERT_TRUE(calls[0].http_response());
+    EXPECT_EQ(calls[0].http_response()->status, 200);
+    EXPECT_EQ(calls[0].http_response()->body_size, 10u);
     EXPECT_EQ(names(calls[0].flags), (Flags{"body_truncated", "incomplete"}));
   }
   {
     SCOPED_TRACE("a response header block cut short");
     auto calls = run({{true, kGet}, {false, "HTTP/1.1 503 Busy\r\nContent-Ty"}}, true);
     ASSERT_EQ(calls.size(), 1u);
-    ASSERT_TRUE(calls[0].http_response);
-    EXPECT_EQ(calls[0].http_response->status, 503);
-    EXPECT_EQ(calls[0].http_response->reason, "Busy");
+    ASSERT_TRUE(calls[0].http_response());
+    EXPECT_EQ(calls[0].http_response()->status, 503);
+    EXPECT_EQ(calls[0].http_response()->reason, "Busy");
     EXPECT_EQ(names(calls[0].flags), (Flags{"incomplete"}));
   }
   {
@@ -543,9 +543,9 @@ TEST(Dissector, MessagesCutShortAtTheEndAreReportedIncomplete) {
     cv.send(false, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
     d.finish();
     ASSERT_EQ(calls.size(), 1u);
-    EXPECT_EQ(calls[0].http_request->target, "/half");
-    ASSERT_TRUE(calls[0].http_response);
-    EXPECT_EQ(calls[0].http_response->status, 400);
+    EXPECT_EQ(calls[0].http_request()->target, "/half");
+    ASSERT_TRUE(calls[0].http_response());
+    EXPECT_EQ(calls[0].http_response()->status, 400);
     EXPECT_EQ(names(calls[0].flags), (Flags{"incomplete"}));
   }
 }

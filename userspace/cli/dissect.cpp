@@ -146,8 +146,8 @@ bool run_engine(const std::string& seg_dir, const std::string& db_path, const Di
     }
     d.finish();
     db.commit();
-    slot.http = d.metrics().calls_http;
-    slot.dns = d.metrics().calls_dns;
+    slot.http = d.metrics().calls_of("http");
+    slot.dns = d.metrics().calls_of("dns");
     slot.bytes.store(source->stats().input_bytes);
     return true;
   } catch (const std::exception& e) {

@@ -5,32 +5,10 @@
 #include <cstdio>
 #include <ctime>
 
-#include "body/body_json.hpp"
+#include "dns/session.hpp"
+#include "http1/session.hpp"
 
 namespace tapwire::dissect {
-
-const char* protocol_name(Protocol p) {
-  switch (p) {
-    case Protocol::Http:
-      return "http";
-    case Protocol::Dns:
-      return "dns";
-  }
-  return "unknown";
-}
-
-std::vector<std::string> flag_names(uint32_t flags) {
-  static const std::pair<uint32_t, const char*> kNames[] = {
-      {kFlagGap, "gap"},           {kFlagTruncated, "truncated"}, {kFlagOrphanResponse, "orphan_response"},
-      {kFlagTimeout, "timeout"},   {kFlagClosed, "closed"},       {kFlagUpgrade, "upgrade"},
-      {kFlagBodyTruncated, "body_truncated"}, {kFlagMemoryShed, "memory_shed"},  {kFlagIncomplete, "incomplete"},
-      {kFlagBodyDecodeError, "body_decode_error"},
-  };
-  std::vector<std::string> out;
-  for (auto& [bit, name] : kNames)
-    if (flags & bit) out.emplace_back(name);
-  return out;
-}
 
 // Both run for every call the DB stores: formatted by hand, as inet_ntop
 // (IPv4) and "%016" PRIx64 would, at a fraction of their cost.
@@ -52,16 +30,30 @@ std::string Endpoint::ip() const {
   return std::string(buf, p);
 }
 
-std::string Call::id() const {
+std::string key_hex(uint64_t key) {
   static const char kHex[] = "0123456789abcdef";
   std::string out(16, '0');
   for (int i = 15, shift = 0; i >= 0; i--, shift += 4) out[i] = kHex[(key >> shift) & 15];
   return out;
 }
 
-int64_t Call::duration_us() const {
-  if (!has_response() || !has_request() || end_ns < ts_ns) return -1;
-  return static_cast<int64_t>((end_ns - ts_ns) / 1000);
+std::string Call::id() const { return key_hex(key); }
+
+const proto::HttpMessage* Call::http_request() const {
+  auto* r = req<proto::HttpRecord>();
+  return r ? &r->msg : nullptr;
+}
+const proto::HttpMessage* Call::http_response() const {
+  auto* r = resp<proto::HttpRecord>();
+  return r ? &r->msg : nullptr;
+}
+const proto::DnsMessage* Call::dns_query() const {
+  auto* r = req<proto::DnsRecord>();
+  return r ? &r->msg : nullptr;
+}
+const proto::DnsMessage* Call::dns_response() const {
+  auto* r = resp<proto::DnsRecord>();
+  return r ? &r->msg : nullptr;
 }
 
 std::string format_ts(uint64_t ns) {
@@ -74,33 +66,89 @@ std::string format_ts(uint64_t ns) {
   return buf;
 }
 
-nlohmann::json headers_json(const std::vector<proto::Header>& hs) {
-  nlohmann::json j = nlohmann::json::object();
-  for (auto& h : hs) {
-    auto it = j.find(h.name);
-    if (it == j.end())
-      j[h.name] = h.value;
-    else  // repeated fields join with ", " as RFC 9110 allows (Set-Cookie aside, good enough to read)
-      *it = it->get<std::string>() + ", " + h.value;
+// Identity fields appear only when known (non-empty, pid non-zero), so a
+// record without identity is exactly what it was before identity existed.
+// CallDb::row_json rebuilds the same object from columns; keep them in step.
+void write_endpoint(JsonOut& j, const Endpoint& e) {
+  j.begin_object();
+  j.field("ip", e.ip());
+  j.field("port", uint64_t{e.port});
+  if (e.identity) {
+    const identity::EndpointIdentity& id = *e.identity;
+    auto put = [&j](const char* key, const std::string& v) {
+      if (!v.empty()) j.field(key, v);
+    };
+    if (id.pid || !id.process.empty() || !id.exe.empty()) {
+      j.key("process");
+      j.begin_object();
+      if (id.pid) j.field("pid", uint64_t{id.pid});
+      put("name", id.process);
+      put("exe", id.exe);
+      j.end_object();
+    }
+    put("container", id.container);
+    put("container_id", id.container_id);
+    put("pod", id.pod);
+    put("namespace", id.namespace_);
+    if (!id.workload_kind.empty() || !id.workload_name.empty()) {
+      j.key("workload");
+      j.begin_object();
+      put("kind", id.workload_kind);
+      put("name", id.workload_name);
+      j.end_object();
+    }
+    put("service", id.service);
+    put("node", id.node);
   }
-  return j;
+  j.end_object();
 }
 
-void put_body_json(nlohmann::json& j, const proto::HttpMessage& m) {
-  if (!m.body.empty())
-    j.update(proto::body_json(
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(m.body.data()), m.body.size()), !m.body_binary));
-  if (!m.content_encoding.empty()) {
-    j["content_encoding"] = m.content_encoding;
-    j["body_decoded_size"] = m.body_decoded_size;
-  }
+std::string record_message_json(const proto::Message* m) {
+  if (!m) return "null";
+  std::string s;
+  JsonOut j(s);
+  m->write_json(j);
+  return s;
+}
+
+void write_record(const Call& c, std::string& out) {
+  JsonOut j(out);
+  j.begin_object();
+  j.field("id", c.id());
+  j.field("protocol", c.protocol);
+  j.field("ts", format_ts(c.ts_ns));
+  j.key("duration_us");
+  if (int64_t d = c.duration_us(); d >= 0)
+    j.number(d);
+  else
+    j.null();
+  j.key("src");
+  write_endpoint(j, c.src);
+  j.key("dst");
+  write_endpoint(j, c.dst);
+  j.key("request");
+  if (c.request)
+    c.request->write_json(j);
+  else
+    j.null();
+  j.key("response");
+  if (c.response)
+    c.response->write_json(j);
+  else
+    j.null();
+  j.key("flags");
+  j.begin_array();
+  for (auto& f : flag_names(c.flags)) j.string(f);
+  j.end_array();
+  if (c.link_key) j.field("upgrade_id", key_hex(c.link_key));
+  if (!c.node.empty()) j.field("node", c.node);
+  j.end_object();
 }
 
 namespace {
 
-// Identity fields appear only when known (non-empty, pid non-zero), so a
-// record without identity is exactly what it was before identity existed.
-// CallDb::row_json rebuilds the same object from columns; keep them in step.
+// The same object as write_endpoint, as a document: strings kept byte for
+// byte (a name from /proc need not be UTF-8), as the DB returns them.
 nlohmann::json endpoint_json(const Endpoint& e) {
   nlohmann::json j = {{"ip", e.ip()}, {"port", e.port}};
   if (!e.identity) return j;
@@ -131,49 +179,16 @@ nlohmann::json endpoint_json(const Endpoint& e) {
 nlohmann::json to_json(const Call& c) {
   nlohmann::json j;
   j["id"] = c.id();
-  j["protocol"] = protocol_name(c.protocol);
+  j["protocol"] = c.protocol;
   j["ts"] = format_ts(c.ts_ns);
-  int64_t d = c.duration_us();
+  const int64_t d = c.duration_us();
   j["duration_us"] = d < 0 ? nlohmann::json(nullptr) : nlohmann::json(d);
   j["src"] = endpoint_json(c.src);
   j["dst"] = endpoint_json(c.dst);
-  nlohmann::json req = nullptr, resp = nullptr;
-  if (c.http_request) {
-    auto& m = *c.http_request;
-    req = {{"method", m.method},
-           {"path", m.target},
-           {"version", m.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1"},
-           {"headers", headers_json(m.headers)},
-           {"body_size", m.body_size}};
-    put_body_json(req, m);
-  }
-  if (c.http_response) {
-    auto& m = *c.http_response;
-    resp = {{"status", m.status},
-            {"reason", m.reason},
-            {"headers", headers_json(m.headers)},
-            {"body_size", m.body_size}};
-    put_body_json(resp, m);
-  }
-  if (c.dns_query) {
-    auto& q = *c.dns_query;
-    req = {{"id", q.id},
-           {"qname", q.questions.empty() ? std::string() : q.questions[0].name},
-           {"qtype", q.questions.empty() ? std::string() : proto::dns_type_name(q.questions[0].qtype)}};
-  }
-  if (c.dns_response) {
-    auto& r = *c.dns_response;
-    nlohmann::json answers = nlohmann::json::array();
-    for (auto& a : r.answers) answers.push_back(proto::dns_type_name(a.type) + " " + a.data);
-    resp = {{"rcode", proto::dns_rcode_name(r.rcode)}, {"answers", answers}};
-    if (!c.dns_query) {  // orphan: say what it answered
-      resp["qname"] = r.questions.empty() ? std::string() : r.questions[0].name;
-      resp["qtype"] = r.questions.empty() ? std::string() : proto::dns_type_name(r.questions[0].qtype);
-    }
-  }
-  j["request"] = req;
-  j["response"] = resp;
+  j["request"] = nlohmann::json::parse(record_message_json(c.request.get()));
+  j["response"] = nlohmann::json::parse(record_message_json(c.response.get()));
   j["flags"] = flag_names(c.flags);
+  if (c.link_key) j["upgrade_id"] = key_hex(c.link_key);
   if (!c.node.empty()) j["node"] = c.node;
   return j;
 }

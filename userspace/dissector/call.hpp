@@ -1,9 +1,10 @@
 // One API call: a request paired with its response (or with none), as the
-// dissector reports it. Serialized as the call record of DESIGN.md.
+// dissector reports it: what its protocol found (proto::CallContent) and
+// where it happened (both ends, who they are, the node). Serialized as the
+// call record of docs/CALL_RECORD.md.
 #pragma once
 
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,31 +13,25 @@
 #include "dns.hpp"
 #include "endpoint_identity.hpp"
 #include "http1.hpp"
+#include "protocol.hpp"
 
 namespace tapwire::dissect {
 
-enum class Protocol : uint8_t { Http = 1, Dns = 2 };
-const char* protocol_name(Protocol p);
-
-// Anomalies, reported in the record's "flags" list by these names.
-enum CallFlag : uint32_t {
-  kFlagGap = 1u << 0,  // bytes of the request or response were lost in capture
-  kFlagTruncated = 1u << 1,  // a message was cut (cap hit, or the stream ended inside it)
-  kFlagOrphanResponse = 1u << 2,  // a response whose request was never seen
-  kFlagTimeout = 1u << 3,  // the response never came within the expiry time
-  kFlagClosed = 1u << 4,  // the connection closed before a response
-  kFlagUpgrade = 1u << 5,  // the connection switched protocols (101 / CONNECT)
-  kFlagBodyTruncated = 1u << 6,  // body longer than the bytes kept
-  // State this call needed was dropped to keep the dissector within its
-  // memory limit (out-of-order data, a kept body, a header block, the whole
-  // connection or a waiting DNS query): parts of it may be missing.
-  kFlagMemoryShed = 1u << 7,
-  kFlagIncomplete = 1u << 8,  // the request or response was cut short: the stream ended (or was shed) inside it
-  // A body's Content-Encoding could not be undone (corrupt, or a coding not
-  // known): the record has the body as sent, base64.
-  kFlagBodyDecodeError = 1u << 9,
-};
-std::vector<std::string> flag_names(uint32_t flags);
+using proto::CallFlag;
+using proto::flag_names;
+using proto::kFlagBodyDecodeError;
+using proto::kFlagBodyTruncated;
+using proto::kFlagClosed;
+using proto::kFlagGap;
+using proto::kFlagHeadersLost;
+using proto::kFlagIncomplete;
+using proto::kFlagMemoryShed;
+using proto::kFlagOrphanResponse;
+using proto::kFlagProtocolError;
+using proto::kFlagReset;
+using proto::kFlagTimeout;
+using proto::kFlagTruncated;
+using proto::kFlagUpgrade;
 
 struct Endpoint {
   uint8_t ip_version = 4;
@@ -46,38 +41,40 @@ struct Endpoint {
   std::string ip() const;  // text form
 };
 
-struct Call {
-  Protocol protocol = Protocol::Http;
-  uint64_t ts_ns = 0;  // first byte of the request (of the response for orphans)
-  uint64_t end_ns = 0;  // last byte of the response; 0 without a response
+struct Call : proto::CallContent {
   Endpoint src, dst;  // client, server
   uint8_t l4_proto = 6;  // IPPROTO_TCP or IPPROTO_UDP
   std::string node;  // the node whose sensor captured the call ("" if unknown)
-  uint32_t flags = 0;
   // Stable identity of the call: the same traffic dissected live, from a
-  // snapshot or from a pcap gives the same id (flow, TCP sequence number or
-  // DNS transaction id, and request time), so a resumed dissector can tell
-  // calls it already reported.
+  // snapshot or from a pcap gives the same id (flow, the protocol's
+  // sequence or transaction id, and request time), so a resumed dissector
+  // can tell calls it already reported.
   uint64_t key = 0;
-  std::optional<proto::HttpMessage> http_request, http_response;
-  std::optional<proto::DnsMessage> dns_query, dns_response;
 
-  bool has_response() const { return http_response.has_value() || dns_response.has_value(); }
-  bool has_request() const { return http_request.has_value() || dns_query.has_value(); }
   std::string id() const;  // key as 16 hex digits
-  int64_t duration_us() const;  // -1 without a response
+
+  // HTTP/1 and DNS messages, when the call is of that protocol (else null).
+  const proto::HttpMessage* http_request() const;
+  const proto::HttpMessage* http_response() const;
+  const proto::DnsMessage* dns_query() const;
+  const proto::DnsMessage* dns_response() const;
 };
 
-// The call record (DESIGN.md) as JSON.
+// 16 hex digits.
+std::string key_hex(uint64_t key);
+
+// The call record (docs/CALL_RECORD.md) as JSON text, one line without its
+// newline, appended to `out`. The DB stores the same pieces
+// (record_message_json for request and response).
+void write_record(const Call& c, std::string& out);
+// The record as a JSON document: the same fields, the ends' names byte for
+// byte (as the DB returns them; write_record makes bytes that are not UTF-8
+// U+FFFD).
 nlohmann::json to_json(const Call& c);
-// An HTTP message's body fields, added to its record object `j`: "body"
-// (text, or base64 with "body_encoding": "base64") when bytes were kept,
-// "content_encoding" and "body_decoded_size" when a Content-Encoding was
-// undone (proto::finish_body). CallDb::row_json rebuilds the same fields.
-void put_body_json(nlohmann::json& j, const proto::HttpMessage& m);
-// HTTP headers as the record shows them: an object, repeated names joined
-// with ", ".
-nlohmann::json headers_json(const std::vector<proto::Header>& hs);
+// A message's record object as JSON text ("null" for none).
+std::string record_message_json(const proto::Message* m);
+// One end as the record shows it.
+void write_endpoint(JsonOut& out, const Endpoint& e);
 // RFC 3339 UTC with nanoseconds.
 std::string format_ts(uint64_t ns);
 

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "body/body_json.hpp"
+#include "json_out.hpp"
 
 namespace tapwire::dissect {
 namespace {
@@ -79,6 +80,16 @@ std::vector<std::string> body_columns() {  // "name TYPE", in table order
     for (const char* c : kBodyColumns) out.push_back(m + std::string(c));
   return out;
 }
+
+// The record (schema 4): every protocol's request and response objects as
+// JSON text (docs/CALL_RECORD.md), and the call a call belongs to (a
+// WebSocket message's upgrade). Rows of schema 4 fill the common columns
+// (id ... has_response, method, path, status, flags, identity) and these;
+// the HTTP and DNS columns of schemas 1-3 stay for the rows written then.
+const char* kRecordColumns[] = {"request TEXT", "response TEXT", "upgrade_id TEXT"};
+constexpr int kRecordColumnCount = sizeof kRecordColumns / sizeof kRecordColumns[0];
+
+std::vector<std::string> record_columns() { return {std::begin(kRecordColumns), std::end(kRecordColumns)}; }
 
 // Namespace, the filter that scopes the others, is indexed at both ends.
 // Partial indexes: a call without identity (NULL) adds no entry, and
@@ -198,23 +209,11 @@ constexpr int kSrcIdentity = kNodeColumn + 1;
 constexpr int kDstIdentity = kSrcIdentity + kEndColumnCount;
 constexpr int kReqBody = kDstIdentity + kEndColumnCount;
 constexpr int kRespBody = kReqBody + kBodyColumnCount;
-constexpr int kRowidColumn = kRespBody + kBodyColumnCount;
-
-// The message has body columns to fill.
-bool has_body_columns(const proto::HttpMessage& m) { return !m.body.empty() || !m.content_encoding.empty(); }
-
-// Binds one message's body columns from `first` on (1-based). The message
-// outlives the statement's step.
-void bind_body(sqlite3_stmt* st, int first, const proto::HttpMessage& m) {
-  if (!m.body.empty()) {
-    sqlite3_bind_blob(st, first, m.body.data(), static_cast<int>(m.body.size()), SQLITE_STATIC);
-    if (m.body_binary) sqlite3_bind_text(st, first + 1, "base64", -1, SQLITE_STATIC);
-  }
-  if (!m.content_encoding.empty()) {
-    bind_static(st, first + 2, m.content_encoding);
-    sqlite3_bind_int64(st, first + 3, static_cast<sqlite3_int64>(m.body_decoded_size));
-  }
-}
+constexpr int kRecordColumn = kRespBody + kBodyColumnCount;  // request, response, upgrade_id
+constexpr int kRowidColumn = kRecordColumn + kRecordColumnCount;
+// Parameters of the insert statements: the common columns (id ... node),
+// then with identity the src_ and dst_ columns.
+constexpr int kInsertCommon = 18;
 
 }  // namespace
 
@@ -238,20 +237,18 @@ CallDb::CallDb(const std::string& path, bool read_only, bool bulk) : regex_cache
       exec(bulk ? "PRAGMA synchronous=OFF" : "PRAGMA synchronous=NORMAL");
       exec("PRAGMA cache_size=-16384");
       create_or_migrate(path);
-      const std::string v1 = "id, protocol, ts_ns, duration_us, src_ip, src_port, dst_ip, dst_port, has_request, "
-                             "has_response, method, path, version, req_headers, req_body_size, status, reason, "
-                             "resp_headers, resp_body_size, dns_id, qname, qtype, rcode, answers, flags, ";
+      const std::string common = "id, protocol, ts_ns, duration_us, src_ip, src_port, dst_ip, dst_port, has_request, "
+                                 "has_response, method, path, status, flags, request, response, upgrade_id, node";
       auto prepare = [&](sqlite3_stmt** st, const std::string& columns, int n) {
         std::string sql = "INSERT INTO calls (" + columns + ") VALUES (?";
         for (int i = 1; i < n; i++) sql += ",?";
         if (sqlite3_prepare_v2(db_, (sql + ")").c_str(), -1, st, nullptr) != SQLITE_OK)
           throw std::runtime_error(path + ": " + sqlite3_errmsg(db_));
       };
-      const std::string identity = column_names(identity_columns()), bodies = column_names(body_columns());
-      prepare(&insert_[0], v1 + "node", kNodeColumn + 1);
-      prepare(&insert_[1], v1 + identity, kReqBody);
-      prepare(&insert_[2], v1 + "node, " + bodies, kNodeColumn + 1 + 2 * kBodyColumnCount);
-      prepare(&insert_[3], v1 + identity + ", " + bodies, kRowidColumn);
+      std::vector<std::string> ends = identity_columns();
+      ends.erase(ends.begin());  // node is a common column
+      prepare(&insert_[0], common, kInsertCommon);
+      prepare(&insert_[1], common + ", " + column_names(ends), kInsertCommon + 2 * kEndColumnCount);
     } else {
       sqlite3_stmt* st = nullptr;
       bool ok = sqlite3_prepare_v2(db_, "SELECT count(*) FROM calls", -1, &st, nullptr) == SQLITE_OK;
@@ -259,6 +256,7 @@ CallDb::CallDb(const std::string& path, bool read_only, bool bulk) : regex_cache
       if (!ok) throw std::runtime_error(path + ": not a tapwire dissection DB (" + sqlite3_errmsg(db_) + ")");
       identity_columns_ = has_column("calls", "node");
       body_columns_ = has_column("calls", "resp_body");
+      record_columns_ = has_column("calls", "upgrade_id");
     }
   } catch (...) {
     for (sqlite3_stmt* st : insert_) sqlite3_finalize(st);
@@ -268,8 +266,8 @@ CallDb::CallDb(const std::string& path, bool read_only, bool bulk) : regex_cache
   }
 }
 
-// Creates the schema in a new file, or brings a schema-1 or -2 DB to schema
-// 3, in one IMMEDIATE transaction: two writers opening the same file at once
+// Creates the schema in a new file, or brings a DB of schema 1 to 3 to
+// schema 4, in one IMMEDIATE transaction: two writers opening the same file at once
 // cannot both create or both migrate it, and a crash leaves it as it was.
 void CallDb::create_or_migrate(const std::string& path) {
   exec("BEGIN IMMEDIATE");
@@ -284,6 +282,7 @@ void CallDb::create_or_migrate(const std::string& path) {
       const char* sep = "  ";
       std::vector<std::string> added = identity_columns();
       for (auto& c : body_columns()) added.push_back(c);
+      for (auto& c : record_columns()) added.push_back(c);
       for (auto& c : added) {
         sql += sep + c;
         sep = ",\n  ";
@@ -296,8 +295,10 @@ void CallDb::create_or_migrate(const std::string& path) {
     }
     if (v == "1")
       for (auto& c : identity_columns()) exec("ALTER TABLE calls ADD COLUMN " + c);
-    if (v == "1" || v == "2") {
+    if (v == "1" || v == "2")
       for (auto& c : body_columns()) exec("ALTER TABLE calls ADD COLUMN " + c);
+    if (v == "1" || v == "2" || v == "3") {
+      for (auto& c : record_columns()) exec("ALTER TABLE calls ADD COLUMN " + c);
     } else if (v && *v != current) {
       throw std::runtime_error(path + ": dissection DB schema " + *v + ", this tapwire writes schema " + current +
                                ": use a new --db file");
@@ -423,32 +424,16 @@ void CallDb::enforce_max_size() {
   }
 }
 
-namespace {
-
-void append_headers(std::string& out, const std::vector<proto::Header>& hs) {
-  out.clear();
-  for (auto& h : hs) {
-    out += h.name;
-    out += ": ";
-    out += h.value;
-    out += '\n';
-  }
-}
-
-}  // namespace
-
 void CallDb::insert(const Call& c) {
   begin();
   const bool identity = c.src.identity || c.dst.identity;
-  const bool bodies = (c.http_request && has_body_columns(*c.http_request)) ||
-                      (c.http_response && has_body_columns(*c.http_response));
-  sqlite3_stmt* st = insert_[(identity ? 1 : 0) + (bodies ? 2 : 0)];
+  sqlite3_stmt* st = insert_[identity ? 1 : 0];
   sqlite3_reset(st);
   sqlite3_clear_bindings(st);
   const std::string id = c.id(), src = c.src.ip(), dst = c.dst.ip();
-  std::string req_headers, resp_headers, flags;
+  std::string flags;
   bind_static(st, 1, id);
-  sqlite3_bind_text(st, 2, protocol_name(c.protocol), -1, SQLITE_STATIC);
+  sqlite3_bind_text(st, 2, c.protocol, -1, SQLITE_STATIC);
   sqlite3_bind_int64(st, 3, static_cast<sqlite3_int64>(c.ts_ns));
   if (int64_t d = c.duration_us(); d >= 0) sqlite3_bind_int64(st, 4, d);
   bind_static(st, 5, src);
@@ -457,59 +442,36 @@ void CallDb::insert(const Call& c) {
   sqlite3_bind_int(st, 8, c.dst.port);
   sqlite3_bind_int(st, 9, c.has_request());
   sqlite3_bind_int(st, 10, c.has_response());
-  if (c.http_request) {
-    auto& m = *c.http_request;
-    bind_static(st, 11, m.method);
-    bind_static(st, 12, m.target);
-    sqlite3_bind_text(st, 13, m.version_minor == 0 ? "HTTP/1.0" : "HTTP/1.1", -1, SQLITE_STATIC);
-    append_headers(req_headers, m.headers);
-    bind_static(st, 14, req_headers);
-    sqlite3_bind_int64(st, 15, static_cast<sqlite3_int64>(m.body_size));
-  }
-  if (c.http_response) {
-    auto& m = *c.http_response;
-    sqlite3_bind_int(st, 16, m.status);
-    bind_static(st, 17, m.reason);
-    append_headers(resp_headers, m.headers);
-    bind_static(st, 18, resp_headers);
-    sqlite3_bind_int64(st, 19, static_cast<sqlite3_int64>(m.body_size));
-  }
-  const proto::DnsMessage* dq = c.dns_query ? &*c.dns_query : c.dns_response ? &*c.dns_response : nullptr;
-  if (dq) {
-    sqlite3_bind_int(st, 20, dq->id);
-    if (!dq->questions.empty()) {
-      bind_text(st, 21, dq->questions[0].name);
-      bind_text(st, 22, proto::dns_type_name(dq->questions[0].qtype));
-    }
-  }
-  if (c.dns_response) {
-    bind_text(st, 23, proto::dns_rcode_name(c.dns_response->rcode));
-    scratch_.clear();
-    for (auto& a : c.dns_response->answers) {
-      scratch_ += proto::dns_type_name(a.type);
-      scratch_ += ' ';
-      scratch_ += a.data;
-      scratch_ += '\n';
-    }
-    bind_text(st, 24, scratch_);
-  }
+  if (!c.method.empty()) bind_static(st, 11, c.method);
+  if (!c.path.empty()) bind_static(st, 12, c.path);
+  if (c.status >= 0) sqlite3_bind_int(st, 13, c.status);
   for (auto& f : flag_names(c.flags)) flags += (flags.empty() ? "" : ",") + f;
-  bind_static(st, 25, flags);
-  if (!c.node.empty()) bind_static(st, kNodeColumn + 1, c.node);
-  if (c.src.identity) bind_identity(st, kSrcIdentity + 1, *c.src.identity);
-  if (c.dst.identity) bind_identity(st, kDstIdentity + 1, *c.dst.identity);
-  if (bodies) {
-    const int first = identity ? kReqBody + 1 : kNodeColumn + 2;  // the statement's body parameters
-    if (c.http_request) bind_body(st, first, *c.http_request);
-    if (c.http_response) bind_body(st, first + kBodyColumnCount, *c.http_response);
+  bind_static(st, 14, flags);
+  req_json_.clear();
+  resp_json_.clear();
+  if (c.request) {
+    JsonOut j(req_json_);
+    c.request->write_json(j);
+    bind_static(st, 15, req_json_);
   }
+  if (c.response) {
+    JsonOut j(resp_json_);
+    c.response->write_json(j);
+    bind_static(st, 16, resp_json_);
+  }
+  std::string link;
+  if (c.link_key) {
+    link = key_hex(c.link_key);
+    bind_static(st, 17, link);
+  }
+  if (!c.node.empty()) bind_static(st, 18, c.node);
+  if (c.src.identity) bind_identity(st, kInsertCommon + 1, *c.src.identity);
+  if (c.dst.identity) bind_identity(st, kInsertCommon + 1 + kEndColumnCount, *c.dst.identity);
   if (sqlite3_step(st) != SQLITE_DONE)
     throw std::runtime_error(std::string("dissection DB insert: ") + sqlite3_errmsg(db_));
   inserted_++;
-  if (bodies) {
-    if (c.http_request) body_bytes_since_check_ += c.http_request->body.size();
-    if (c.http_response) body_bytes_since_check_ += c.http_response->body.size();
-  }
+  if (c.request) body_bytes_since_check_ += c.request->body_bytes();
+  if (c.response) body_bytes_since_check_ += c.response->body_bytes();
   // A few pragmas, every 256 calls or every 1/32 of the bound in bodies
   // (a row with a body kept can be --max-body bytes): the file never holds
   // a whole batch over the bound.
@@ -563,7 +525,7 @@ constexpr const char* kColumns =
 
 // The select list: identity and body columns, or NULLs in their place for a
 // schema-1 or -2 DB read without migrating it.
-std::string select_list(bool identity, bool bodies) {
+std::string select_list(bool identity, bool bodies, bool records) {
   std::string out = std::string(kColumns) + ", ";
   if (identity) {
     out += column_names(identity_columns());
@@ -574,8 +536,9 @@ std::string select_list(bool identity, bool bodies) {
   if (bodies) {
     out += column_names(body_columns());
   } else {
-    for (int i = kReqBody; i < kRowidColumn; i++) out += i == kReqBody ? "NULL" : ", NULL";
+    for (int i = kReqBody; i < kRecordColumn; i++) out += i == kReqBody ? "NULL" : ", NULL";
   }
+  out += records ? ", request, response, upgrade_id" : ", NULL, NULL, NULL";
   return out + ", rowid";
 }
 
@@ -583,6 +546,20 @@ std::string select_list(bool identity, bool bodies) {
 std::string column_string(sqlite3_stmt* st, int col) {
   auto* t = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
   return t ? std::string(t, static_cast<size_t>(sqlite3_column_bytes(st, col))) : std::string();
+}
+
+// Header fields as the record shows them (rows of schemas 1-3): an object,
+// repeated names joined with ", ".
+nlohmann::json headers_json(const std::vector<proto::Header>& hs) {
+  nlohmann::json j = nlohmann::json::object();
+  for (auto& h : hs) {
+    auto it = j.find(h.name);
+    if (it == j.end())
+      j[h.name] = h.value;
+    else
+      *it = it->get<std::string>() + ", " + h.value;
+  }
+  return j;
 }
 
 nlohmann::json headers_from_block(const std::string& block) {
@@ -656,7 +633,15 @@ nlohmann::json CallDb::row_json(sqlite3_stmt* st) {
   j["dst"] = endpoint_from_row(st, 6, 7, kDstIdentity);
   const bool has_req = sqlite3_column_int(st, 8) != 0, has_resp = sqlite3_column_int(st, 9) != 0;
   nlohmann::json req = nullptr, resp = nullptr;
-  if (protocol == "http") {
+  auto parsed = [&](int col) {
+    return nlohmann::json::parse(column_string(st, col), nullptr, false);  // a discarded value on bad text
+  };
+  if (!null(kRecordColumn) || !null(kRecordColumn + 1)) {  // schema 4: the record's own objects
+    if (!null(kRecordColumn)) req = parsed(kRecordColumn);
+    if (!null(kRecordColumn + 1)) resp = parsed(kRecordColumn + 1);
+    if (req.is_discarded()) req = nullptr;
+    if (resp.is_discarded()) resp = nullptr;
+  } else if (protocol == "http") {
     if (has_req)
       req = {{"method", text(10)},
              {"path", text(11)},
@@ -701,6 +686,7 @@ nlohmann::json CallDb::row_json(sqlite3_stmt* st) {
     pos = comma + 1;
   }
   j["flags"] = flags;
+  if (!null(kRecordColumn + 2)) j["upgrade_id"] = text(kRecordColumn + 2);
   if (!null(kNodeColumn)) j["node"] = text(kNodeColumn);
   return j;
 }
@@ -711,11 +697,12 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
       throw std::invalid_argument("bad pod regex '" + q.pod_regex + "': " + err);
   if (!identity_columns_) identity_columns_ = has_column("calls", "node");  // migrated since?
   if (!body_columns_) body_columns_ = has_column("calls", "resp_body");
+  if (!record_columns_) record_columns_ = has_column("calls", "upgrade_id");
   // Without identity columns no call has a namespace, pod, ...: an
   // identity filter matches nothing.
   const char* none = " AND 0";
   const bool id = identity_columns_;
-  std::string sql = "SELECT " + select_list(id, body_columns_) + " FROM calls WHERE 1=1";
+  std::string sql = "SELECT " + select_list(id, body_columns_, record_columns_) + " FROM calls WHERE 1=1";
   if (!q.protocol.empty()) sql += " AND protocol = ?1";
   if (q.status) sql += " AND status = ?2";
   if (q.status_class) sql += " AND status >= ?3 AND status < ?3 + 100";

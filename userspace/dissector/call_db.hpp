@@ -23,7 +23,10 @@ namespace tapwire::dissect {
 // 3: bodies (req_/resp_ body, body_encoding, content_encoding,
 // body_decoded_size). A version-1 or -2 DB opened for writing is migrated in
 // place; read-only, it reads as calls without what it lacks.
-inline constexpr int kCallDbSchemaVersion = 3;
+// 4: every protocol's request and response as record JSON (request,
+// response, upgrade_id); method, path and status become every protocol's
+// summary columns.
+inline constexpr int kCallDbSchemaVersion = 4;
 
 struct RegexCache;
 
@@ -92,12 +95,10 @@ class CallDb {
 
  private:
   sqlite3* db_ = nullptr;
-  // Four insert statements: a call with endpoint identity binds the
-  // identity columns, one with a body kept (or decoded) the body columns;
-  // a statement leaves out the columns its calls do not have (NULL by
-  // default), which spares it binding and clearing them. Index: 1 for
-  // identity, + 2 for bodies.
-  sqlite3_stmt* insert_[4] = {};
+  // Two insert statements: one for calls with endpoint identity, which
+  // binds the identity columns, one without them (NULL by default), which
+  // spares binding and clearing them. Index: 1 for identity.
+  sqlite3_stmt* insert_[2] = {};
   uint64_t max_size_ = 0;
   uint64_t calls_deleted_ = 0;
   uint32_t since_size_check_ = 0;
@@ -109,11 +110,12 @@ class CallDb {
   bool auto_commit_ = true;
   size_t batch_ = 0;
   uint64_t inserted_ = 0;
-  std::string scratch_;
+  std::string req_json_, resp_json_;  // the record objects of the call being inserted
   // False for a version-1 DB opened read-only: identity reads as unknown
   // (checked again at each query, in case a writer migrates it meanwhile).
   bool identity_columns_ = true;
   bool body_columns_ = true;  // the same for a version-1 or -2 DB and the body columns
+  bool record_columns_ = true;  // and for a DB before 4 and the record columns
   std::unique_ptr<RegexCache> regex_cache_;  // compiled pod regexes, for the SQL regexp()
   static nlohmann::json row_json(sqlite3_stmt* st);
   void exec(const char* sql);

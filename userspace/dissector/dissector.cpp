@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <deque>
 #include <list>
 #include <unordered_map>
 
@@ -12,10 +11,7 @@ namespace tapwire::dissect {
 namespace {
 
 constexpr uint8_t kTcp = 6, kUdp = 17;
-constexpr uint16_t kDnsPort = 53;
 constexpr uint64_t kSweepEveryNs = 1'000'000'000ull;
-
-// ------------------------------------------------------------------ keys ---
 
 Endpoint endpoint_of(const FlowKey& k, int side) {
   Endpoint e;
@@ -25,29 +21,28 @@ Endpoint endpoint_of(const FlowKey& k, int side) {
   return e;
 }
 
-uint64_t call_key(const FlowKey& k, int client, uint64_t ts_ns, uint32_t extra) {
+// The id's key. `extra` is the protocol's sequence or transaction id: the
+// low 32 bits alone when that is all it has (the ids of HTTP/1 and DNS
+// calls stay what they were), all 64 otherwise.
+uint64_t call_key(const FlowKey& k, int client, uint64_t ts_ns, uint64_t extra) {
   uint64_t h = fnv1a(&k, sizeof k);
   h = fnv1a(&client, sizeof client, h);
   h = fnv1a(&ts_ns, sizeof ts_ns, h);
-  h = fnv1a(&extra, sizeof extra, h);
+  if (extra >> 32) {
+    h = fnv1a(&extra, sizeof extra, h);
+  } else {
+    const uint32_t low = static_cast<uint32_t>(extra);
+    h = fnv1a(&low, sizeof low, h);
+  }
   return mix(h);
 }
 
-bool is_interim(const proto::HttpMessage& m) { return !m.is_request && m.status >= 100 && m.status < 200 && m.status != 101; }
-
-// ---------------------------------------------------------------- memory ---
-// Estimated heap bytes (proto::heap_bytes counts allocator overhead).
-
 using proto::heap_bytes;
-using proto::string_heap_bytes;
 
 template <class T>
 size_t vector_heap_bytes(const std::vector<T>& v) {
   return heap_bytes(v.capacity() * sizeof(T));
 }
-
-// A libstdc++ deque allocates its map and one 512-byte block even when empty.
-constexpr size_t kDequeFixed = heap_bytes(8 * sizeof(void*)) + heap_bytes(512);
 
 // A node of a hash table with cached hash codes (custom hashers), and its
 // share of the bucket array at load factor 1.
@@ -56,53 +51,34 @@ constexpr size_t hash_node_bytes() {
   return heap_bytes(sizeof(void*) + sizeof(Value) + sizeof(size_t)) + sizeof(void*);
 }
 
-size_t dns_message_heap_bytes(const proto::DnsMessage& m) {
-  size_t n = vector_heap_bytes(m.questions) + vector_heap_bytes(m.answers);
-  for (const auto& q : m.questions) n += string_heap_bytes(q.name);
-  for (const auto& a : m.answers) n += string_heap_bytes(a.name) + string_heap_bytes(a.data);
-  return n;
-}
-
-// A call held while it waits for its response (in a deque or a map node).
-size_t call_heap_bytes(const Call& c) {
-  size_t n = 0;
-  if (c.dns_query) n += dns_message_heap_bytes(*c.dns_query);
-  if (c.dns_response) n += dns_message_heap_bytes(*c.dns_response);
-  if (c.http_request) n += c.http_request->heap;
-  if (c.http_response) n += c.http_response->heap;
-  return n;
-}
-
-size_t queued_message_bytes(const proto::HttpMessage& m) { return sizeof(m) + m.heap; }
-
-// Gives a vector's allocation back.
 template <class T>
 void release(std::vector<T>& v) {
   std::vector<T>().swap(v);
 }
 
-// An empty parser buffer keeps its allocation for the next message, up to
-// this; a larger one (left by one big header block) goes back.
-constexpr size_t kKeepBufferCapacity = 16 << 10;
-
-void clear_buffer(std::vector<uint8_t>& b) {
-  b.clear();
-  if (b.capacity() > kKeepBufferCapacity) release(b);
+proto::Dir dir_of(int side, int client) {
+  return side == client ? proto::Dir::ClientToServer : proto::Dir::ServerToClient;
 }
 
 }  // namespace
 
+bool DissectorOptions::enabled(std::string_view dissector) const {
+  return std::find(dissectors.begin(), dissectors.end(), dissector) != dissectors.end();
+}
+
 std::string enable_dissectors(DissectorOptions& o, const std::string& list) {
-  o.enable_http = o.enable_dns = false;
+  const std::vector<std::string> known = proto::dissector_names();
+  o.dissectors.clear();
   for (size_t pos = 0; pos <= list.size();) {
     size_t comma = list.find(',', pos);
     std::string name = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-    if (name == "http")
-      o.enable_http = true;
-    else if (name == "dns")
-      o.enable_dns = true;
-    else if (name != "none" && !name.empty())
+    while (!name.empty() && name.front() == ' ') name.erase(name.begin());
+    while (!name.empty() && name.back() == ' ') name.pop_back();
+    if (std::find(known.begin(), known.end(), name) != known.end()) {
+      if (!o.enabled(name)) o.dissectors.push_back(name);
+    } else if (name != "none" && !name.empty()) {
       return name;
+    }
     if (comma == std::string::npos) break;
     pos = comma + 1;
   }
@@ -133,6 +109,23 @@ void DissectorMetrics::Histogram::observe(double seconds) {
   count++;
 }
 
+uint64_t DissectorMetrics::calls_of(const std::string& protocol) const {
+  auto it = calls.find(protocol);
+  return it == calls.end() ? 0 : it->second;
+}
+
+uint64_t DissectorMetrics::calls_total() const {
+  uint64_t n = 0;
+  for (auto& [p, c] : calls) n += c;
+  return n;
+}
+
+uint64_t DissectorMetrics::parse_errors_total() const {
+  uint64_t n = 0;
+  for (auto& [p, c] : parse_errors) n += c;
+  return n;
+}
+
 nlohmann::json metrics_json(const DissectorMetrics& m) {
   auto hist = [](const DissectorMetrics::Histogram& h) {
     nlohmann::json b = nlohmann::json::array();
@@ -141,43 +134,42 @@ nlohmann::json metrics_json(const DissectorMetrics& m) {
                    {"count", h.buckets[i]}});
     return nlohmann::json{{"buckets", b}, {"sum_seconds", h.sum_seconds}, {"count", h.count}};
   };
-  nlohmann::json classes = nlohmann::json::object();
-  for (int i = 0; i < 6; i++) classes[i == 0 ? "none" : std::to_string(i) + "xx"] = m.http_status_class[i];
   nlohmann::json shed = nlohmann::json::object(), shed_bytes = nlohmann::json::object();
   for (size_t i = 0; i < kShedReasons; i++) {
     shed[shed_reason_name(static_cast<ShedReason>(i))] = m.shed[i];
     shed_bytes[shed_reason_name(static_cast<ShedReason>(i))] = m.shed_bytes[i];
   }
-  return {{"packets", m.packets},
-          {"bytes", m.bytes},
-          {"tcp_flows", m.tcp_flows},
-          {"udp_datagrams", m.udp_datagrams},
-          {"flows_active", m.flows_active},
-          {"flows_evicted", m.flows_evicted},
-          {"flows_ignored", m.flows_ignored},
-          {"reassembly_gaps", m.reassembly_gaps},
-          {"reassembly_gap_bytes", m.reassembly_gap_bytes},
-          {"reassembly_out_of_window", m.reassembly_out_of_window},
-          {"reassembly_resyncs", m.reassembly_resyncs},
-          {"parse_errors", {{"http", m.parse_errors_http}, {"dns", m.parse_errors_dns}}},
-          {"calls", {{"http", m.calls_http}, {"dns", m.calls_dns}}},
-          {"calls_without_response", m.calls_without_response},
-          {"orphan_responses", m.orphan_responses},
-          {"http_methods", m.http_methods},
-          {"http_status_class", classes},
-          {"dns_rcodes", m.dns_rcodes},
-          {"duration_seconds", {{"http", hist(m.http_duration)}, {"dns", hist(m.dns_duration)}}},
-          {"buffered_bytes", m.buffered_bytes},
-          {"dns_pending", m.dns_pending},
-          {"dns_pending_overflow", m.dns_pending_overflow},
-          {"memory", {{"bytes", m.memory_bytes}, {"peak_bytes", m.memory_peak_bytes}, {"limit", m.memory_limit}}},
-          {"shed", shed},
-          {"shed_bytes", shed_bytes}};
+  nlohmann::json durations = nlohmann::json::object();
+  for (auto& [p, h] : m.durations) durations[p] = hist(h);
+  nlohmann::json j = {{"packets", m.packets},
+                      {"bytes", m.bytes},
+                      {"tcp_flows", m.tcp_flows},
+                      {"udp_datagrams", m.udp_datagrams},
+                      {"flows_active", m.flows_active},
+                      {"flows_evicted", m.flows_evicted},
+                      {"flows_ignored", m.flows_ignored},
+                      {"reassembly_gaps", m.reassembly_gaps},
+                      {"reassembly_gap_bytes", m.reassembly_gap_bytes},
+                      {"reassembly_out_of_window", m.reassembly_out_of_window},
+                      {"reassembly_resyncs", m.reassembly_resyncs},
+                      {"parse_errors", m.parse_errors},
+                      {"calls", m.calls},
+                      {"calls_without_response", m.calls_without_response},
+                      {"orphan_responses", m.orphan_responses},
+                      {"duration_seconds", durations},
+                      {"buffered_bytes", m.buffered_bytes},
+                      {"dns_pending", m.dns_pending},
+                      {"dns_pending_overflow", m.dns_pending_overflow},
+                      {"memory", {{"bytes", m.memory_bytes}, {"peak_bytes", m.memory_peak_bytes}, {"limit", m.memory_limit}}},
+                      {"shed", shed},
+                      {"shed_bytes", shed_bytes}};
+  for (auto& [name, family] : m.breakdowns) j[name] = family;
+  return j;
 }
 
 // ------------------------------------------------------------ the engine ---
 
-struct Dissector::Impl {
+struct Dissector::Impl final : proto::DatagramContext {
   struct Flow;
 
   // Receives one direction's reassembled stream.
@@ -192,100 +184,132 @@ struct Dissector::Impl {
     void on_resync(uint64_t) override { impl->m.reassembly_resyncs++; }
   };
 
-  enum class FlowState : uint8_t { Detecting, Http, DnsTcp, Ignored };
+  enum class FlowState : uint8_t { Detecting, Active, Ignored };
 
-  struct HttpState {
-    proto::Http1Parser requests, responses;
-    std::vector<uint8_t> buf[2];  // unconsumed bytes: [0] requests, [1] responses
-    std::deque<proto::HttpMessage> pending;
-    // Responses that completed while no request was waiting: a server may
-    // answer (413, 401, or 200 after 100-continue) before the request body
-    // has all arrived. Paired with the next request that started before
-    // them; orphans otherwise.
-    std::deque<proto::HttpMessage> early;
-    std::vector<proto::HttpMessage> out;
-    size_t queued = 0;  // queued_message_bytes of pending and early
-    bool gap_pending[2] = {false, false};  // a gap hit this direction: flag its next message
-    HttpState(const proto::HttpLimits& l)
-        : requests(proto::Http1Parser::Side::Requests, l), responses(proto::Http1Parser::Side::Responses, l) {}
-  };
-
-  struct DnsTcpState {
-    std::vector<uint8_t> buf[2];  // by side
-    std::deque<Call> pending;  // queries waiting, in order
-    size_t queued = 0;  // sizeof + call_heap_bytes of pending
-  };
-
-  struct Flow {
+  struct Flow final : proto::SessionContext {
+    Impl* impl = nullptr;
     FlowKey key;
     TcpReassembler dir[2];
     DirSink sink[2];
     FlowState state = FlowState::Detecting;
     int client = -1;  // side of the client once known
-    uint32_t calls = 0;  // calls reported on this flow: part of each call's id
+    uint64_t calls = 0;  // the protocol's sequence: part of each call's id
     int syn_client = -1;  // side that sent a bare SYN
     bool fin[2] = {false, false};
     uint64_t first_ts = 0, last_ts = 0;
     SourcePosition first_pos;
     std::vector<uint8_t> detect[2];
-    std::unique_ptr<HttpState> http;
-    std::unique_ptr<DnsTcpState> dns;
+    std::unique_ptr<proto::StreamSession> session;
     std::list<Flow*>::iterator lru;
     size_t charged = 0;  // this flow's bytes in Impl::mem_flows (flow_bytes when last counted)
-    bool shed_pending[2] = {false, false};  // state of this side was shed: flag its next message
+    bool shed_pending[2] = {false, false};  // detection bytes of this side were shed: flag its next message
     uint8_t wscale[2] = {TW_WSCALE_NONE, TW_WSCALE_NONE};  // window scale each side's SYN offered
     bool syn_sent[2] = {false, false};
     Flow(const ReassemblyLimits& l) : dir{TcpReassembler(l), TcpReassembler(l)} {}
-  };
 
-  struct DnsPending {
-    Call call;
-    uint64_t ts;
-    SourcePosition pos;
-    size_t bytes = 0;  // counted in mem_dns
-  };
-  struct DnsKey {
-    FlowKey flow;
-    uint16_t id;
-    bool operator==(const DnsKey& o) const { return flow == o.flow && id == o.id; }
-  };
-  struct DnsKeyHash {
-    size_t operator()(const DnsKey& k) const { return mix(fnv1a(&k.flow, sizeof k.flow) ^ k.id); }
+    void emit(proto::CallContent&& c) override { impl->emit_stream(*this, std::move(c)); }
+    uint64_t next_seq() override { return ++calls; }
+    uint64_t key_of(uint64_t ts, uint64_t extra) const override {
+      return call_key(key, client < 0 ? 0 : client, ts, extra);
+    }
+    proto::ProtocolCounters& counters(std::string_view p) override { return impl->counters_for(p); }
+    bool enabled(std::string_view p) const override { return impl->protocol_enabled(p); }
+    const proto::DissectLimits& limits() const override { return impl->lim; }
   };
 
   DissectorOptions opts;
+  proto::DissectLimits lim;
   CallSink sink;
   DissectorMetrics m;
   std::unordered_map<FlowKey, std::unique_ptr<Flow>, FlowKeyHash> flows;
   std::list<Flow*> lru;  // most recently active first
-  std::unordered_map<DnsKey, DnsPending, DnsKeyHash> dns_pending;
-  std::deque<std::pair<uint64_t, DnsKey>> dns_expiry;  // (query ts, key) in arrival order
   uint64_t now = 0, last_sweep = 0;
   SourcePosition cur_pos, suppress_pos;
   bool suppressing = false;
   uint64_t suppressed = 0;
   size_t mem_flows = 0;  // sum of Flow::charged
-  size_t mem_dns = 0;  // sum of DnsPending::bytes
+
+  // Protocols: the stream protocols that run (in detection order), one
+  // session per datagram protocol, and each protocol's counters.
+  std::vector<const proto::ProtocolInfo*> stream_protocols;
+  std::vector<std::unique_ptr<proto::DatagramSession>> datagram_sessions;
+  std::map<std::string, proto::ProtocolCounters, std::less<>> counter_map;
+  // Per protocol name (the registry's pointers, compared as pointers):
+  // its call counter and histogram, found once.
+  struct Slot {
+    const char* name;
+    uint64_t* calls;
+    DissectorMetrics::Histogram* duration;
+  };
+  std::vector<Slot> slots;
+
+  void init() {
+    m.memory_limit = opts.memory_limit;
+    lim.max_body_kept = opts.http.max_body_kept;
+    lim.max_header_bytes = opts.http.max_header_bytes;
+    lim.max_headers = opts.http.max_headers;
+    lim.max_pending = opts.http.max_pending;
+    lim.request_timeout_ns = opts.request_timeout_ns;
+    lim.dns_max_records = opts.dns.max_records;
+    lim.dns_max_name_hops = opts.dns.max_name_hops;
+    lim.dns_timeout_ns = opts.dns_timeout_ns;
+    lim.max_dns_pending = opts.max_dns_pending;
+    for (const auto& p : proto::protocols()) {
+      m.calls[p.name] = 0;
+      m.parse_errors[p.name] = 0;
+      m.durations[p.name];
+      counter_map[p.name];
+      if (!opts.enabled(p.dissector)) continue;
+      if (p.stream) stream_protocols.push_back(&p);
+      if (p.datagram) datagram_sessions.push_back(p.datagram->open(*this));
+    }
+    // Families that always have all their labels, as before there were protocols.
+    auto& classes = counter_map["http"].breakdowns["http_status_class"];
+    for (const char* c : {"none", "1xx", "2xx", "3xx", "4xx", "5xx"}) classes[c];
+    counter_map["http"].breakdowns["http_methods"];
+    counter_map["dns"].breakdowns["dns_rcodes"];
+  }
+
+  bool protocol_enabled(std::string_view name) const {
+    const proto::ProtocolInfo* p = proto::find_protocol(name);
+    return p && opts.enabled(p->dissector);
+  }
+
+  proto::ProtocolCounters& counters(std::string_view name) override { return counters_for(name); }
+  proto::ProtocolCounters& counters_for(std::string_view name) {
+    auto it = counter_map.find(name);
+    if (it == counter_map.end()) it = counter_map.emplace(std::string(name), proto::ProtocolCounters{}).first;
+    return it->second;
+  }
+
+  const proto::DissectLimits& limits() const override { return lim; }
+
+  // The metrics as of now: the protocols' counters folded in.
+  void sync_metrics() {
+    for (auto& [name, c] : counter_map) {
+      m.parse_errors[name] = c.parse_errors;
+      for (auto& [family, values] : c.breakdowns) m.breakdowns[family] = values;
+    }
+    uint64_t pending = 0, overflow = 0;
+    for (auto& d : datagram_sessions) {
+      pending += d->pending();
+      overflow += d->overflows();
+    }
+    m.dns_pending = pending;
+    m.dns_pending_overflow = overflow;
+  }
 
   // ----------------------------------------------------------- memory --
 
   static constexpr size_t kFlowFixed = heap_bytes(sizeof(Flow)) +
                                        hash_node_bytes<std::pair<const FlowKey, std::unique_ptr<Flow>>>() +
                                        heap_bytes(2 * sizeof(void*) + sizeof(Flow*));  // its LRU list node
-  static constexpr size_t kHttpFixed = heap_bytes(sizeof(HttpState)) + 2 * kDequeFixed;
-  static constexpr size_t kDnsFixed = heap_bytes(sizeof(DnsTcpState)) + kDequeFixed;
-  static constexpr size_t kDnsEntry = hash_node_bytes<std::pair<const DnsKey, DnsPending>>();
 
   // Everything one flow holds; O(1).
   static size_t flow_bytes(const Flow& f) {
     size_t n = kFlowFixed + f.dir[0].memory_bytes() + f.dir[1].memory_bytes() + vector_heap_bytes(f.detect[0]) +
                vector_heap_bytes(f.detect[1]);
-    if (f.http) {
-      const HttpState& h = *f.http;
-      n += kHttpFixed + vector_heap_bytes(h.buf[0]) + vector_heap_bytes(h.buf[1]) + h.requests.memory_bytes() +
-           h.responses.memory_bytes() + vector_heap_bytes(h.out) + h.queued;
-    }
-    if (f.dns) n += kDnsFixed + vector_heap_bytes(f.dns->buf[0]) + vector_heap_bytes(f.dns->buf[1]) + f.dns->queued;
+    if (f.session) n += f.session->memory_bytes();
     return n;
   }
 
@@ -296,10 +320,13 @@ struct Dissector::Impl {
     f.charged = n;
   }
 
-  size_t mem_total() const {
-    return mem_flows + mem_dns + dns_expiry.size() * sizeof(dns_expiry.front()) +
-           (flows.bucket_count() + dns_pending.bucket_count()) * sizeof(void*);
+  size_t mem_datagrams() const {
+    size_t n = 0;
+    for (auto& d : datagram_sessions) n += d->memory_bytes();
+    return n;
   }
+
+  size_t mem_total() const { return mem_flows + mem_datagrams() + flows.bucket_count() * sizeof(void*); }
 
   void note_memory() {
     const size_t total = mem_total();
@@ -310,6 +337,13 @@ struct Dissector::Impl {
   void count_shed(ShedReason r, size_t before, size_t after) {
     m.shed[static_cast<size_t>(r)]++;
     m.shed_bytes[static_cast<size_t>(r)] += before > after ? before - after : 0;
+  }
+
+  void mark_shed(Flow& f, int side) {
+    if (f.session && f.client >= 0)
+      f.session->mark_shed(dir_of(side, f.client));
+    else
+      f.shed_pending[side] = true;
   }
 
   // Over the limit: sheds the least useful state first, until an eighth
@@ -326,7 +360,7 @@ struct Dissector::Impl {
       const size_t before = f.charged;
       for (int s = 0; s < 2; s++) {
         if (!f.dir[s].memory_bytes()) continue;
-        f.shed_pending[s] = true;
+        mark_shed(f, s);
         if (f.state == FlowState::Ignored)
           f.dir[s].discard();
         else
@@ -338,29 +372,14 @@ struct Dissector::Impl {
     // 2. Bodies kept for messages waiting for their pair, and for messages in progress.
     for (auto it = lru.rbegin(); it != lru.rend() && over(); ++it) {
       Flow& f = **it;
-      if (!f.http) continue;
-      HttpState& h = *f.http;
-      size_t freed = 0;
-      for (auto* q : {&h.pending, &h.early})
-        for (proto::HttpMessage& msg : *q) {
-          const size_t b = string_heap_bytes(msg.body);
-          if (!b) continue;
-          std::string().swap(msg.body);
-          msg.memory_shed = true;
-          msg.body_truncated = msg.body_size > 0;
-          msg.heap -= b;
-          h.queued -= b;
-          freed += b;
-        }
-      freed += h.requests.shed_body() + h.responses.shed_body();
-      if (!freed) continue;
+      if (!f.session || !f.session->shed_bodies()) continue;
       const size_t before = f.charged;
       recharge(f);
       count_shed(ShedReason::Body, before, f.charged);
     }
-    // 3. Bytes not parsed yet: an incomplete header block (reported as an
-    //    incomplete call when there is enough of it), detection buffers, a
-    //    DNS-over-TCP message in progress.
+    // 3. Bytes not parsed yet: detection buffers, an incomplete header
+    //    block (reported as an incomplete call when there is enough of it),
+    //    a DNS-over-TCP message in progress.
     for (auto it = lru.rbegin(); it != lru.rend() && over(); ++it) {
       Flow& f = **it;
       bool any = false;
@@ -370,37 +389,19 @@ struct Dissector::Impl {
           release(f.detect[s]);
           any = true;
         }
-      if (f.http)
-        for (int role = 0; role < 2; role++) {
-          auto& buf = f.http->buf[role];
-          if (!buf.capacity()) continue;
-          if (!buf.empty()) {
-            auto& parser = role == 0 ? f.http->requests : f.http->responses;
-            if (!parser.shed_partial(buf, f.last_ts, f.http->out))
-              f.shed_pending[role == 0 ? f.client : 1 - f.client] = true;
-          }
-          release(buf);
-          if (!f.http->out.empty()) http_take(f, *f.http, role);
-          any = true;
-        }
-      if (f.dns)
-        for (int s = 0; s < 2; s++)
-          if (f.dns->buf[s].capacity()) {
-            if (!f.dns->buf[s].empty()) f.shed_pending[s] = true;
-            release(f.dns->buf[s]);
-            any = true;
-          }
+      if (f.session && f.session->shed_buffers(f.last_ts)) any = true;
       if (!any) continue;
       const size_t before = f.charged;
       recharge(f);
       count_shed(ShedReason::Buffer, before, f.charged);
     }
     // 4. DNS queries waiting for an answer, oldest first.
-    while (over() && !dns_pending.empty() && !dns_expiry.empty()) {
-      const size_t before = mem_dns;
-      dns_expire(UINT64_MAX, 1, kFlagMemoryShed);
-      count_shed(ShedReason::DnsQuery, before, mem_dns);
-    }
+    for (auto& d : datagram_sessions)
+      while (over()) {
+        const size_t before = d->memory_bytes();
+        if (!d->shed_one()) break;
+        count_shed(ShedReason::DnsQuery, before, d->memory_bytes());
+      }
     // 5. Whole flows, idle longest first.
     while (over() && !lru.empty()) {
       Flow& f = *lru.back();
@@ -412,30 +413,11 @@ struct Dissector::Impl {
 
   // ----------------------------------------------------------- emitting --
 
-  // Each method's counter in m.http_methods, found once: map nodes never
-  // move, and a string-keyed lookup per call is a measurable part of the
-  // per-call cost. Index 9: "OTHER".
-  uint64_t* method_count[10] = {};
-
-  void count(const Call& c) {
-    const int64_t us = c.duration_us();
-    if (c.protocol == Protocol::Http) {
-      m.calls_http++;
-      if (c.http_request) {
-        static const char* kMethods[] = {"GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE"};
-        size_t i = 0;
-        while (i < 9 && c.http_request->method != kMethods[i]) i++;
-        if (!method_count[i]) method_count[i] = &m.http_methods[i < 9 ? kMethods[i] : "OTHER"];
-        ++*method_count[i];
-      }
-      int cls = c.http_response ? c.http_response->status / 100 : 0;
-      m.http_status_class[cls >= 1 && cls <= 5 ? cls : 0]++;
-      if (us >= 0) m.http_duration.observe(static_cast<double>(us) / 1e6);
-    } else {
-      m.calls_dns++;
-      m.dns_rcodes[c.dns_response ? proto::dns_rcode_name(c.dns_response->rcode) : "none"]++;
-      if (us >= 0) m.dns_duration.observe(static_cast<double>(us) / 1e6);
-    }
+  Slot& slot(const char* name) {
+    for (Slot& s : slots)
+      if (s.name == name) return s;
+    slots.push_back({name, &m.calls[name], &m.durations[name]});
+    return slots.back();
   }
 
   void emit(Call&& c) {
@@ -446,388 +428,97 @@ struct Dissector::Impl {
       }
       suppressing = false;
     }
-    count(c);
+    Slot& s = slot(c.protocol);
+    ++*s.calls;
+    if (const int64_t us = c.duration_us(); us >= 0) s.duration->observe(static_cast<double>(us) / 1e6);
     if (c.has_request() && !c.has_response()) m.calls_without_response++;
     if (c.flags & kFlagOrphanResponse) m.orphan_responses++;
     sink(std::move(c));
   }
 
-  Call new_call(const Flow& f, Protocol p) {
+  void emit_stream(Flow& f, proto::CallContent&& content) {
     Call c;
-    c.protocol = p;
-    int client = f.client < 0 ? 0 : f.client;
+    static_cast<proto::CallContent&>(c) = std::move(content);
+    const int client = f.client < 0 ? 0 : f.client;
     c.src = endpoint_of(f.key, client);
     c.dst = endpoint_of(f.key, 1 - client);
-    return c;
-  }
-
-  // -------------------------------------------------------------- HTTP --
-
-  void http_emit_pair(Flow& f, proto::HttpMessage* req, proto::HttpMessage* resp, uint32_t extra_flags) {
-    Call c = new_call(f, Protocol::Http);
-    c.flags |= extra_flags;
-    if (req) {
-      c.ts_ns = req->ts_first_ns;
-      if (req->gap) c.flags |= kFlagGap;
-      if (req->body_truncated) c.flags |= kFlagBodyTruncated;
-      if (req->body_decode_error) c.flags |= kFlagBodyDecodeError;
-      if (req->upgrade) c.flags |= kFlagUpgrade;
-      if (req->incomplete) c.flags |= kFlagIncomplete;
-      if (req->memory_shed) c.flags |= kFlagMemoryShed;
-      c.http_request = std::move(*req);
-    }
-    if (resp) {
-      if (!req) {
-        c.ts_ns = resp->ts_first_ns;
-        c.flags |= kFlagOrphanResponse;
-      }
-      c.end_ns = resp->ts_last_ns;
-      if (resp->gap) c.flags |= kFlagGap;
-      if (resp->body_truncated) c.flags |= kFlagBodyTruncated;
-      if (resp->body_decode_error) c.flags |= kFlagBodyDecodeError;
-      if (resp->upgrade) c.flags |= kFlagUpgrade;
-      if (resp->incomplete) c.flags |= kFlagIncomplete;
-      if (resp->memory_shed) c.flags |= kFlagMemoryShed;
-      c.http_response = std::move(*resp);
-    }
-    c.key = call_key(f.key, f.client, c.ts_ns, ++f.calls);
+    c.l4_proto = kTcp;
+    c.key = call_key(f.key, f.client, c.ts_ns, c.key_extra);
     emit(std::move(c));
   }
 
-  // The queues of messages waiting for their pair, with their bytes counted.
-  static void enqueue(HttpState& h, std::deque<proto::HttpMessage>& q, proto::HttpMessage&& msg) {
-    h.queued += queued_message_bytes(msg);
-    q.push_back(std::move(msg));
-  }
-  // The front message, its bytes off the count: the caller uses it, then pops it.
-  static proto::HttpMessage* front_out(HttpState& h, std::deque<proto::HttpMessage>& q) {
-    h.queued -= queued_message_bytes(q.front());
-    return &q.front();
-  }
-
-  void http_flush_early(Flow& f, HttpState& h, uint64_t older_than) {
-    while (!h.early.empty() && h.early.front().ts_last_ns < older_than) {
-      http_emit_pair(f, nullptr, front_out(h, h.early), 0);
-      h.early.pop_front();
-    }
-  }
-
-  void http_take(Flow& f, HttpState& h, int role) {
-    const int side = role == 0 ? f.client : 1 - f.client;
-    for (auto& msg : h.out) {
-      // Complete: its body decoded (at most max_body_kept bytes of it, as
-      // kept before) before it waits for its pair, counted as it is now.
-      proto::finish_body(msg, opts.http.max_body_kept);
-      if (h.gap_pending[role]) {
-        msg.gap = true;
-        h.gap_pending[role] = false;
-      }
-      if (side >= 0 && f.shed_pending[side]) {
-        msg.memory_shed = true;
-        f.shed_pending[side] = false;
-      }
-      if (role == 0) {
-        // Responses that came before this request was complete, oldest
-        // first: those that began before it started answer nothing we saw.
-        while (!h.early.empty() && h.early.front().ts_first_ns < msg.ts_first_ns) {
-          http_emit_pair(f, nullptr, front_out(h, h.early), 0);
-          h.early.pop_front();
-        }
-        if (!h.early.empty() && h.pending.empty()) {
-          http_emit_pair(f, &msg, front_out(h, h.early), 0);
-          h.early.pop_front();
-          continue;
-        }
-        h.responses.expect_response_to(msg.method);
-        if (h.pending.size() >= opts.http.max_pending) {  // the oldest will never be answered in order
-          http_emit_pair(f, front_out(h, h.pending), nullptr, kFlagTimeout);
-          h.pending.pop_front();
-        }
-        enqueue(h, h.pending, std::move(msg));
-      } else if (is_interim(msg)) {
-        continue;  // 100 Continue, 103 Early Hints: the final response follows
-      } else if (!h.pending.empty()) {
-        http_emit_pair(f, front_out(h, h.pending), &msg, 0);
-        h.pending.pop_front();
-      } else {
-        if (h.early.size() >= opts.http.max_pending) {
-          http_emit_pair(f, nullptr, front_out(h, h.early), 0);
-          h.early.pop_front();
-        }
-        enqueue(h, h.early, std::move(msg));
-      }
-    }
-    h.out.clear();
-  }
-
-  void http_data(Flow& f, int role, std::span<const uint8_t> data, uint64_t ts) {
-    HttpState& h = *f.http;
-    auto& parser = role == 0 ? h.requests : h.responses;
-    auto& buf = h.buf[role];
-    std::span<const uint8_t> in = data;
-    if (!buf.empty()) {
-      buf.insert(buf.end(), data.begin(), data.end());
-      in = buf;
-    }
-    size_t used = 0;
-    for (int guard = 0; guard < 100000 && used < in.size(); guard++) {
-      proto::ParseResult r = parser.feed(in.subspan(used), ts, h.out);
-      used += r.consumed;
-      if (r.status == proto::ParseStatus::Invalid) m.parse_errors_http++;
-      if (!h.out.empty()) http_take(f, h, role);
-      if (r.status == proto::ParseStatus::NeedMoreData || r.consumed == 0) break;
-    }
-    if (parser.switched_protocols()) {  // WebSocket or a CONNECT tunnel: no more HTTP here
-      release(h.buf[0]);
-      release(h.buf[1]);
-      return;
-    }
-    // Keep what the parser left for later; it never leaves more than an
-    // incomplete header block, which its own cap bounds.
-    if (used >= in.size()) {
-      clear_buffer(buf);
-    } else if (in.data() == buf.data()) {
-      buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(used));
-    } else {
-      buf.assign(in.begin() + static_cast<std::ptrdiff_t>(used), in.end());
-    }
-    if (buf.size() > 2 * opts.http.max_header_bytes + 65536) {  // defence in depth
-      clear_buffer(buf);
-      m.parse_errors_http++;
-    }
-  }
-
-  // One direction ended: its message in progress, and a header block cut
-  // short in the bytes not parsed yet, come out as incomplete messages.
-  void http_end(Flow& f, int role) {
-    HttpState& h = *f.http;
-    (role == 0 ? h.requests : h.responses).on_close(f.last_ts, h.out, h.buf[role]);
-    release(h.buf[role]);
-    if (!h.out.empty()) http_take(f, h, role);
-  }
-
-  void http_close(Flow& f, uint32_t why) {
-    HttpState& h = *f.http;
-    if (why & kFlagMemoryShed) f.shed_pending[0] = f.shed_pending[1] = true;
-    http_end(f, 0);
-    http_end(f, 1);
-    http_flush_early(f, h, UINT64_MAX);
-    while (!h.pending.empty()) {
-      http_emit_pair(f, front_out(h, h.pending), nullptr, why);
-      h.pending.pop_front();
-    }
-  }
-
-  void http_expire(Flow& f) {
-    HttpState& h = *f.http;
-    if (now > opts.request_timeout_ns) http_flush_early(f, h, now - opts.request_timeout_ns);
-    while (!h.pending.empty() && h.pending.front().ts_last_ns + opts.request_timeout_ns < now) {
-      http_emit_pair(f, front_out(h, h.pending), nullptr, kFlagTimeout);
-      h.pending.pop_front();
-    }
-  }
-
-  // --------------------------------------------------------- DNS (TCP) --
-
-  void dns_tcp_data(Flow& f, int side, std::span<const uint8_t> data) {
-    DnsTcpState& d = *f.dns;
-    auto& buf = d.buf[side];
-    buf.insert(buf.end(), data.begin(), data.end());
-    size_t used = 0;
-    for (int guard = 0; guard < 100000 && used < buf.size(); guard++) {
-      proto::DnsMessage msg;
-      auto r = proto::parse_dns_tcp(std::span<const uint8_t>(buf).subspan(used), msg, opts.dns);
-      if (r.status == proto::ParseStatus::NeedMoreData) break;
-      used += r.consumed;
-      if (r.status != proto::ParseStatus::Done) {
-        m.parse_errors_dns++;
-        if (r.consumed == 0) {  // cannot resynchronise a length-prefixed stream
-          clear_buffer(buf);
-          return;
-        }
-        continue;
-      }
-      dns_tcp_message(f, side, d, std::move(msg));
-    }
-    buf.erase(buf.begin(), buf.begin() + static_cast<std::ptrdiff_t>(used));
-    if (buf.size() > 70000) {  // a message is at most 65535 + 2 bytes
-      buf.clear();
-      m.parse_errors_dns++;
-    }
-    if (buf.empty()) clear_buffer(buf);
-  }
-
-  static size_t queued_call_bytes(const Call& c) { return sizeof(Call) + call_heap_bytes(c); }
-
-  void dns_tcp_message(Flow& f, int side, DnsTcpState& d, proto::DnsMessage&& msg) {
-    uint32_t shed = 0;
-    if (f.shed_pending[side]) {
-      shed = kFlagMemoryShed;
-      f.shed_pending[side] = false;
-    }
-    if (!msg.is_response) {
-      Call c = new_call(f, Protocol::Dns);
-      c.ts_ns = f.last_ts;
-      c.key = call_key(f.key, f.client, c.ts_ns, (++f.calls << 16) | msg.id);
-      c.dns_query = std::move(msg);
-      c.flags |= shed;
-      if (d.pending.size() >= 256) {
-        d.queued -= queued_call_bytes(d.pending.front());
-        emit(std::move(d.pending.front()));
-        d.pending.pop_front();
-      }
-      d.queued += queued_call_bytes(c);
-      d.pending.push_back(std::move(c));
-      return;
-    }
-    for (auto it = d.pending.begin(); it != d.pending.end(); ++it) {
-      if (it->dns_query->id != msg.id) continue;
-      d.queued -= queued_call_bytes(*it);
-      Call c = std::move(*it);
-      d.pending.erase(it);
-      c.flags |= shed;
-      c.end_ns = f.last_ts;
-      c.dns_response = std::move(msg);
-      emit(std::move(c));
-      return;
-    }
-    Call c = new_call(f, Protocol::Dns);
-    c.ts_ns = c.end_ns = f.last_ts;
-    c.flags |= kFlagOrphanResponse | shed;
-    c.key = call_key(f.key, f.client, c.ts_ns, (++f.calls << 16) | msg.id);
-    c.dns_response = std::move(msg);
+  void emit(proto::CallContent&& content, const FlowKey& key, int client_side) override {
+    Call c;
+    static_cast<proto::CallContent&>(c) = std::move(content);
+    c.src = endpoint_of(key, client_side);
+    c.dst = endpoint_of(key, 1 - client_side);
+    c.l4_proto = kUdp;
+    c.key = call_key(key, client_side, c.ts_ns, c.key_extra);
     emit(std::move(c));
   }
 
-  // --------------------------------------------------------- DNS (UDP) --
+  // -------------------------------------------------------------- UDP --
 
   void udp(const Packet& p) {
     m.udp_datagrams++;
-    // A first IP fragment holds only part of its datagram: not a whole DNS message.
-    if (!opts.enable_dns ||
+    // A first IP fragment holds only part of its datagram: not a whole message.
+    if (datagram_sessions.empty() ||
         (p.meta.flags & (TW_PKT_F_CONTINUATION | TW_PKT_F_TRUNCATED | TW_PKT_F_MORE | TW_PKT_F_FRAGMENT)))
       return;
-    if (!proto::looks_like_dns(p.payload)) return;
-    proto::DnsMessage msg;
-    if (proto::parse_dns(p.payload, msg, opts.dns).status != proto::ParseStatus::Done) {
-      m.parse_errors_dns++;
-      return;
-    }
     int src_side;
-    FlowKey k = make_flow_key(p.meta, src_side);
-    DnsKey dk{k, msg.id};
-    if (!msg.is_response) {
-      if (dns_pending.size() >= opts.max_dns_pending) {
-        m.dns_pending_overflow++;
-        dns_expire(UINT64_MAX, 1);
-      }
-      Call c;
-      c.protocol = Protocol::Dns;
-      c.l4_proto = kUdp;
-      c.src = endpoint_of(k, src_side);
-      c.dst = endpoint_of(k, 1 - src_side);
-      c.ts_ns = p.meta.ts_ns;
-      c.key = call_key(k, src_side, c.ts_ns, msg.id);
-      c.dns_query = std::move(msg);
-      const size_t bytes = kDnsEntry + call_heap_bytes(c);
-      mem_dns += bytes;
-      auto [it, fresh] = dns_pending.try_emplace(dk, DnsPending{std::move(c), p.meta.ts_ns, p.pos, bytes});
-      if (!fresh) {  // same id again before an answer: a retransmission, or a new query reusing the id
-        mem_dns -= it->second.bytes;
-        Call old = std::move(it->second.call);
-        it->second = DnsPending{std::move(c), p.meta.ts_ns, p.pos, bytes};
-        old.flags |= kFlagTimeout;
-        emit(std::move(old));
-      }
-      dns_expiry.emplace_back(p.meta.ts_ns, dk);
-      if (dns_expiry.size() > 2 * opts.max_dns_pending) dns_expire(UINT64_MAX, 1);  // answered entries go too
-      return;
-    }
-    auto it = dns_pending.find(dk);
-    if (it == dns_pending.end()) {
-      Call c;
-      c.protocol = Protocol::Dns;
-      c.l4_proto = kUdp;
-      c.src = endpoint_of(k, 1 - src_side);  // the client is where the answer goes
-      c.dst = endpoint_of(k, src_side);
-      c.ts_ns = c.end_ns = p.meta.ts_ns;
-      c.flags |= kFlagOrphanResponse;
-      c.key = call_key(k, 1 - src_side, c.ts_ns, msg.id);
-      c.dns_response = std::move(msg);
-      emit(std::move(c));
-      return;
-    }
-    Call c = std::move(it->second.call);
-    mem_dns -= it->second.bytes;
-    dns_pending.erase(it);
-    c.end_ns = p.meta.ts_ns;
-    c.dns_response = std::move(msg);
-    emit(std::move(c));
-  }
-
-  // Emits queries older than `before` unanswered (flagged `why`); at most
-  // `max` of them when making room.
-  void dns_expire(uint64_t before, size_t max = SIZE_MAX, uint32_t why = kFlagTimeout) {
-    size_t n = 0;
-    while (!dns_expiry.empty() && n < max) {
-      auto& [ts, key] = dns_expiry.front();
-      if (before != UINT64_MAX && ts + opts.dns_timeout_ns >= before) break;
-      auto it = dns_pending.find(key);
-      if (it != dns_pending.end() && it->second.ts == ts) {
-        Call c = std::move(it->second.call);
-        mem_dns -= it->second.bytes;
-        dns_pending.erase(it);
-        c.flags |= why;
-        emit(std::move(c));
-        n++;
-      }
-      dns_expiry.pop_front();
-    }
-    m.dns_pending = dns_pending.size();
+    const FlowKey k = make_flow_key(p.meta, src_side);
+    proto::Datagram d;
+    d.payload = p.payload;
+    d.ts_ns = p.meta.ts_ns;
+    d.key = &k;
+    d.src_side = src_side;
+    d.pos = {p.pos.segment, p.pos.offset};
+    for (auto& s : datagram_sessions)
+      if (s->datagram(d)) break;
   }
 
   // -------------------------------------------------------------- TCP --
 
+  void start(Flow& f, const proto::ProtocolInfo& p, int client) {
+    if (f.syn_client >= 0) client = f.syn_client;  // the handshake is the better witness
+    if (client < 0) client = f.key.port[0] < f.key.port[1] ? 1 : 0;  // the lower port serves
+    f.client = client;
+    f.state = FlowState::Active;
+    f.session = p.stream->open(f);
+    for (int s = 0; s < 2; s++)
+      if (f.shed_pending[s]) {
+        f.session->mark_shed(dir_of(s, client));
+        f.shed_pending[s] = false;
+      }
+    // Replay what was held, the client's side first (its requests tell the
+    // response parser about HEAD and CONNECT).
+    std::vector<uint8_t> bufs[2] = {std::move(f.detect[0]), std::move(f.detect[1])};
+    release(f.detect[0]);
+    release(f.detect[1]);
+    for (int s : {client, 1 - client})
+      if (!bufs[s].empty()) f.session->data(dir_of(s, client), bufs[s], f.last_ts);
+  }
+
   void detect(Flow& f, int side) {
     auto& a = f.detect[side];
     std::span<const uint8_t> s(a);
-    int client = -1;
-    FlowState st = FlowState::Detecting;
-    if (opts.enable_http && proto::looks_like_http1_request(s)) {
-      st = FlowState::Http;
-      client = side;
-    } else if (opts.enable_http && proto::looks_like_http1_response(s)) {
-      st = FlowState::Http;
-      client = 1 - side;
-    } else if (opts.enable_dns && s.size() >= 14 && (f.key.port[0] == kDnsPort || f.key.port[1] == kDnsPort) &&
-               proto::looks_like_dns(s.subspan(2))) {
-      st = FlowState::DnsTcp;
-      client = f.key.port[side] == kDnsPort ? 1 - side : side;
-    } else if (a.size() >= opts.max_detect_bytes || (a.size() >= 64 && f.detect[1 - side].size() >= 64)) {
+    proto::FlowView view;
+    view.port[0] = f.key.port[0];
+    view.port[1] = f.key.port[1];
+    bool waiting = false;
+    for (const proto::ProtocolInfo* p : stream_protocols) {
+      proto::Detection d = p->stream->detect(s, side, view);
+      if (d.need_more) {
+        waiting = true;
+        break;
+      }
+      if (d.matched) return start(f, *p, d.client_side);
+    }
+    if (a.size() >= opts.max_detect_bytes || (!waiting && a.size() >= 64 && f.detect[1 - side].size() >= 64)) {
       f.state = FlowState::Ignored;
       m.flows_ignored++;
-      f.detect[0].clear();
-      f.detect[0].shrink_to_fit();
-      f.detect[1].clear();
-      f.detect[1].shrink_to_fit();
-      return;
-    } else {
-      return;  // need more bytes
-    }
-    if (f.syn_client >= 0) client = f.syn_client;  // the handshake is the better witness
-    f.client = client;
-    f.state = st;
-    std::vector<uint8_t> bufs[2] = {std::move(f.detect[0]), std::move(f.detect[1])};
-    if (st == FlowState::Http) {
-      f.http = std::make_unique<HttpState>(opts.http);
-      // Replay what was held, the client's side first (its requests tell the
-      // response parser about HEAD and CONNECT).
-      for (int s2 : {client, 1 - client})
-        if (!bufs[s2].empty()) http_data(f, s2 == client ? 0 : 1, bufs[s2], f.last_ts);
-    } else {
-      f.dns = std::make_unique<DnsTcpState>();
-      for (int s2 : {client, 1 - client})
-        if (!bufs[s2].empty()) dns_tcp_data(f, s2, bufs[s2]);
+      release(f.detect[0]);
+      release(f.detect[1]);
     }
   }
 
@@ -839,15 +530,11 @@ struct Dissector::Impl {
         a.insert(a.end(), data.begin(), data.begin() + static_cast<std::ptrdiff_t>(std::min(room, data.size())));
         detect(f, side);
         // What did not fit in the detection buffer goes on to the parser.
-        if (f.state != FlowState::Detecting && data.size() > room)
-          stream_data(f, side, 0, data.subspan(room), ts);
+        if (f.state != FlowState::Detecting && data.size() > room) stream_data(f, side, 0, data.subspan(room), ts);
         break;
       }
-      case FlowState::Http:
-        http_data(f, side == f.client ? 0 : 1, data, ts);
-        break;
-      case FlowState::DnsTcp:
-        dns_tcp_data(f, side, data);
+      case FlowState::Active:
+        f.session->data(dir_of(side, f.client), data, ts);
         break;
       case FlowState::Ignored:
         break;
@@ -861,15 +548,8 @@ struct Dissector::Impl {
       case FlowState::Detecting:
         f.detect[side].clear();  // start over after the hole
         break;
-      case FlowState::Http: {
-        int role = side == f.client ? 0 : 1;
-        (role == 0 ? f.http->requests : f.http->responses).on_gap(len);
-        clear_buffer(f.http->buf[role]);
-        f.http->gap_pending[role] = true;
-        break;
-      }
-      case FlowState::DnsTcp:
-        clear_buffer(f.dns->buf[side]);
+      case FlowState::Active:
+        f.session->gap(dir_of(side, f.client), len);
         break;
       case FlowState::Ignored:
         break;
@@ -889,6 +569,7 @@ struct Dissector::Impl {
       close_flow(*victim, kFlagClosed);
     }
     auto f = std::make_unique<Flow>(opts.reassembly);
+    f->impl = this;
     f->key = k;
     for (int s = 0; s < 2; s++) {
       f->sink[s].flow = f.get();
@@ -906,14 +587,7 @@ struct Dissector::Impl {
   void close_flow(Flow& f, uint32_t why) {
     for (int s = 0; s < 2; s++)
       if (f.state != FlowState::Ignored) f.dir[s].flush(f.sink[s]);
-    if (f.state == FlowState::Http) http_close(f, why);
-    if (f.state == FlowState::DnsTcp)
-      while (!f.dns->pending.empty()) {
-        Call c = std::move(f.dns->pending.front());
-        f.dns->pending.pop_front();
-        c.flags |= why;
-        emit(std::move(c));
-      }
+    if (f.session) f.session->close(why, f.last_ts);
     mem_flows -= f.charged;
     lru.erase(f.lru);
     flows.erase(f.key);  // destroys f
@@ -967,7 +641,7 @@ struct Dissector::Impl {
     if (believed && (fl & TW_TCP_FIN) && !(p.meta.flags & TW_PKT_F_MORE)) {
       f.fin[side] = true;
       if (f.state != FlowState::Ignored) f.dir[side].flush(f.sink[side]);
-      if (f.state == FlowState::Http) http_end(f, side == f.client ? 0 : 1);
+      if (f.session) f.session->end(dir_of(side, f.client), f.last_ts);
       if (f.fin[0] && f.fin[1]) {
         close_flow(f, kFlagClosed);
         return;
@@ -984,16 +658,15 @@ struct Dissector::Impl {
     uint64_t buffered = 0;
     for (Flow* f : lru) {
       buffered += f->dir[0].buffered_bytes() + f->dir[1].buffered_bytes() + f->detect[0].size() + f->detect[1].size();
-      if (f->http) {
-        http_expire(*f);
-        buffered += f->http->buf[0].size() + f->http->buf[1].size();
+      if (f->session) {
+        f->session->expire(now);
+        buffered += f->session->buffered_bytes();
         recharge(*f);
       }
-      if (f->dns) buffered += f->dns->buf[0].size() + f->dns->buf[1].size();
     }
     m.buffered_bytes = buffered;
     m.flows_active = flows.size();
-    dns_expire(now);
+    for (auto& d : datagram_sessions) d->expire(now);
     note_memory();
   }
 
@@ -1024,7 +697,7 @@ struct Dissector::Impl {
 
   void finish() {
     while (!lru.empty()) close_flow(*lru.back(), kFlagClosed);
-    dns_expire(UINT64_MAX);
+    for (auto& d : datagram_sessions) d->close_all();
     m.flows_active = 0;
     m.buffered_bytes = 0;
     note_memory();
@@ -1034,7 +707,7 @@ struct Dissector::Impl {
 Dissector::Dissector(DissectorOptions opts, CallSink sink) : impl_(std::make_unique<Impl>()) {
   impl_->opts = std::move(opts);
   impl_->sink = std::move(sink);
-  impl_->m.memory_limit = impl_->opts.memory_limit;
+  impl_->init();
 }
 
 Dissector::~Dissector() = default;
@@ -1042,14 +715,19 @@ Dissector::~Dissector() = default;
 void Dissector::packet(const Packet& p) { impl_->packet(p); }
 void Dissector::advance_time(uint64_t now_ns) { impl_->advance(now_ns); }
 void Dissector::finish() { impl_->finish(); }
-const DissectorMetrics& Dissector::metrics() const { return impl_->m; }
+const DissectorMetrics& Dissector::metrics() const {
+  impl_->sync_metrics();
+  return impl_->m;
+}
 
 SourcePosition Dissector::resume_position(SourcePosition current) const {
   SourcePosition r = current;
   for (auto& [k, f] : impl_->flows)  // flows of no supported protocol hold no state worth rebuilding
     if (f->state != Impl::FlowState::Ignored && f->first_pos < r) r = f->first_pos;
-  for (auto& [k, d] : impl_->dns_pending)
-    if (d.pos < r) r = d.pos;
+  for (auto& d : impl_->datagram_sessions) {
+    proto::Position p;
+    if (d->oldest(p) && SourcePosition{p.segment, p.offset} < r) r = SourcePosition{p.segment, p.offset};
+  }
   return r;
 }
 

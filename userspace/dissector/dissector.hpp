@@ -13,6 +13,9 @@
 #include <vector>
 
 #include "call.hpp"
+#include "dns.hpp"
+#include "http1.hpp"
+#include "protocol.hpp"
 #include "packet_source.hpp"
 #include "tcp_reassembly.hpp"
 
@@ -28,17 +31,21 @@ struct DissectorOptions {
   uint64_t request_timeout_ns = 60ull * 1000000000ull;  // a request without response this long expires
   uint64_t dns_timeout_ns = 10ull * 1000000000ull;
   size_t max_dns_pending = 100000;  // DNS queries waiting for an answer, all flows together
-  bool enable_http = true;
-  bool enable_dns = true;
+  // The dissectors that run (tap.enabledDissectors, --dissectors): names of
+  // proto::dissector_names(); all of them by default.
+  std::vector<std::string> dissectors = proto::dissector_names();
   // Heap the engine's state may take, all flows together: flows and their
   // table entries, out-of-order segments, parser buffers, kept bodies,
   // requests and DNS queries waiting for their answer; 0: no limit. Beyond it
   // the engine sheds state (see Dissector) instead of growing.
   size_t memory_limit = 256ull << 20;
+
+  bool enabled(std::string_view dissector) const;
 };
 
-// --dissectors (the dissector, `tapwire dissect`): a comma-separated list of
-// http, dns, or none. Enables exactly the dissectors named; returns the first
+// --dissectors (the dissector, `tapwire dissect`) and tap.enabledDissectors:
+// a comma-separated list of dissector names (proto::dissector_names(): http,
+// ws, dns), or none. Enables exactly the dissectors named; returns the first
 // name it does not know, "" when it knows them all.
 std::string enable_dissectors(DissectorOptions& o, const std::string& list);
 
@@ -63,8 +70,6 @@ struct DissectorMetrics {
   uint64_t flows_evicted = 0;  // dropped because max_flows was reached
   uint64_t flows_ignored = 0;  // no supported protocol detected
   uint64_t reassembly_gaps = 0, reassembly_gap_bytes = 0;
-  uint64_t parse_errors_http = 0, parse_errors_dns = 0;
-  uint64_t calls_http = 0, calls_dns = 0;
   uint64_t calls_without_response = 0, orphan_responses = 0;
   uint64_t buffered_bytes = 0;  // reassembly + parser buffers now (payload bytes, at the last sweep)
   uint64_t reassembly_out_of_window = 0;  // segments beyond the window: dropped, the stream kept where it was
@@ -76,20 +81,26 @@ struct DissectorMetrics {
   uint64_t shed[kShedReasons] = {};
   uint64_t shed_bytes[kShedReasons] = {};
   uint64_t dns_pending = 0, dns_pending_overflow = 0;
-  // Calls by HTTP method (the common ones; others count as "OTHER") and by
-  // status class (index 1..5 = 1xx..5xx, 0 = no response), DNS by rcode.
-  std::map<std::string, uint64_t> http_methods;
-  uint64_t http_status_class[6] = {0, 0, 0, 0, 0, 0};
-  std::map<std::string, uint64_t> dns_rcodes;
-  // Call durations (calls with a response), per protocol: bucket counts
-  // (not cumulative), sum and count.
+  // Call durations (calls with a response): bucket counts (not
+  // cumulative), sum and count.
   struct Histogram {
     uint64_t buckets[kDurationBucketCount] = {};
     double sum_seconds = 0;
     uint64_t count = 0;
     void observe(double seconds);
   };
-  Histogram http_duration, dns_duration;
+  // By protocol (every registered protocol has an entry): calls, input
+  // that failed to parse, durations.
+  std::map<std::string, uint64_t> calls, parse_errors;
+  std::map<std::string, Histogram> durations;
+  // The protocols' own counter families (proto::ProtocolCounters):
+  // "http_methods" {"GET": n}, "http_status_class" {"2xx": n, "none": n},
+  // "dns_rcodes", "grpc_status", "ws_messages".
+  std::map<std::string, std::map<std::string, uint64_t>> breakdowns;
+
+  uint64_t calls_of(const std::string& protocol) const;
+  uint64_t calls_total() const;
+  uint64_t parse_errors_total() const;
 };
 
 // The metrics as JSON (DATA_DIR/dissector.json, read by the exporter and by

@@ -753,6 +753,11 @@ ParseResult Http1Parser::feed(std::span<const uint8_t> data, uint64_t ts, std::v
       }
 
       case State::Tunnel: {
+        // The protocol switched inside these bytes: hand back what follows
+        // the last HTTP message unconsumed (the caller may give it to the
+        // protocol the connection switched to); from the next call on, all
+        // of it is tunnel.
+        if (pos > 0) goto out;
         skipped += n - pos;
         pos = n;
         goto out;

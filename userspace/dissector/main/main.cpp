@@ -52,7 +52,7 @@ struct Outputs {
     if (db) db->insert(c);
     if (jsonl_fd >= 0) {
       // Names from the wire or /proc may be any bytes: never let one stop the output.
-      pending += to_json(c).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+      write_record(c, pending);  // not-UTF-8 bytes become U+FFFD
       pending += '\n';
       if (pending.size() >= (1u << 16)) write_pending();
     }
@@ -338,14 +338,20 @@ int main(int argc, char** argv) {
     }
     const auto& m = d.metrics();
     const auto& ss = source->stats();
-    if (!quiet)
+    if (!quiet) {
+      // The other protocols' calls, those that had any: "; 12 http2, 3 grpc".
+      std::string others;
+      for (auto& [name, n] : m.calls)
+        if (n && name != "http" && name != "dns") others += (others.empty() ? "; " : ", ") + std::to_string(n) + " " + name;
       std::fprintf(stderr,
                    "tapwire-dissector: %llu packets, %llu calls (%llu http, %llu dns), %llu without response, "
-                   "%llu gaps, %llu parse errors, %llu skipped%s\n",
-                   (unsigned long long)m.packets, (unsigned long long)out.calls, (unsigned long long)m.calls_http,
-                   (unsigned long long)m.calls_dns, (unsigned long long)m.calls_without_response,
-                   (unsigned long long)m.reassembly_gaps, (unsigned long long)(m.parse_errors_http + m.parse_errors_dns),
-                   (unsigned long long)ss.skipped, d.suppressed() ? " (resumed)" : "");
+                   "%llu gaps, %llu parse errors, %llu skipped%s%s\n",
+                   (unsigned long long)m.packets, (unsigned long long)out.calls,
+                   (unsigned long long)m.calls_of("http"), (unsigned long long)m.calls_of("dns"),
+                   (unsigned long long)m.calls_without_response, (unsigned long long)m.reassembly_gaps,
+                   (unsigned long long)m.parse_errors_total(), (unsigned long long)ss.skipped, others.c_str(),
+                   d.suppressed() ? " (resumed)" : "");
+    }
     if (!source->error().empty()) {
       std::fprintf(stderr, "tapwire-dissector: %s; the calls before it are kept\n", source->error().c_str());
       return 1;

@@ -733,6 +733,30 @@ void Http2Parser::apply_block(Stream& st, int d, HpackResult& r, bool end, std::
 // The stream the DATA frame in progress was matched with when its header
 // came: while its payload streams in, the other direction may have ended
 // that stream (RST_STREAM), or opened another with the same id.
+void Http2Parser::open_upgraded(std::string method, std::string path, std::string authority,
+                                std::vector<Header> headers, uint64_t body_size, uint64_t ts_first_ns,
+                                uint64_t ts_last_ns) {
+  std::vector<Http2Exchange> none;
+  Stream* st = open(1, false, none);
+  if (!st) return;
+  Http2Exchange& ex = st->ex;
+  ex.method = std::move(method);
+  ex.path = std::move(path);
+  ex.authority = std::move(authority);
+  ex.scheme = "http";
+  if (headers.size() > lim_.max_headers) {
+    headers.resize(lim_.max_headers);
+    ex.request.headers_truncated = true;
+  }
+  ex.request.headers = std::move(headers);
+  ex.request.has_headers = true;
+  ex.request.end_stream = true;
+  ex.request.body_size = body_size;
+  ex.request.ts_first_ns = ts_first_ns;
+  ex.request.ts_last_ns = ts_last_ns;
+  if (taps_) ex.tap = taps_(ex);
+}
+
 Http2Parser::Stream* Http2Parser::data_stream(int d) {
   Stream* st = find(side_[d].sid);
   return st && st->seq == side_[d].data_seq ? st : nullptr;

@@ -211,6 +211,11 @@ class Http2Parser {
   // table: later blocks decode as after a late join), open streams are
   // flagged `gap`, and the direction looks for the next frame boundary.
   void on_gap(Http2Dir dir, uint64_t len);
+  // HTTP/1 `Upgrade: h2c` (RFC 9113 3.2 of RFC 7540): the upgrade's request
+  // is stream 1, half-closed by the client, answered in HTTP/2 frames.
+  // Called before any byte is fed.
+  void open_upgraded(std::string method, std::string path, std::string authority, std::vector<Header> headers,
+                     uint64_t body_size, uint64_t ts_first_ns, uint64_t ts_last_ns);
   // The connection ended: every stream still open comes out, flagged incomplete.
   void on_close(uint64_t ts_ns, std::vector<Http2Exchange>& out);
 

@@ -1,0 +1,106 @@
+#include "json_out.hpp"
+
+#include <charconv>
+
+namespace tapwire {
+namespace {
+
+// The length of the UTF-8 sequence at p (RFC 3629: no overlongs, no
+// surrogates, at most U+10FFFF), or 0 when it is not one.
+size_t utf8_sequence(const unsigned char* p, size_t n) {
+  const unsigned char c = p[0];
+  auto cont = [&](size_t i) { return i < n && (p[i] & 0xC0) == 0x80; };
+  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
+  if (c >= 0xE0 && c <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (c == 0xE0 && p[1] < 0xA0) return 0;  // overlong
+    if (c == 0xED && p[1] >= 0xA0) return 0;  // surrogate
+    return 3;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (c == 0xF0 && p[1] < 0x90) return 0;
+    if (c == 0xF4 && p[1] >= 0x90) return 0;
+    return 4;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void append_json_string(std::string& out, std::string_view s) {
+  static const char kHex[] = "0123456789abcdef";
+  out += '"';
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  size_t i = 0, run = 0;  // run: start of the bytes copied as they are
+  auto flush = [&](size_t end) {
+    if (end > run) out.append(s.data() + run, end - run);
+  };
+  while (i < n) {
+    const unsigned char c = p[i];
+    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+      i++;
+      continue;
+    }
+    if (c >= 0x80) {
+      if (size_t len = utf8_sequence(p + i, n - i)) {
+        i += len;
+        continue;
+      }
+      flush(i);
+      out += "\xEF\xBF\xBD";  // U+FFFD
+      run = ++i;
+      continue;
+    }
+    flush(i);
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      default:
+        out += "\\u00";
+        out += kHex[c >> 4];
+        out += kHex[c & 15];
+    }
+    run = ++i;
+  }
+  flush(n);
+  out += '"';
+}
+
+void JsonOut::string_value(std::string_view s) { append_json_string(out_, s); }
+
+void JsonOut::number(int64_t v) {
+  comma();
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out_.append(buf, r.ptr);
+}
+
+void JsonOut::unsigned_number(uint64_t v) {
+  comma();
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out_.append(buf, r.ptr);
+}
+
+}  // namespace tapwire
