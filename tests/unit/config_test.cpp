@@ -20,6 +20,7 @@
 #include "config_flags.hpp"
 #include "duration.hpp"
 #include "units.hpp"
+#include "protocol.hpp"
 
 namespace {
 
@@ -110,7 +111,7 @@ TEST(Config, DefaultsEqualTheFlagDefaults) {
   EXPECT_TRUE(c.capture.raw.enabled);
   EXPECT_TRUE(c.capture.stopped);  // dissection off until enabled, as without --dissection
   EXPECT_EQ(c.capture.dissection.stop_after, 5min);
-  EXPECT_EQ(c.enabled_dissectors, (std::vector<std::string>{"http", "dns"}));
+  EXPECT_EQ(c.enabled_dissectors, (std::vector<std::string>{"http", "ws", "dns"}));
   EXPECT_EQ(c.dissection.max_body, 64u << 10);
   EXPECT_EQ(c.dissection.max_header, 64u << 10);
   EXPECT_EQ(c.metrics.address, "127.0.0.1:7477");
@@ -282,8 +283,8 @@ TEST(ConfigRejects, NegativeOrZeroOrOutOfRangeSize) {
 }
 
 TEST(ConfigRejects, UnknownDissector) {
-  expect_rejected("tap:\n  enabledDissectors:\n    - http\n    - grpc\n", "tap.enabledDissectors", 4,
-                  "unknown dissector 'grpc' (this build has: http, dns)");
+  expect_rejected("tap:\n  enabledDissectors:\n    - http\n    - gopher\n", "tap.enabledDissectors", 4,
+                  "unknown dissector 'gopher' (this build has: http, ws, dns)");
 }
 
 TEST(ConfigRejects, BadDuration) {
@@ -395,3 +396,8 @@ TEST(FlagOverrides, FlagsWinOverTheFileAtStartAndOnReload) {
 }
 
 }  // namespace
+
+// The config accepts exactly the dissectors the protocol registry has.
+TEST(Config, KnowsTheRegistrysDissectors) {
+  EXPECT_EQ(tapwire::config::known_dissectors(), tapwire::proto::dissector_names());
+}

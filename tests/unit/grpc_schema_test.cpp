@@ -241,10 +241,10 @@ TEST(GrpcSchema, UnknownFieldsAreKeptSchemaless) {
       pb_varint(1, 7) + pb_varint(99, 5) + pb_len(2, point(1, 2) + pb_len(9, "hi")) + pb_len(2, point(3, 4));
   EXPECT_EQ(s.dec->decode("demo.shop.Shop", "Order", false, msg(reply)), json::parse(R"({
     "code": 7,
-    "@unknown": [{"field": 99, "type": "varint", "value": 5}],
-    "route": [{"x": 1, "y": 2, "@unknown": [{"field": 9, "type": "string", "value": "hi"}]}, {"x": 3, "y": 4}]})"));
+    "@unknown": [{"field": 99, "wire_type": "varint", "type": "varint", "value": 5}],
+    "route": [{"x": 1, "y": 2, "@unknown": [{"field": 9, "wire_type": "len", "type": "string", "value": "hi"}]}, {"x": 3, "y": 4}]})"));
   EXPECT_EQ(s.dec->decode("demo.shop.Shop", "Order", true, msg(pb_varint(1, 42))),
-            json::parse(R"({"@unknown": [{"field": 1, "type": "varint", "value": 42}]})"));
+            json::parse(R"({"@unknown": [{"field": 1, "wire_type": "varint", "type": "varint", "value": 42}]})"));
 }
 
 TEST(GrpcSchema, FilesFromTwoDirectoriesImportEachOther) {

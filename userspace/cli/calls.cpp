@@ -74,9 +74,19 @@ std::string call_line(const json& c) {
   const json& req = c["request"];
   const json& resp = c["response"];
   std::string what, result;
-  if (str(c, "protocol") == "http") {
+  const std::string protocol = str(c, "protocol");
+  if (protocol == "http" || protocol == "http2") {
     if (req.is_object()) what = str(req, "method") + " " + str(req, "path");
-    result = resp.is_object() ? str(resp, "status") : "-";
+    result = resp.is_object() ? (resp.contains("status") ? str(resp, "status") : "RST " + str(resp, "rst_stream")) : "-";
+  } else if (protocol == "grpc") {
+    const json& m = req.is_object() ? req : resp;
+    if (m.is_object()) what = str(m, "service") + "/" + str(m, "method");
+    result = resp.is_object() && resp.contains("grpc_status_name") ? str(resp, "grpc_status_name") : "-";
+  } else if (protocol == "ws") {
+    const bool from_client = req.is_object();
+    const json& m = from_client ? req : resp;
+    if (m.is_object()) what = std::string(from_client ? "> " : "< ") + str(m, "opcode") + " " + str(m, "size") + "B";
+    result = m.is_object() && m.contains("close_code") ? str(m, "close_code") : "";
   } else {
     const json& q = req.is_object() ? req : resp;
     if (q.is_object()) what = str(q, "qtype") + " " + str(q, "qname");
@@ -261,8 +271,9 @@ std::string call_detail(const json& c) {
   out += "  flags     " + (flags.empty() ? std::string("none") : flags) + "\n";
   const json& req = c["request"];
   const json& resp = c["response"];
-  if (str(c, "protocol") == "http") {
-    const std::string version = req.is_object() ? str(req, "version") : "HTTP/1.1";
+  if (str(c, "protocol") == "http" || str(c, "protocol") == "http2") {
+    const std::string version =
+        req.is_object() ? str(req, "version") : str(c, "protocol") == "http2" ? "HTTP/2" : "HTTP/1.1";
     out += "\n";
     if (req.is_object())
       out += message_detail(req, str(req, "method") + " " + str(req, "path") + " " + version, "> ");
@@ -428,7 +439,7 @@ void register_calls(CLI::App& app, Action& action) {
   auto o = std::make_shared<CallsOptions>();
   CLI::App* sub = app.add_subcommand("calls", "Query the calls in a dissection DB");
   sub->add_option("--db", o->db, "the dissection DB")->required();
-  sub->add_option("--protocol", o->protocol, "only this protocol (http, dns)");
+  sub->add_option("--protocol", o->protocol, "only this protocol (http, http2, grpc, ws, dns)");
   sub->add_option("--status", o->status, "only this HTTP status (404) or class (5xx)");
   sub->add_option("--from", o->from, "only calls at or after this time (RFC 3339, Unix seconds, -5m)");
   sub->add_option("--to", o->to, "only calls at or before this time");

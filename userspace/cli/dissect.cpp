@@ -76,7 +76,7 @@ struct DissectOptions {
   unsigned jobs = 1;
   size_t max_body = 64 * 1024, max_header = 64 * 1024;
   uint64_t memory_limit = DissectorOptions{}.memory_limit;
-  std::string dissectors = "http,dns";
+  std::string dissectors = dissector_list();
   bool quiet = false;
 };
 
@@ -92,7 +92,7 @@ struct Slot {
 DissectorOptions engine_options(const DissectOptions& o) {
   DissectorOptions opts;
   if (const std::string bad = enable_dissectors(opts, o.dissectors); !bad.empty())
-    throw CliError("unknown dissector", bad, "--dissectors takes http, dns (comma-separated) or none");
+    throw CliError("unknown dissector", bad, "--dissectors takes " + dissector_list() + " (comma-separated) or none");
   opts.http.max_body_kept = o.max_body;
   opts.http.max_header_bytes = o.max_header;
   opts.memory_limit = static_cast<size_t>(o.memory_limit);
@@ -453,7 +453,8 @@ void register_dissect(CLI::App& app, Action& action) {
                   "heap for dissection state per worker, like 256Mi; beyond it the least useful state is shed; "
                   "0: no limit (default 256Mi)")
       ->transform(CLI::AsSizeValue(false));
-  sub->add_option("--dissectors", o->dissectors, "protocols to dissect, comma-separated (http, dns), or none")
+  sub->add_option("--dissectors", o->dissectors,
+                  "protocols to dissect, comma-separated (" + dissector_list() + "), or none")
       ->capture_default_str();
   sub->add_flag("-q,--quiet", o->quiet, "no progress and no summary");
   sub->callback([o, &action] { action = [o] { return run_dissect(*o); }; });

@@ -197,10 +197,11 @@ json har_entry(const json& c) {
 int run_export_har(const ExportDbOptions& o) {
   auto db = open_call_db(o.db);
   dissect::CallDb::Query q;
-  q.protocol = "http";
   json entries = json::array();
   uint64_t orphans = 0;
   for (auto& c : db->query(q)) {
+    // HTTP/1 and HTTP/2 (gRPC, WebSocket and the rest are not HAR entries).
+    if (const std::string p = c.value("protocol", ""); p != "http" && p != "http2") continue;
     if (!c["request"].is_object()) {
       orphans++;  // a response without its request has no place in HAR
       continue;

@@ -66,7 +66,9 @@ std::string TapwireConfig::control_socket_path() const {
 }
 
 const std::vector<std::string>& known_dissectors() {
-  static const std::vector<std::string> names = {"http", "dns"};
+  // The protocol registry's dissector names (userspace/protocols/registry.cpp;
+  // a unit test keeps the two lists equal).
+  static const std::vector<std::string> names = {"http", "ws", "dns"};
   return names;
 }
 
@@ -229,6 +231,21 @@ std::vector<std::string> read_dissectors(const Value& v) {
   return out;
 }
 
+// tap.grpc.protoPaths: .proto files or directories that exist (the
+// dissector compiles them when it starts, and refuses a schema that does
+// not compile).
+std::vector<std::string> read_proto_paths(const Value& v) {
+  std::vector<std::string> out;
+  for (const auto& item : read_list(v, "paths")) {
+    const std::string& s = scalar(v, item, "a path to a .proto file or a directory");
+    std::error_code ec;
+    if (s.empty() || !std::filesystem::exists(s, ec)) v.fail_at(item, "no such file or directory: '" + s + "'");
+    if (s.find(',') != std::string::npos) v.fail_at(item, "a path with a comma is not supported: '" + s + "'");
+    out.push_back(s);
+  }
+  return out;
+}
+
 // A POSIX extended regex, as the sensor's matcher compiles it.
 std::string read_regex(const Value& v) {
   std::string s = read_string(v, true);
@@ -343,6 +360,7 @@ const Field kFields[] = {
     {"tap.capture.dissection.stopAfter",
      [](const Value& v, TapwireConfig& c) { c.capture.dissection.stop_after = read_duration(v); }},
     {"tap.enabledDissectors", [](const Value& v, TapwireConfig& c) { c.enabled_dissectors = read_dissectors(v); }},
+    {"tap.grpc.protoPaths", [](const Value& v, TapwireConfig& c) { c.grpc_proto_paths = read_proto_paths(v); }},
     {"tap.dissection.maxBody",
      [](const Value& v, TapwireConfig& c) { c.dissection.max_body = read_size(v, 0, 1ull << 30); }},
     {"tap.dissection.maxHeader",

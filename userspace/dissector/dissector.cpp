@@ -85,6 +85,12 @@ std::string enable_dissectors(DissectorOptions& o, const std::string& list) {
   return "";
 }
 
+std::string dissector_list() {
+  std::string out;
+  for (auto& n : proto::dissector_names()) out += (out.empty() ? "" : ",") + n;
+  return out;
+}
+
 const char* shed_reason_name(ShedReason r) {
   switch (r) {
     case ShedReason::OutOfOrder:

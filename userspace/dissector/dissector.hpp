@@ -48,6 +48,8 @@ struct DissectorOptions {
 // ws, dns), or none. Enables exactly the dissectors named; returns the first
 // name it does not know, "" when it knows them all.
 std::string enable_dissectors(DissectorOptions& o, const std::string& list);
+// Every dissector name, comma-separated: "http,ws,dns".
+std::string dissector_list();
 
 // Why state was shed to stay within DissectorOptions::memory_limit, in the
 // order the engine sheds: out-of-order data, kept bodies, unparsed buffers

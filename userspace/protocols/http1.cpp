@@ -61,6 +61,77 @@ bool all_of(std::string_view s, uint8_t mask) {
   return true;
 }
 
+// Eight bytes at a time (SWAR) for the long runs: field values, targets,
+// reason phrases. A word with a byte that might be out of its class is
+// checked byte by byte with the table, so the answer is all_of's exactly.
+constexpr uint64_t kOnes = 0x0101010101010101ull, kHighs = 0x8080808080808080ull;
+// Some byte of x is below n (n <= 128).
+constexpr uint64_t has_below(uint64_t x, uint8_t n) { return (x - kOnes * n) & ~x & kHighs; }
+// Some byte of x is 0x7f (DEL).
+constexpr uint64_t has_del(uint64_t x) { return has_below(x ^ (kOnes * 0x7f), 1); }
+inline uint64_t load8(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+
+// A new string holding s, with the capacity an assign to an empty string
+// gives (libstdc++ grows a string to at least twice its capacity: 30 from the
+// 15 in place), so that the heap counted for a message is what it always was;
+// constructing it is much cheaper than an assign.
+inline std::string fresh_string(std::string_view s) {
+  constexpr size_t kInPlace = 15, kFirstGrowth = 2 * kInPlace;
+  if (s.size() <= kInPlace || s.size() >= kFirstGrowth) return std::string(s.data(), s.size());
+  std::string r;
+  r.reserve(kFirstGrowth);
+  r.append(s.data(), s.size());
+  return r;
+}
+
+// The eight tchars of x lower-cased (bytes below 0x80: no carry crosses a byte).
+inline uint64_t lower8(uint64_t x) {
+  const uint64_t upper = (x + kOnes * (0x80 - 'A')) & ~(x + kOnes * (0x80 - 'Z' - 1)) & kHighs;
+  return x | (upper >> 2);  // 0x80 >> 2 == 0x20
+}
+
+// Writes the n tchars of src to dst lower-cased. Words are read from src
+// only: re-reading a word just stored would stall on the store.
+void copy_lower(char* dst, const char* src, size_t n) {
+  if (n < 8) {
+    for (size_t i = 0; i < n; i++) dst[i] = kLower[static_cast<uint8_t>(src[i])];
+    return;
+  }
+  const uint64_t last = lower8(load8(src + n - 8));
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    const uint64_t y = lower8(load8(src + i));
+    std::memcpy(dst + i, &y, 8);
+  }
+  std::memcpy(dst + n - 8, &last, 8);  // the last word, overlapping the one before: same bytes there
+}
+
+// all_of(s, kValue): VCHAR, SP, HTAB, obs-text. A word with no byte below SP
+// and no DEL is all valid; one with a control byte may still be all valid (HTAB).
+bool all_value(std::string_view s) {
+  const char* p = s.data();
+  size_t n = s.size();
+  for (; n >= 8; p += 8, n -= 8) {
+    const uint64_t x = load8(p);
+    if ((has_below(x, 0x20) | has_del(x)) && !all_of(std::string_view(p, 8), kValue)) return false;
+  }
+  return all_of(std::string_view(p, n), kValue);
+}
+
+// all_of(s, kTarget): VCHAR, obs-text.
+bool all_target(std::string_view s) {
+  const char* p = s.data();
+  size_t n = s.size();
+  for (; n >= 8; p += 8, n -= 8) {
+    const uint64_t x = load8(p);
+    if (has_below(x, 0x21) | has_del(x)) return false;
+  }
+  return all_of(std::string_view(p, n), kTarget);
+}
+
 bool iequals(std::string_view a, std::string_view lower_b) {
   if (a.size() != lower_b.size()) return false;
   for (size_t i = 0; i < a.size(); i++)
@@ -68,11 +139,11 @@ bool iequals(std::string_view a, std::string_view lower_b) {
   return true;
 }
 
-std::string_view trim_ows(std::string_view s) {
+inline std::string_view trim_ows(std::string_view s) {
   size_t b = 0, e = s.size();
   while (b < e && (s[b] == ' ' || s[b] == '\t')) b++;
   while (e > b && (s[e - 1] == ' ' || s[e - 1] == '\t')) e--;
-  return s.substr(b, e - b);
+  return std::string_view(s.data() + b, e - b);
 }
 
 // Calls f(token) for each element of a comma-separated list, OWS trimmed, empty elements skipped.
@@ -228,7 +299,7 @@ void finish_body(HttpMessage& m, size_t max_body) {
   // Several Content-Encoding fields are one list (RFC 9110 5.3).
   std::string ce;
   for (const Header& h : m.headers)
-    if (h.name == "content-encoding") ce += (ce.empty() ? "" : ", ") + h.value;
+    if (std::string_view(h.name) == "content-encoding") ce += (ce.empty() ? "" : ", ") + h.value;
   if (names_a_coding(ce)) {
     DecodeLimits lim;
     lim.max_output = max_body;
@@ -262,7 +333,10 @@ const std::string* HttpMessage::header(std::string_view lower_name) const {
 Http1Parser::Http1Parser(Side side, HttpLimits limits) : side_(side), lim_(limits) { reset_message(); }
 
 void Http1Parser::reset_message() {
-  msg_ = HttpMessage{};
+  // A fresh message in place: cheaper than assigning a temporary (moving
+  // every member twice), with the same result.
+  msg_.~HttpMessage();
+  new (&msg_) HttpMessage;  // (every member has its initialiser: no zeroing first)
   msg_.is_request = side_ == Side::Requests;
   scan_pos_ = line_start_ = lines_ = 0;
   last_kept_ = last_framing_ = false;
@@ -315,7 +389,7 @@ bool Http1Parser::start_line(std::string_view line) {
     const std::string_view method = line.substr(0, sp1);
     const std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
     const int minor = parse_version(line.substr(sp2 + 1));
-    if (minor < 0 || !is_known_method(method) || target.empty() || !all_of(target, kTarget)) return false;
+    if (minor < 0 || !is_known_method(method) || target.empty() || !all_target(target)) return false;
     msg_.method.assign(method);
     msg_.target.assign(target);
     msg_.version_minor = minor;
@@ -336,7 +410,7 @@ bool Http1Parser::start_line(std::string_view line) {
   if (line.size() > 12) {
     if (line[12] != ' ') return false;
     reason = line.substr(13);
-    if (!all_of(reason, kValue)) return false;
+    if (!all_value(reason)) return false;
   }
   msg_.status = status;
   msg_.reason.assign(reason);
@@ -353,7 +427,7 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
     const size_t first_field = trailers ? 0 : 1;
     if (lines_ == first_field || last_framing_) return false;
     const std::string_view v = trim_ows(line);
-    if (!all_of(v, kValue)) return false;
+    if (!all_value(v)) return false;
     if (last_kept_ && !v.empty()) {
       std::string& value = list.back().value;
       const size_t before = string_heap_bytes(value);
@@ -363,11 +437,14 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
     }
     return true;
   }
-  const size_t colon = line.find(':');
-  if (colon == 0 || colon == std::string_view::npos) return false;
-  const std::string_view name = line.substr(0, colon);  // no whitespace before ':' (RFC 9112 5.1)
+  // The name: tchars up to the first ':', no whitespace before it (RFC 9112
+  // 5.1). The first byte that is not a tchar must be that ':'.
+  size_t colon = 0;
+  while (colon < line.size() && (cls(line[colon]) & kTchar)) colon++;
+  if (colon == 0 || colon == line.size() || line[colon] != ':') return false;
+  const std::string_view name = line.substr(0, colon);
   const std::string_view value = trim_ows(line.substr(colon + 1));
-  if (!all_of(name, kTchar) || !all_of(value, kValue)) return false;
+  if (!all_value(value)) return false;
 
   last_framing_ = false;
   if (!trailers) {
@@ -413,10 +490,8 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
   }
   const size_t cap0 = list.capacity();
   if (list.empty()) list.reserve(std::min<size_t>(lim_.max_headers, 16));  // one allocation for most messages
-  Header& h = list.emplace_back();
-  h.name.resize(name.size());
-  for (size_t i = 0; i < name.size(); i++) h.name[i] = kLower[static_cast<uint8_t>(name[i])];
-  h.value.assign(value);
+  Header& h = list.emplace_back(fresh_string(name), fresh_string(value));
+  copy_lower(h.name.data(), name.data(), name.size());
   if (list.capacity() != cap0)
     msg_.heap += heap_bytes(list.capacity() * sizeof(Header)) - heap_bytes(cap0 * sizeof(Header));
   msg_.heap += string_heap_bytes(h.name) + string_heap_bytes(h.value);
@@ -872,7 +947,7 @@ bool Http1Parser::take_partial(std::span<const uint8_t> u, uint64_t ts, std::vec
       const std::string_view rest = line.substr(mlen + 1);
       const size_t sp = rest.find(' ');
       const std::string_view target = rest.substr(0, sp);
-      if (target.empty() || !all_of(target, kTarget)) return false;
+      if (target.empty() || !all_target(target)) return false;
       msg_.method.assign(line.substr(0, mlen));
       msg_.target.assign(target);
       msg_.heap += string_heap_bytes(msg_.method) + string_heap_bytes(msg_.target);
@@ -887,7 +962,7 @@ bool Http1Parser::take_partial(std::span<const uint8_t> u, uint64_t ts, std::vec
       }
       if (status < 100 || (line.size() > 12 && line[12] != ' ')) return false;
       const std::string_view reason = line.size() > 13 ? line.substr(13) : std::string_view();
-      if (!all_of(reason, kValue)) return false;
+      if (!all_value(reason)) return false;
       msg_.status = status;
       msg_.reason.assign(reason);
       msg_.heap += string_heap_bytes(msg_.reason);
@@ -1013,7 +1088,7 @@ bool looks_like_http1_request(std::span<const uint8_t> first_bytes) {
   const size_t sp2 = line.rfind(' ');
   if (sp2 <= mlen) return false;
   const std::string_view target = line.substr(t, sp2 - t);
-  return parse_version(line.substr(sp2 + 1)) >= 0 && !target.empty() && all_of(target, kTarget);
+  return parse_version(line.substr(sp2 + 1)) >= 0 && !target.empty() && all_target(target);
 }
 
 bool looks_like_http1_response(std::span<const uint8_t> first_bytes) {

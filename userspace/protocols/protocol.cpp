@@ -42,6 +42,7 @@ uint32_t flag_bits(std::string_view s) {
 }
 
 int64_t CallContent::duration_us() const {
+  if (one_message) return end_ns >= ts_ns && end_ns ? static_cast<int64_t>((end_ns - ts_ns) / 1000) : -1;
   if (!has_response() || !has_request() || end_ns < ts_ns) return -1;
   return static_cast<int64_t>((end_ns - ts_ns) / 1000);
 }

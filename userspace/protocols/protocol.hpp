@@ -83,6 +83,9 @@ struct CallContent {
   int status = -1;
   // The key of a call this one belongs to (a WebSocket message's upgrade); 0: none.
   uint64_t link_key = 0;
+  // The call is one message in one direction (a WebSocket message): its
+  // duration is from its first byte to its last.
+  bool one_message = false;
   MessagePtr request, response;
 
   bool has_request() const { return request != nullptr; }
@@ -96,7 +99,7 @@ struct CallContent {
   const T* resp() const {
     return dynamic_cast<const T*>(response.get());
   }
-  int64_t duration_us() const;  // -1 without both a request and a response
+  int64_t duration_us() const;  // -1 without both a request and a response (one_message aside)
 };
 
 // Heap bytes a call holds while it waits (both messages).

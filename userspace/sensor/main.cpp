@@ -63,6 +63,12 @@ void apply_config(const config::TapwireConfig& c, SensorOptions& o) {
   for (auto& d : c.enabled_dissectors) ds += (ds.empty() ? "" : ",") + d;
   o.dissector_args.push_back("--dissectors");
   o.dissector_args.push_back(ds.empty() ? "none" : ds);
+  if (!c.grpc_proto_paths.empty()) {
+    std::string paths;
+    for (auto& p : c.grpc_proto_paths) paths += (paths.empty() ? "" : ",") + p;
+    o.dissector_args.push_back("--grpc-proto-paths");
+    o.dissector_args.push_back(paths);
+  }
   o.identity = c.identity.enabled;
   o.identity_storage_size = c.identity.storage_size;
   o.node_name = c.node_name;

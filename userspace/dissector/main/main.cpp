@@ -28,6 +28,8 @@
 #include "call_identity.hpp"
 #include "confine.hpp"
 #include "dissector.hpp"
+#include "grpc/proto_schema.hpp"
+#include "http2/session.hpp"
 #include "packet_source.hpp"
 
 using namespace tapwire::dissect;
@@ -134,9 +136,14 @@ int main(int argc, char** argv) {
                  "heap for dissection state (flows, reassembly, buffers, waiting requests), like 256Mi; beyond it "
                  "the least useful state is shed; 0: no limit (default 256Mi)")
       ->transform(CLI::AsSizeValue(false));
-  std::string dissectors = "http,dns";
-  app.add_option("--dissectors", dissectors, "protocols to dissect, comma-separated (http, dns), or none")
+  std::string dissectors = dissector_list();
+  app.add_option("--dissectors", dissectors,
+                 "protocols to dissect, comma-separated (" + dissector_list() + "), or none")
       ->capture_default_str();
+  std::vector<std::string> proto_paths;
+  app.add_option("--grpc-proto-paths", proto_paths,
+                 ".proto files or directories of them (tap.grpc.protoPaths): gRPC messages decoded with field names")
+      ->delimiter(',');
   app.add_option("--identity", identity_dir,
                  "the identity stream to name both ends of each call (default: the data dir's or snapshot's identity/)");
   app.add_flag("--no-identity", no_identity, "calls carry addresses only");
@@ -165,6 +172,20 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // .proto files are read while the files the operator named can be (before
+  // the user switch); a schema that does not load stops the start.
+  if (!proto_paths.empty()) {
+    std::string err;
+    auto schema = tapwire::proto::ProtoSchemaDecoder::load(proto_paths, err);
+    if (!schema) {
+      std::fprintf(stderr, "tapwire-dissector: --grpc-proto-paths: %s\n", err.c_str());
+      return 2;
+    }
+    if (!quiet)
+      std::fprintf(stderr, "tapwire-dissector: gRPC schema: %zu .proto files, %zu methods\n", schema->file_count(),
+                   schema->method_count());
+    tapwire::proto::set_grpc_decoder(std::move(schema));
+  }
   // Before any input or output is opened: files are opened as the
   // unprivileged user, and the parsing runs under the seccomp allow-list.
   if (!keep_priority) {
@@ -240,7 +261,7 @@ int main(int argc, char** argv) {
 
     DissectorOptions opts;
     if (auto bad = enable_dissectors(opts, dissectors); !bad.empty())
-      throw std::runtime_error("--dissectors: unknown dissector '" + bad + "' (known: http, dns)");
+      throw std::runtime_error("--dissectors: unknown dissector '" + bad + "' (known: " + dissector_list() + ")");
     opts.http.max_body_kept = body_kept;
     opts.http.max_header_bytes = header_bytes;
     opts.memory_limit = static_cast<size_t>(memory_limit);

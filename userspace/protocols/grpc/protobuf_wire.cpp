@@ -117,7 +117,9 @@ class Decoder {
       const uint64_t field = tag >> 3;
       const unsigned wire = tag & 7;
       if (field == 0 || field > kMaxFieldNumber) return std::nullopt;
+      static const char* kWireTypes[] = {"varint", "i64", "len", "", "", "i32"};
       json f = {{"field", field}};
+      if (wire < 6 && *kWireTypes[wire]) f["wire_type"] = kWireTypes[wire];
       switch (wire) {
         case 0: {
           uint64_t v = 0;

@@ -3,7 +3,8 @@
 // a guess at what each length-delimited field holds. Hostile input: depth
 // and field-count caps, no recursion beyond max_depth, time O(size x depth).
 //
-// Output (nlohmann::json): an array of fields in wire order, each
+// Output (nlohmann::json): an array of fields in wire order, each with its
+// "wire_type" ("varint", "i64", "len", "i32") and what it reads as:
 //   {"field": N, "type": "varint", "value": u64}            (+ "int64": negative reading, when >= 2^63)
 //   {"field": N, "type": "i64", "value": u64, "double": d}
 //   {"field": N, "type": "i32", "value": u32, "float": f}

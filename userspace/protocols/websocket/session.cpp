@@ -100,6 +100,7 @@ class WebSocketSession final : public StreamSession {
       c.end_ns = m.ts_last_ns;
       c.key_extra = ctx_.next_seq();
       c.link_key = link_;
+      c.one_message = true;
       c.method = m.opcode_name();
       if (m.opcode == kWsClose && m.close_code) c.status = m.close_code;
       if (m.truncated) c.flags |= kFlagTruncated;
@@ -128,7 +129,7 @@ void WsRecord::write_json(JsonOut& out) const {
   out.begin_object();
   out.field("opcode", m.opcode_name());
   out.field("size", m.decoded_size);
-  out.field("wire_size", m.wire_size);
+  out.field("wire_size", m.payload_size);  // payload bytes as sent (compressed, when compressed)
   out.field("frames", m.frames);
   out.field("compressed", m.compressed);
   if (!m.payload.empty()) {
