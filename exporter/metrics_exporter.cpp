@@ -327,6 +327,13 @@ std::vector<MetricFamily> dissector_families(const json& m) {
                        MetricType::Counter);
   by_label(rcodes, m, "dns_rcodes", "rcode");
   out.push_back(rcodes.f);
+  FamilyBuilder grpc("tapwire_grpc_calls_total", "gRPC calls by status (none: no grpc-status seen)",
+                     MetricType::Counter);
+  by_label(grpc, m, "grpc_status", "status");
+  out.push_back(grpc.f);
+  FamilyBuilder ws("tapwire_websocket_messages_total", "WebSocket messages by opcode", MetricType::Counter);
+  by_label(ws, m, "ws_messages", "opcode");
+  out.push_back(ws.f);
   MetricFamily hist;
   hist.name = "tapwire_call_duration_seconds";
   hist.help = "Time from the first byte of a request to the last byte of its response";

@@ -30,6 +30,8 @@
 #include "commands.hpp"
 #include "dissector.hpp"
 #include "flow_key.hpp"
+#include "grpc/proto_schema.hpp"
+#include "http2/session.hpp"
 #include "packet_source.hpp"
 #include "segment.hpp"
 
@@ -77,6 +79,7 @@ struct DissectOptions {
   size_t max_body = 64 * 1024, max_header = 64 * 1024;
   uint64_t memory_limit = DissectorOptions{}.memory_limit;
   std::string dissectors = dissector_list();
+  std::vector<std::string> proto_paths;  // tap.grpc.protoPaths
   bool quiet = false;
 };
 
@@ -273,6 +276,12 @@ int run_dissect(const DissectOptions& o) {
   const std::string seg_dir = snapshot_segments_dir(o.snapshot, o.data_dir);
   if (o.jobs < 1 || o.jobs > 256) throw CliError("bad --jobs", std::to_string(o.jobs), "give 1 to 256 workers");
   const DissectorOptions opts = engine_options(o);
+  if (!o.proto_paths.empty()) {  // before the workers fork: they share the compiled schema
+    std::string err;
+    auto schema = proto::ProtoSchemaDecoder::load(o.proto_paths, err);
+    if (!schema) throw CliError("bad --grpc-proto-paths", err, "give .proto files or directories that compile");
+    proto::set_grpc_decoder(std::move(schema));
+  }
 
   // Check the snapshot before anything is written: every file named like a
   // segment must be one.
@@ -456,6 +465,9 @@ void register_dissect(CLI::App& app, Action& action) {
   sub->add_option("--dissectors", o->dissectors,
                   "protocols to dissect, comma-separated (" + dissector_list() + "), or none")
       ->capture_default_str();
+  sub->add_option("--grpc-proto-paths", o->proto_paths,
+                  ".proto files or directories of them: gRPC messages decoded with field names (as live)")
+      ->delimiter(',');
   sub->add_flag("-q,--quiet", o->quiet, "no progress and no summary");
   sub->callback([o, &action] { action = [o] { return run_dissect(*o); }; });
 }

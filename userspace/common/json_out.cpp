@@ -1,6 +1,7 @@
 #include "json_out.hpp"
 
 #include <charconv>
+#include <cstring>
 
 namespace tapwire {
 namespace {
@@ -38,6 +39,20 @@ void append_json_string(std::string& out, std::string_view s) {
     if (end > run) out.append(s.data() + run, end - run);
   };
   while (i < n) {
+    // Most bytes are plain ASCII: skip them eight at a time when none of
+    // the eight needs a look (no control byte, quote, backslash or high bit).
+    while (i + 8 <= n) {
+      uint64_t w;
+      std::memcpy(&w, p + i, 8);
+      const uint64_t high = w & 0x8080808080808080ull;
+      const uint64_t ctl = (w - 0x2020202020202020ull) & ~w & 0x8080808080808080ull;  // a byte < 0x20
+      const uint64_t q = w ^ 0x2222222222222222ull, b = w ^ 0x5c5c5c5c5c5c5c5cull;
+      const uint64_t quote = (q - 0x0101010101010101ull) & ~q & 0x8080808080808080ull;
+      const uint64_t bslash = (b - 0x0101010101010101ull) & ~b & 0x8080808080808080ull;
+      if (high | ctl | quote | bslash) break;
+      i += 8;
+    }
+    if (i >= n) break;
     const unsigned char c = p[i];
     if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
       i++;

@@ -721,6 +721,8 @@ Dissector::~Dissector() = default;
 void Dissector::packet(const Packet& p) { impl_->packet(p); }
 void Dissector::advance_time(uint64_t now_ns) { impl_->advance(now_ns); }
 void Dissector::finish() { impl_->finish(); }
+uint64_t Dissector::packets() const { return impl_->m.packets; }
+
 const DissectorMetrics& Dissector::metrics() const {
   impl_->sync_metrics();
   return impl_->m;

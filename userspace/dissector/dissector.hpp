@@ -133,7 +133,9 @@ class Dissector {
   void advance_time(uint64_t now_ns);
   // End of input: closes every flow, reporting what is pending.
   void finish();
+  // The metrics now (the protocols' counters folded in: not for every packet).
   const DissectorMetrics& metrics() const;
+  uint64_t packets() const;  // packets seen: cheap
 
   // Live resume. The position of the first packet of the oldest flow or
   // query still in progress (or `current` if none): a dissector restarted

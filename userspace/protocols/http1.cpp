@@ -490,7 +490,7 @@ bool Http1Parser::field_line(std::string_view line, bool trailers) {
   }
   const size_t cap0 = list.capacity();
   if (list.empty()) list.reserve(std::min<size_t>(lim_.max_headers, 16));  // one allocation for most messages
-  Header& h = list.emplace_back(fresh_string(name), fresh_string(value));
+  Header& h = list.emplace_back(Header{fresh_string(name), fresh_string(value)});  // (clang: no parenthesised aggregate init)
   copy_lower(h.name.data(), name.data(), name.size());
   if (list.capacity() != cap0)
     msg_.heap += heap_bytes(list.capacity() * sizeof(Header)) - heap_bytes(cap0 * sizeof(Header));

@@ -336,7 +336,7 @@ int main(int argc, char** argv) {
         identity.at(p.meta.ts_ns);
         d.packet(p);
         last = p.pos;
-        if ((d.metrics().packets & 4095) == 0 && std::chrono::steady_clock::now() - last_flush > std::chrono::milliseconds(500))
+        if ((d.packets() & 4095) == 0 && std::chrono::steady_clock::now() - last_flush > std::chrono::milliseconds(500))
           checkpoint();
         continue;
       }
