@@ -13,8 +13,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 # A hard ceiling so that a hung run cannot block forever (3 configs x files x rounds).
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_run.py "$@"
-# Dissection (issue 3): tapwire-dissector vs tshark on one large wrk capture.
-timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_dissect.py
+# Dissection (issues 3 and 10): tapwire-dissector vs tshark on captures of wrk (HTTP/1), h2load
+# (HTTP/2) and a python3-grpcio client (gRPC); TW_BENCH_DISSECT_PROTOCOLS=http1,http2,grpc picks them.
+timeout --signal=TERM --kill-after=30 3600 python3 scripts/bench_dissect.py
 timeout --signal=TERM --kill-after=30 1200 python3 scripts/bench_snapshot.py
 # Identity (issue 8): cost per packet and per call, memory per 10k pods, API requests per minute.
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_identity.py
