@@ -38,7 +38,7 @@ TEST(JsonOut, RandomBytes) {
     for (auto& c : s) {
       const unsigned r = rng();
       c = static_cast<char>(mode == 0 ? r & 0xff : mode == 1 ? (r % 10 == 0 ? r & 0xff : 'a' + r % 26)
-                                                             : " \"\\\n\x01ab"[r % 7]);
+                                                             : " \"\\\n\x01" "ab"[r % 7]);
     }
     const std::string got = ours(s);
     ASSERT_TRUE(nlohmann::json::accept(got)) << got;

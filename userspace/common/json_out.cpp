@@ -27,6 +27,32 @@ size_t utf8_sequence(const unsigned char* p, size_t n) {
   return 0;
 }
 
+// Not a sequence: how many bytes one U+FFFD replaces, the maximal subpart
+// of a sequence (Unicode 3.9, as nlohmann's dump does): the lead byte and
+// the continuation bytes that could still have led to a character; at least 1.
+size_t invalid_subpart(const unsigned char* p, size_t n) {
+  const unsigned char c = p[0];
+  size_t need = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // the second byte's range
+  if (c >= 0xC2 && c <= 0xDF) need = 1;
+  else if (c >= 0xE0 && c <= 0xEF) {
+    need = 2;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 3;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  }
+  size_t len = 1;
+  for (size_t k = 1; k <= need && k < n; k++) {
+    const unsigned char b = p[k];
+    if (k == 1 ? (b < lo || b > hi) : (b & 0xC0) != 0x80) break;
+    len++;
+  }
+  return len;
+}
+
 }  // namespace
 
 void append_json_string(std::string& out, std::string_view s) {
@@ -65,7 +91,8 @@ void append_json_string(std::string& out, std::string_view s) {
       }
       flush(i);
       out += "\xEF\xBF\xBD";  // U+FFFD
-      run = ++i;
+      i += invalid_subpart(p + i, n - i);
+      run = i;
       continue;
     }
     flush(i);

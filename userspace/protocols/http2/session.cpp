@@ -22,8 +22,11 @@ size_t headers_heap(const std::vector<Header>& hs) {
 }
 
 // The body kept of one side, its content-encoding undone as HTTP/1's is
-// (finish_body: the same codings, caps and text test).
-void take_body(Http2Record& r, Http2Message& m, size_t max_body) {
+// (finish_body: the same codings, caps and text test). Returns the flags
+// decoding adds, as HTTP/1's message_flags would: body_truncated when the
+// decoded body is longer than what is kept (a compression bomb whose
+// encoded bytes were all kept), body_decode_error when it did not decode.
+uint32_t take_body(Http2Record& r, Http2Message& m, size_t max_body) {
   HttpMessage tmp;
   tmp.is_request = r.is_request;
   for (const Header& h : m.headers)
@@ -35,6 +38,7 @@ void take_body(Http2Record& r, Http2Message& m, size_t max_body) {
   r.body_binary = tmp.body_binary;
   r.content_encoding = std::move(tmp.content_encoding);
   r.body_decoded_size = tmp.body_decoded_size;
+  return (tmp.body_truncated ? kFlagBodyTruncated : 0u) | (tmp.body_decode_error ? kFlagBodyDecodeError : 0u);
 }
 
 uint32_t exchange_flags(const Http2Exchange& ex) {
@@ -140,7 +144,7 @@ class Http2Session final : public StreamSession {
       r->pushed = ex.pushed;
       r->promised_on = ex.promised_on;
       r->body_size = ex.request.body_size;
-      take_body(*r, ex.request, max_body);
+      c.flags |= take_body(*r, ex.request, max_body);
       r->headers = std::move(ex.request.headers);
       r->trailers = std::move(ex.request.trailers);
       if (ex.reset && ex.reset_by == Http2Dir::ClientToServer) r->rst_stream = rst;
@@ -153,7 +157,7 @@ class Http2Session final : public StreamSession {
       r->status = ex.status;
       r->interim = std::move(ex.interim);
       r->body_size = ex.response.body_size;
-      take_body(*r, ex.response, max_body);
+      c.flags |= take_body(*r, ex.response, max_body);
       r->headers = std::move(ex.response.headers);
       r->trailers = std::move(ex.response.trailers);
       if (ex.reset && ex.reset_by == Http2Dir::ServerToClient) r->rst_stream = rst;
