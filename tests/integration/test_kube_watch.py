@@ -677,7 +677,10 @@ class KubeWatchTest(unittest.TestCase):
         api.close_watches()
         self.assertTrue(wait_until(lambda: self.requests(api, "pods", since, watch=True)
                                    and self.requests(api, "nodes", since, watch=True), 10))  # logged: registered
-        self.assertTrue(any("read a new token" in l for l in w.err), f"the rotated token was not read: {w.err}")
+        # The watcher logs the new token before its requests; its stderr is read
+        # by another thread, which may not have the line yet.
+        self.assertTrue(wait_until(lambda: any("read a new token" in l for l in w.err), 10),
+                        f"the rotated token was not read: {w.err}")
         api.also_accept = set()
         since = len(api.requests)
         api.close_watches()
