@@ -38,22 +38,14 @@ uint64_t call_key(const FlowKey& k, int client, uint64_t ts_ns, uint64_t extra) 
 }
 
 using proto::heap_bytes;
-
-template <class T>
-size_t vector_heap_bytes(const std::vector<T>& v) {
-  return heap_bytes(v.capacity() * sizeof(T));
-}
+using proto::release;
+using proto::vector_heap_bytes;
 
 // A node of a hash table with cached hash codes (custom hashers), and its
 // share of the bucket array at load factor 1.
 template <class Value>
 constexpr size_t hash_node_bytes() {
   return heap_bytes(sizeof(void*) + sizeof(Value) + sizeof(size_t)) + sizeof(void*);
-}
-
-template <class T>
-void release(std::vector<T>& v) {
-  std::vector<T>().swap(v);
 }
 
 proto::Dir dir_of(int side, int client) {

@@ -36,6 +36,19 @@ inline size_t string_heap_bytes(const std::string& s) {
   return s.capacity() > 15 ? (s.capacity() + 1 + 8 + 15) & ~size_t{15} : 0;
 }
 
+// A vector's allocation.
+template <class T>
+size_t vector_heap_bytes(const std::vector<T>& v) {
+  return heap_bytes(v.capacity() * sizeof(T));
+}
+// Gives a vector's allocation back.
+template <class T>
+void release(std::vector<T>& v) {
+  std::vector<T>().swap(v);
+}
+// A libstdc++ deque allocates its map and one 512-byte block even when empty.
+inline constexpr size_t kDequeFixed = heap_bytes(8 * sizeof(void*)) + heap_bytes(512);
+
 // A header as seen on the wire, the name lower-cased.
 struct Header {
   std::string name;

@@ -28,19 +28,6 @@ std::vector<std::string> flag_names(uint32_t flags) {
   return out;
 }
 
-uint32_t flag_bits(std::string_view s) {
-  uint32_t bits = 0;
-  while (!s.empty()) {
-    size_t comma = s.find(',');
-    std::string_view name = s.substr(0, comma);
-    for (auto& [bit, n] : kFlagNames)
-      if (name == n) bits |= bit;
-    if (comma == std::string_view::npos) break;
-    s.remove_prefix(comma + 1);
-  }
-  return bits;
-}
-
 int64_t CallContent::duration_us() const {
   if (one_message) return end_ns >= ts_ns && end_ns ? static_cast<int64_t>((end_ns - ts_ns) / 1000) : -1;
   if (!has_response() || !has_request() || end_ns < ts_ns) return -1;

@@ -47,7 +47,6 @@ enum CallFlag : uint32_t {
   kFlagProtocolError = 1u << 12,  // the peer broke the protocol (the message object says how)
 };
 std::vector<std::string> flag_names(uint32_t flags);
-uint32_t flag_bits(std::string_view comma_separated);  // the reverse, for rows read back
 
 // One side of a call as its protocol parsed it.
 class Message {

@@ -7,15 +7,8 @@ namespace tapwire::proto {
 namespace {
 
 constexpr uint16_t kDnsPort = 53;
-constexpr size_t kDequeFixed = heap_bytes(8 * sizeof(void*)) + heap_bytes(512);
-
-template <class T>
-size_t vector_bytes(const std::vector<T>& v) {
-  return heap_bytes(v.capacity() * sizeof(T));
-}
-
 size_t dns_message_heap_bytes(const DnsMessage& m) {
-  size_t n = vector_bytes(m.questions) + vector_bytes(m.answers);
+  size_t n = vector_heap_bytes(m.questions) + vector_heap_bytes(m.answers);
   for (const auto& q : m.questions) n += string_heap_bytes(q.name);
   for (const auto& a : m.answers) n += string_heap_bytes(a.name) + string_heap_bytes(a.data);
   return n;
@@ -94,7 +87,7 @@ class DnsTcpSession final : public StreamSession {
   }
 
   size_t memory_bytes() const override {
-    return heap_bytes(sizeof(*this)) + kDequeFixed + vector_bytes(buf_[0]) + vector_bytes(buf_[1]) + queued_;
+    return heap_bytes(sizeof(*this)) + kDequeFixed + vector_heap_bytes(buf_[0]) + vector_heap_bytes(buf_[1]) + queued_;
   }
   size_t buffered_bytes() const override { return buf_[0].size() + buf_[1].size(); }
 
@@ -103,7 +96,7 @@ class DnsTcpSession final : public StreamSession {
     for (int s = 0; s < 2; s++) {
       if (!buf_[s].capacity()) continue;
       if (!buf_[s].empty()) shed_pending_[s] = true;
-      freed += vector_bytes(buf_[s]);
+      freed += vector_heap_bytes(buf_[s]);
       std::vector<uint8_t>().swap(buf_[s]);
     }
     return freed;

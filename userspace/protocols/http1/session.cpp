@@ -7,19 +7,6 @@
 namespace tapwire::proto {
 namespace {
 
-// A libstdc++ deque allocates its map and one 512-byte block even when empty.
-constexpr size_t kDequeFixed = heap_bytes(8 * sizeof(void*)) + heap_bytes(512);
-
-template <class T>
-size_t vector_bytes(const std::vector<T>& v) {
-  return heap_bytes(v.capacity() * sizeof(T));
-}
-
-template <class T>
-void release(std::vector<T>& v) {
-  std::vector<T>().swap(v);
-}
-
 // An empty parser buffer keeps its allocation for the next message, up to
 // this; a larger one (left by one big header block) goes back.
 constexpr size_t kKeepBufferCapacity = 16 << 10;
@@ -98,7 +85,6 @@ class Http1Session final : public StreamSession {
       release(buf_[0]);
       release(buf_[1]);
       if (next_ && !rest.empty()) next_->data(d, rest, ts);
-      switched_ = true;
       return;
     }
     // Keep what the parser left for later; it never leaves more than an
@@ -158,8 +144,8 @@ class Http1Session final : public StreamSession {
   }
 
   size_t memory_bytes() const override {
-    size_t n = heap_bytes(sizeof(*this)) + 2 * kDequeFixed + vector_bytes(buf_[0]) + vector_bytes(buf_[1]) +
-               requests_.memory_bytes() + responses_.memory_bytes() + vector_bytes(out_) + queued_;
+    size_t n = heap_bytes(sizeof(*this)) + 2 * kDequeFixed + vector_heap_bytes(buf_[0]) + vector_heap_bytes(buf_[1]) +
+               requests_.memory_bytes() + responses_.memory_bytes() + vector_heap_bytes(out_) + queued_;
     if (next_) n += next_->memory_bytes();
     return n;
   }
@@ -191,7 +177,7 @@ class Http1Session final : public StreamSession {
     for (int role = 0; role < 2; role++) {
       auto& buf = buf_[role];
       if (!buf.capacity()) continue;
-      freed += vector_bytes(buf);
+      freed += vector_heap_bytes(buf);
       if (!buf.empty()) {
         auto& parser = role == 0 ? requests_ : responses_;
         if (!parser.shed_partial(buf, ts, out_)) shed_pending_[role] = true;
@@ -224,7 +210,6 @@ class Http1Session final : public StreamSession {
   size_t queued_ = 0;  // queued_message_bytes of pending_ and early_
   bool gap_pending_[2] = {false, false};  // a gap hit this direction: flag its next message
   bool shed_pending_[2] = {false, false};  // state of this direction was shed: flag its next message
-  bool switched_ = false;
   std::unique_ptr<StreamSession> next_;  // the protocol the connection upgraded to
   // Each method's counter, found once (a string-keyed lookup per call is a
   // measurable part of the per-call cost). Index 9: "OTHER".
@@ -357,8 +342,6 @@ class Http1Session final : public StreamSession {
   }
 };
 
-bool is_request_side(std::span<const uint8_t> s) { return looks_like_http1_request(s); }
-
 }  // namespace
 
 void write_headers_json(JsonOut& out, const std::vector<Header>& hs) {
@@ -415,7 +398,7 @@ void HttpRecord::write_json(JsonOut& out) const {
 
 Detection Http1Protocol::detect(std::span<const uint8_t> first, int side, const FlowView&) const {
   Detection d;
-  if (is_request_side(first)) {
+  if (looks_like_http1_request(first)) {
     d.matched = true;
     d.client_side = side;
   } else if (looks_like_http1_response(first)) {
