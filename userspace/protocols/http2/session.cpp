@@ -110,9 +110,19 @@ class Http2Session final : public StreamSession {
           c.flags |= kFlagMemoryShed;
           shed_pending_[s] = false;
         }
-      const bool have_req = ex.request.has_headers || !ex.method.empty();
-      const bool have_resp = ex.response.has_headers || ex.status != 0 ||
-                             (ex.reset && ex.reset_by == Http2Dir::ServerToClient);
+      bool have_req = ex.request.has_headers || !ex.method.empty();
+      bool have_resp = ex.response.has_headers || ex.status != 0 ||
+                       (ex.reset && ex.reset_by == Http2Dir::ServerToClient);
+      if (!have_req && !have_resp) {
+        // A stream whose header blocks were all lost (cut, overflowed,
+        // undecodable) or that was shut before any: it is still a call, shown
+        // by the side it was seen from, the client's if neither.
+        if (ex.response.frames > 0 && ex.request.frames == 0)
+          have_resp = true;
+        else
+          have_req = true;
+        c.flags |= kFlagHeadersLost;
+      }
       c.ts_ns = have_req && ex.request.ts_first_ns ? ex.request.ts_first_ns : ex.response.ts_first_ns;
       if (!c.ts_ns) c.ts_ns = std::max(ex.request.ts_last_ns, ex.response.ts_last_ns);
       if (have_resp) c.end_ns = std::max(ex.response.ts_last_ns, ex.request.ts_last_ns);
