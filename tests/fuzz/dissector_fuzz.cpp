@@ -54,8 +54,8 @@ DissectorOptions options_from(uint8_t o) {
 }
 
 void check_call(const Call& c, const DissectorOptions& opts) {
-  FUZZ_CHECK(c.has_request() || c.has_response());
   const std::string_view protocol = c.protocol;
+  FUZZ_CHECK(c.has_request() || c.has_response(), std::string(protocol) + " call with neither a request nor a response");
   const tapwire::proto::ProtocolInfo* info = tapwire::proto::find_protocol(protocol);
   FUZZ_CHECK(info != nullptr, "unknown protocol " + std::string(protocol));
   FUZZ_CHECK(opts.enabled(info->dissector), std::string(protocol) + " calls with its dissector off");

@@ -213,6 +213,45 @@ TEST(Dissector, DnsOverUdpPairsByTransactionId) {
   EXPECT_EQ(j["src"]["port"], 5353);
 }
 
+TEST(Dissector, DnsQuerySentTwiceOverUdpKeepsBothQueries) {
+  // A resolver retries a query (same id, same flow) before the answer: the
+  // first try comes out unanswered (timeout) with its query, the retry is
+  // paired with the answer.
+  const uint8_t q[] = {0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 1, 'a', 4, 't', 'e', 's', 't', 0, 0, 1, 0, 1};
+  uint8_t r[sizeof q];
+  std::memcpy(r, q, sizeof q);
+  r[2] = 0x81;
+  r[3] = 0x80;
+  std::vector<Call> calls;
+  Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });
+  Packet p;
+  p.meta.ip_version = 4;
+  p.meta.l4_proto = 17;
+  uint8_t a[4] = {10, 9, 0, 2}, b[4] = {10, 9, 0, 1};
+  auto send = [&](bool query, uint64_t ts) {
+    std::memcpy(p.meta.saddr, query ? a : b, 4);
+    std::memcpy(p.meta.daddr, query ? b : a, 4);
+    p.meta.sport = query ? 5353 : 53;
+    p.meta.dport = query ? 53 : 5353;
+    p.meta.ts_ns = ts;
+    p.meta.payload_len = p.meta.cap_len = sizeof q;
+    p.payload = std::span<const uint8_t>(query ? q : r, sizeof q);
+    d.packet(p);
+  };
+  send(true, kT0);
+  send(true, kT0 + 1'000'000'000);
+  send(false, kT0 + 1'000'100'000);
+  d.finish();
+  ASSERT_EQ(calls.size(), 2u);
+  ASSERT_TRUE(calls[0].has_request());
+  EXPECT_FALSE(calls[0].has_response());
+  EXPECT_TRUE(calls[0].flags & kFlagTimeout);
+  ASSERT_TRUE(calls[1].has_request());
+  ASSERT_TRUE(calls[1].has_response());
+  EXPECT_EQ(calls[1].ts_ns, kT0 + 1'000'000'000);
+  EXPECT_EQ(to_json(calls[1])["duration_us"], 100);
+}
+
 TEST(Dissector, IgnoresFlowsOfOtherProtocolsCheaply) {
   std::vector<Call> calls;
   Dissector d({}, [&](Call&& c) { calls.push_back(std::move(c)); });

@@ -200,11 +200,14 @@ class DnsUdpSession final : public DatagramSession {
       c.request = std::make_shared<DnsRecord>(std::move(msg));
       const size_t bytes = kEntry + content_heap_bytes(c);
       mem_ += bytes;
-      auto [it, fresh] = pending_.try_emplace(k, Pending{std::move(c), d.ts_ns, d.pos, d.src_side, bytes});
-      if (!fresh) {  // same id again before an answer: a retransmission, or a new query reusing the id
+      Pending entry{std::move(c), d.ts_ns, d.pos, d.src_side, bytes};
+      auto it = pending_.find(k);
+      if (it == pending_.end()) {
+        pending_.emplace(k, std::move(entry));
+      } else {  // same id again before an answer: a retransmission, or a new query reusing the id
         mem_ -= it->second.bytes;
         Pending old = std::move(it->second);
-        it->second = Pending{std::move(c), d.ts_ns, d.pos, d.src_side, bytes};
+        it->second = std::move(entry);
         old.call.flags |= kFlagTimeout;
         emit(std::move(old.call), k.flow, old.client_side);
       }
