@@ -675,6 +675,11 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 		}
 		p->sport = bpf_ntohs(uh.source);
 		p->dport = bpf_ntohs(uh.dest);
+	} else if (l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6) {
+		/* The whole ICMP message is the payload: its header says what
+		 * it is (echo, an error with the header of the packet it is
+		 * about); no ports. */
+		payload_off = w.off;
 	} else {
 		cnt->stat[TW_STAT_NOT_TCP_UDP]++;
 		return TC_ACT_UNSPEC;
@@ -690,7 +695,8 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 
 	/* Filters: nothing filtered out is ever copied. */
 	if (((set_flags & TW_SET_CIDR_RULES) && !cidr_pass(p, set_flags, gen)) ||
-	    ((set_flags & TW_SET_PORT_RULES) && !port_pass(p, set_flags, gen))) {
+	    ((set_flags & TW_SET_PORT_RULES) && (l4 == IPPROTO_TCP || l4 == IPPROTO_UDP) &&
+	     !port_pass(p, set_flags, gen))) {
 		cnt->stat[TW_STAT_FILTERED]++;
 		return TC_ACT_UNSPEC;
 	}
@@ -713,7 +719,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 			return TC_ACT_UNSPEC;
 		}
 	}
-	if (l4 == IPPROTO_UDP && p->ip_version == 6 && payload_len)
+	if ((l4 == IPPROTO_UDP || l4 == IPPROTO_ICMPV6) && p->ip_version == 6 && payload_len)
 		load(skb, payload_off, &fp_extra, payload_len < 4 ? 1 : 4);
 	if (seen_elsewhere(p, fp_extra, bpf_ktime_get_ns())) {
 		cnt->stat[TW_STAT_DUPLICATE]++;

@@ -93,7 +93,7 @@ struct tw_pkt {
 	__u16 flags; /* enum tw_pkt_flag */
 	__u8 direction; /* enum tw_direction */
 	__u8 ip_version; /* 4 or 6 */
-	__u8 l4_proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 l4_proto; /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP or IPPROTO_ICMPV6 (payload: the whole ICMP message) */
 	__u8 tcp_flags; /* enum tw_tcp_flag */
 	__u8 ttl; /* IPv4 TTL or IPv6 hop limit */
 	__u8 tcp_wscale; /* SYN only: the window scale option's shift, TW_WSCALE_NONE without one */
@@ -137,7 +137,7 @@ enum tw_stat {
 	TW_STAT_BYTES_CAPTURED = 2, /* payload bytes written to rings */
 	TW_STAT_RECORDS = 3, /* records written (chunks) */
 	TW_STAT_FILTERED = 4, /* skipped by a capture filter (by design, not a drop) */
-	TW_STAT_NOT_TCP_UDP = 5, /* not IPv4/IPv6 TCP/UDP (by design, not a drop) */
+	TW_STAT_NOT_TCP_UDP = 5, /* not IPv4/IPv6 TCP, UDP or ICMP (by design, not a drop) */
 	TW_STAT_TRUNCATED = 6, /* packets whose payload was cut (flagged) */
 	TW_STAT_EMPTY_ACK = 7, /* payload-less TCP segments without SYN/FIN/RST: not recorded, by design */
 	TW_STAT_NOT_TARGETED = 8, /* neither address belongs to a targeted pod (by design, not a drop) */

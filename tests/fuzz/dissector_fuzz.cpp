@@ -9,14 +9,17 @@
 //   flow bits 0-1: which of four address pairs; bit 2: the reverse direction;
 //        bit 3: UDP (else TCP); bit 4: IPv6; bits 5-6: the server port (80,
 //        53, 8080, 5353); bit 7: a chunk of a larger packet (chunk_off = extra * 64)
-//   pkt_flags: TW_PKT_F_* (truncated, continuation, more)
+//   pkt_flags: TW_PKT_F_* (truncated, continuation, more); bit 7 with UDP:
+//        an ICMP (ICMPv6 with IPv6) message instead, no ports
+
 //   seq = what this direction of the flow sent so far + seq_delta (TCP)
 //   len & 0x3fff payload bytes follow (fewer at the end of the input); the
 //   packet's wire length is extra bytes longer when TW_PKT_F_TRUNCATED
 //   ts_step: milliseconds after the last packet, or seconds with bit 7 (to
 //   reach the idle and request timeouts)
 //   opts bit 0: small limits (flows, detection, reassembly, HTTP, DNS);
-//        bit 1: no HTTP; bit 2: no DNS; bit 3: the time goes backwards now and then
+//        bit 1: no HTTP; bit 2: no DNS; bit 3: no WebSocket, and the time goes
+//        backwards now and then; bit 4: no ICMP
 //
 // Checked: every call is well formed (a protocol and the messages it says,
 // limits kept) and serialises as a call record; the metrics stay consistent;
@@ -50,6 +53,7 @@ DissectorOptions options_from(uint8_t o) {
   if (!(o & 2)) opts.dissectors.push_back("http");
   if (!(o & 4)) opts.dissectors.push_back("dns");
   if (!(o & 8)) opts.dissectors.push_back("ws");
+  if (!(o & 16)) opts.dissectors.push_back("icmp");
   return opts;
 }
 
@@ -78,7 +82,11 @@ void check_call(const Call& c, const DissectorOptions& opts) {
   std::string text;
   write_record(c, text);
   FUZZ_CHECK(nlohmann::json::accept(text), "record is not JSON: " + text.substr(0, 200));
-  FUZZ_CHECK(c.l4_proto == IPPROTO_TCP || c.l4_proto == IPPROTO_UDP);
+  if (protocol == "icmp")
+    FUZZ_CHECK(c.l4_proto == IPPROTO_ICMP || c.l4_proto == IPPROTO_ICMPV6 || c.l4_proto == IPPROTO_TCP ||
+               c.l4_proto == IPPROTO_UDP);
+  else
+    FUZZ_CHECK(c.l4_proto == IPPROTO_TCP || c.l4_proto == IPPROTO_UDP);
   FUZZ_CHECK(c.id().size() == 16);
   // What tapwire-dissector --jsonl writes for it (main.cpp).
   std::string line = to_json(c).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -120,7 +128,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const uint8_t flow = in.u8();
     Packet p;
     tw_pkt& m = p.meta;
-    m.flags = in.u8() & (TW_PKT_F_TRUNCATED | TW_PKT_F_CONTINUATION | TW_PKT_F_MORE);
+    const uint8_t pkt_flags = in.u8();
+    m.flags = pkt_flags & (TW_PKT_F_TRUNCATED | TW_PKT_F_CONTINUATION | TW_PKT_F_MORE);
     m.tcp_flags = in.u8();
     const auto delta = static_cast<int16_t>(in.u16());
     const size_t len = in.u16() & 0x3fffu;
@@ -131,11 +140,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const int pair = flow & 3, udp = (flow >> 3) & 1, v6 = (flow >> 4) & 1;
     const bool reverse = flow & 4;
     m.ip_version = v6 ? 6 : 4;
-    m.l4_proto = udp ? IPPROTO_UDP : IPPROTO_TCP;
+    const bool icmp = udp && (pkt_flags & 0x80);
+    m.l4_proto = static_cast<uint8_t>(icmp ? (v6 ? int{IPPROTO_ICMPV6} : int{IPPROTO_ICMP})
+                                           : udp ? int{IPPROTO_UDP} : int{IPPROTO_TCP});
     fill_addr(m, pair, v6, reverse);
     const uint16_t server = kServerPorts[(flow >> 5) & 3], client = static_cast<uint16_t>(40000 + pair);
-    m.sport = reverse ? server : client;
-    m.dport = reverse ? client : server;
+    m.sport = icmp ? 0 : reverse ? server : client;
+    m.dport = icmp ? 0 : reverse ? client : server;
     uint32_t& s = sent[udp][pair][v6][reverse];
     m.seq = s + static_cast<uint32_t>(static_cast<int32_t>(delta));
     m.chunk_off = (flow & 0x80) ? extra * 64u : 0;

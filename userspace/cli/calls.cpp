@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "call_db.hpp"
+#include "protocol.hpp"
 #include "commands.hpp"
 #include "timefmt.hpp"
 
@@ -67,8 +69,28 @@ std::string endpoint_label(const json& e) {
   return out;
 }
 
-// One readable line per call.
-std::string call_line(const json& c) {
+// The record's protocol names, from the registry.
+std::string protocol_list() {
+  std::string out;
+  for (const auto& p : proto::protocols()) out += (out.empty() ? "" : ", ") + std::string(p.name);
+  return out;
+}
+
+// What --method, --path and --status match, protocol by protocol (the
+// summary columns of docs/CALL_RECORD.md).
+constexpr const char* kSummaryHelp = R"(Method, path and status by protocol:
+  http, http2  the request method, the target, the HTTP status
+  grpc         Service/Method, the :path, the grpc-status
+  ws           the opcode (text, binary, close, ping, pong), -, the close code
+  dns          the query type (A, AAAA, ...), the name asked, the rcode (0: NOERROR)
+  icmp         echo or the error's type (destination-unreachable, time-exceeded, ...), the address
+               pinged or the error's code (port-unreachable, ...), 0 for a reply, an error's
+               type * 100 + code (303: port unreachable)
+Status -1: no response.)";
+
+// One readable line per call; `sum` (the DB's summary columns) says what
+// was asked and how it ended for protocols without a line of their own.
+std::string call_line(const json& c, const dissect::CallDb::Summary* sum = nullptr) {
   std::string ts = str(c, "ts");
   if (ts.size() > 23) ts = ts.substr(11, 12);  // HH:MM:SS.mmm
   const json& req = c["request"];
@@ -87,6 +109,11 @@ std::string call_line(const json& c) {
     const json& m = from_client ? req : resp;
     if (m.is_object()) what = std::string(from_client ? "> " : "< ") + str(m, "opcode") + " " + str(m, "size") + "B";
     result = m.is_object() && m.contains("close_code") ? str(m, "close_code") : "";
+  } else if (protocol != "dns") {
+    if (sum) {
+      what = printable(sum->method) + (sum->path.empty() ? "" : " " + printable(sum->path));
+      result = sum->status < 0 ? "-" : std::to_string(sum->status);
+    }
   } else {
     const json& q = req.is_object() ? req : resp;
     if (q.is_object()) what = str(q, "qtype") + " " + str(q, "qname");
@@ -301,6 +328,7 @@ struct CallsOptions {
   std::string db;
   std::string protocol;
   std::string status;
+  std::string method, path;
   std::string from, to;
   std::string namespace_, pod, service, process, node;
   std::string id;
@@ -312,17 +340,25 @@ int run_calls(const CallsOptions& o) {
   dissect::CallDb::Query q;
   q.protocol = o.protocol;
   q.limit = o.limit;
+  q.method = o.method;
   if (!o.status.empty()) {
     const std::string& s = o.status;
     if (s.size() == 3 && s[0] >= '1' && s[0] <= '5' && (s.substr(1) == "xx" || s.substr(1) == "XX")) {
       q.status_class = s[0] - '0';
     } else {
       char* end = nullptr;
+      errno = 0;
       long v = std::strtol(s.c_str(), &end, 10);
-      if (s.empty() || *end || v < 100 || v > 999)
-        throw CliError("bad --status", s, "give a status code such as 404 or a class such as 5xx");
+      if (s.empty() || *end || errno || v < -1 || v > INT32_MAX)
+        throw CliError("bad --status", s,
+                       "give a status such as 404 (-1: calls without a response) or a class such as 5xx");
       q.status = static_cast<int>(v);
     }
+  }
+  if (!o.path.empty()) {
+    if (std::string err = dissect::CallDb::regex_error(o.path); !err.empty())
+      throw CliError("bad --path", printable(o.path), "give a POSIX extended regex such as '^/api/' (" + err + ")");
+    q.path_regex = o.path;
   }
   if (!o.from.empty()) {
     auto t = parse_time_arg(o.from, realtime_now_ns());
@@ -352,7 +388,8 @@ int run_calls(const CallsOptions& o) {
     q.id = id;
   }
   auto db = open_call_db(o.db);
-  const auto calls = db->query(q);
+  std::vector<dissect::CallDb::Summary> sums;
+  const auto calls = db->query(q, nullptr, &sums);
   if (!o.id.empty()) {
     if (calls.empty()) throw CliError("no call with this id", q.id, "in " + o.db + " (with the filters given)");
     std::string sep;
@@ -362,7 +399,8 @@ int run_calls(const CallsOptions& o) {
     }
     return 0;
   }
-  for (auto& c : calls) std::printf("%s\n", o.json ? record_line(c).c_str() : call_line(c).c_str());
+  for (size_t i = 0; i < calls.size(); i++)
+    std::printf("%s\n", o.json ? record_line(calls[i]).c_str() : call_line(calls[i], &sums[i]).c_str());
   return 0;
 }
 
@@ -415,8 +453,10 @@ int run_tail(const TailOptions& o) {
       control_call(sock, {{"cmd", "activity"}});
       last_ping = std::chrono::steady_clock::now();
     }
-    auto rows = db->query(q, &q.after_rowid);
-    for (auto& c : rows) std::printf("%s\n", o.json ? record_line(c).c_str() : call_line(c).c_str());
+    std::vector<dissect::CallDb::Summary> sums;
+    auto rows = db->query(q, &q.after_rowid, &sums);
+    for (size_t i = 0; i < rows.size(); i++)
+      std::printf("%s\n", o.json ? record_line(rows[i]).c_str() : call_line(rows[i], &sums[i]).c_str());
     std::fflush(stdout);
     if (rows.size() < q.limit) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
@@ -439,8 +479,15 @@ void register_calls(CLI::App& app, Action& action) {
   auto o = std::make_shared<CallsOptions>();
   CLI::App* sub = app.add_subcommand("calls", "Query the calls in a dissection DB");
   sub->add_option("--db", o->db, "the dissection DB")->required();
-  sub->add_option("--protocol", o->protocol, "only this protocol (http, http2, grpc, ws, dns)");
-  sub->add_option("--status", o->status, "only this HTTP status (404) or class (5xx)");
+  sub->add_option("--protocol", o->protocol, "only this protocol (" + protocol_list() + ")")->type_name("NAME");
+  sub->add_option("--method", o->method, "only calls that asked this (case-insensitive; per protocol below)")
+      ->type_name("METHOD");
+  sub->add_option("--path", o->path, "only calls whose path matches this POSIX extended regex (unanchored)")
+      ->type_name("REGEX");
+  sub->add_option("--status", o->status,
+                  "only this status (404, 0, -1 for no response) or HTTP status class (5xx)")
+      ->type_name("N|Nxx");
+  sub->footer(kSummaryHelp);
   sub->add_option("--from", o->from, "only calls at or after this time (RFC 3339, Unix seconds, -5m)");
   sub->add_option("--to", o->to, "only calls at or before this time");
   sub->add_option("--namespace", o->namespace_, "only calls with either end in this Kubernetes namespace")

@@ -27,6 +27,7 @@ constexpr uint32_t kEpbOutbound = 2;
 
 constexpr uint8_t kProtoTcp = 6;
 constexpr uint8_t kProtoUdp = 17;
+constexpr uint8_t kProtoIcmp = 1, kProtoIcmp6 = 58;
 
 constexpr size_t pad4(size_t n) { return (n + 3) & ~size_t{3}; }
 
@@ -166,7 +167,8 @@ bool PcapngWriter::add_packet_record(std::span<const uint8_t> body) {
 }
 
 bool PcapngWriter::add_packet(const tw_pkt& pkt, std::span<const uint8_t> payload) {
-  if ((pkt.ip_version != 4 && pkt.ip_version != 6) || (pkt.l4_proto != kProtoTcp && pkt.l4_proto != kProtoUdp) ||
+  if ((pkt.ip_version != 4 && pkt.ip_version != 6) || (pkt.l4_proto != kProtoTcp && pkt.l4_proto != kProtoUdp && pkt.l4_proto != kProtoIcmp &&
+       pkt.l4_proto != kProtoIcmp6) ||
       payload.size() != pkt.cap_len) {
     ++stats_.malformed_records;
     return false;
@@ -255,6 +257,10 @@ void PcapngWriter::write_tcp(const tw_pkt& pkt, std::span<const uint8_t> payload
 }
 
 void PcapngWriter::write_udp(const tw_pkt& pkt, std::span<const uint8_t> payload, uint32_t wire_payload_len) {
+  if (pkt.l4_proto != kProtoUdp) {  // ICMP, ICMPv6: the payload is the message, its header and checksum included
+    write_frame(pkt, nullptr, 0, payload, std::max<uint32_t>(wire_payload_len, static_cast<uint32_t>(payload.size())));
+    return;
+  }
   uint8_t uh[8] = {};
   store_be16(uh + 0, pkt.sport);
   store_be16(uh + 2, pkt.dport);
@@ -321,14 +327,16 @@ void PcapngWriter::write_frame(const tw_pkt& pkt, const uint8_t* l4hdr_in, size_
   pos += l3_len;
 
   uint8_t* l4 = hdr + pos;
-  std::memcpy(l4, l4hdr_in, l4hdr_len);
-  if (!tcp) store_be16(l4 + 4, l4_total);
+  if (l4hdr_len) std::memcpy(l4, l4hdr_in, l4hdr_len);
+  if (pkt.l4_proto == kProtoUdp) store_be16(l4 + 4, l4_total);
   pos += l4hdr_len;
   // The checksum covers the captured bytes; for a cut packet it cannot be
   // right, and Wireshark does not check it on one.
-  uint64_t sum = csum_partial(l4, l4hdr_len, pseudo);
-  sum = csum_partial(payload.data(), payload.size(), sum);
-  csum_store(sum, l4 + (tcp ? 16 : 6), /*zero_as_ffff=*/!tcp);
+  if (l4hdr_len) {
+    uint64_t sum = csum_partial(l4, l4hdr_len, pseudo);
+    sum = csum_partial(payload.data(), payload.size(), sum);
+    csum_store(sum, l4 + (tcp ? 16 : 6), /*zero_as_ffff=*/!tcp);
+  }
 
   const uint32_t iface = interface_id(pkt.ifindex);
   const uint32_t cap_len = static_cast<uint32_t>(pos + payload.size());

@@ -43,7 +43,7 @@ struct Endpoint {
 
 struct Call : proto::CallContent {
   Endpoint src, dst;  // client, server
-  uint8_t l4_proto = 6;  // IPPROTO_TCP or IPPROTO_UDP
+  uint8_t l4_proto = 6;  // IPPROTO_TCP, IPPROTO_UDP, or for an ICMP record IPPROTO_ICMP/ICMPV6 (or the L4 of the packet an error is about)
   std::string node;  // the node whose sensor captured the call ("" if unknown)
   // Stable identity of the call: the same traffic dissected live, from a
   // snapshot or from a pcap gives the same id (flow, the protocol's

@@ -696,10 +696,13 @@ nlohmann::json CallDb::row_json(sqlite3_stmt* st) {
   return j;
 }
 
-std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
+std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid, std::vector<Summary>* summaries) {
   if (!q.pod_regex.empty())
     if (std::string err = regex_error(q.pod_regex); !err.empty())
       throw std::invalid_argument("bad pod regex '" + q.pod_regex + "': " + err);
+  if (!q.path_regex.empty())
+    if (std::string err = regex_error(q.path_regex); !err.empty())
+      throw std::invalid_argument("bad path regex '" + q.path_regex + "': " + err);
   if (!identity_columns_) identity_columns_ = has_column("calls", "node");  // migrated since?
   if (!body_columns_) body_columns_ = has_column("calls", "resp_body");
   if (!record_columns_) record_columns_ = has_column("calls", "upgrade_id");
@@ -709,7 +712,7 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
   const bool id = identity_columns_;
   std::string sql = "SELECT " + select_list(id, body_columns_, record_columns_) + " FROM calls WHERE 1=1";
   if (!q.protocol.empty()) sql += " AND protocol = ?1";
-  if (q.status) sql += " AND status = ?2";
+  if (q.status) sql += *q.status < 0 ? " AND status IS NULL" : " AND status = ?2";
   if (q.status_class) sql += " AND status >= ?3 AND status < ?3 + 100";
   if (q.from_ns) sql += " AND ts_ns >= ?4";
   if (q.to_ns) sql += " AND ts_ns <= ?5";
@@ -720,13 +723,15 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
   if (!q.process.empty()) sql += id ? " AND (src_process = ?10 OR dst_process = ?10)" : none;
   if (!q.node.empty()) sql += id ? " AND (node = ?11 OR src_node = ?11 OR dst_node = ?11)" : none;
   if (!q.id.empty()) sql += " AND id = ?12";
+  if (!q.method.empty()) sql += " AND method = ?13 COLLATE NOCASE";
+  if (!q.path_regex.empty()) sql += " AND path REGEXP ?14";
   sql += q.after_rowid || q.by_rowid ? " ORDER BY rowid" : " ORDER BY ts_ns, rowid";
   if (q.limit) sql += " LIMIT " + std::to_string(q.limit);
   sqlite3_stmt* st = nullptr;
   if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
     throw std::runtime_error(std::string("dissection DB query: ") + sqlite3_errmsg(db_));
   if (!q.protocol.empty()) bind_text(st, 1, q.protocol);
-  if (q.status) sqlite3_bind_int(st, 2, q.status);
+  if (q.status && *q.status >= 0) sqlite3_bind_int(st, 2, *q.status);
   if (q.status_class) sqlite3_bind_int(st, 3, q.status_class * 100);
   if (q.from_ns) sqlite3_bind_int64(st, 4, static_cast<sqlite3_int64>(q.from_ns));
   if (q.to_ns) sqlite3_bind_int64(st, 5, static_cast<sqlite3_int64>(q.to_ns));
@@ -739,10 +744,15 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid) {
     if (!q.node.empty()) bind_text(st, 11, q.node);
   }
   if (!q.id.empty()) bind_text(st, 12, q.id);
+  if (!q.method.empty()) bind_text(st, 13, q.method);
+  if (!q.path_regex.empty()) bind_text(st, 14, q.path_regex);
   std::vector<nlohmann::json> out;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     out.push_back(row_json(st));
+    if (summaries)
+      summaries->push_back({column_string(st, 10), column_string(st, 11),
+                            sqlite3_column_type(st, 15) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 15)});
     if (last_rowid) *last_rowid = sqlite3_column_int64(st, kRowidColumn);
   }
   std::string err = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db_);

@@ -70,8 +70,11 @@ class CallDb {
 
   struct Query {
     std::string protocol;  // "" = any
-    int status = 0;  // exact status (e.g. 404), 0 = any
+    // The summary columns every protocol fills (docs/CALL_RECORD.md).
+    std::optional<int> status;  // exact status (404; -1: no response), none = any
     int status_class = 0;  // 5 for 5xx, 0 = any
+    std::string method;  // exact method, case-insensitive, "" = any
+    std::string path_regex;  // POSIX extended regex, unanchored, on the path, "" = any
     uint64_t from_ns = 0, to_ns = 0;  // 0 = unbounded
     size_t limit = 0;  // 0 = all
     int64_t after_rowid = 0;  // only rows added after this one, in insertion order (tail)
@@ -87,7 +90,13 @@ class CallDb {
   // Calls as call-record JSON objects, oldest first; `last_rowid`, if given,
   // gets the rowid of the last one returned. Throws std::invalid_argument if
   // q.pod_regex does not compile.
-  std::vector<nlohmann::json> query(const Query& q, int64_t* last_rowid = nullptr);
+  // `summaries`, if given, gets each call's summary columns, in the same order.
+  struct Summary {
+    std::string method, path;
+    int status = -1;
+  };
+  std::vector<nlohmann::json> query(const Query& q, int64_t* last_rowid = nullptr,
+                                    std::vector<Summary>* summaries = nullptr);
   // Why `pattern` is not a regex the pod filter accepts ("" if it is).
   static std::string regex_error(const std::string& pattern);
   uint64_t count();

@@ -10,7 +10,7 @@
 namespace tapwire::dissect {
 namespace {
 
-constexpr uint8_t kTcp = 6, kUdp = 17;
+constexpr uint8_t kTcp = 6, kUdp = 17, kIcmp = 1, kIcmp6 = 58;
 constexpr uint64_t kSweepEveryNs = 1'000'000'000ull;
 
 Endpoint endpoint_of(const FlowKey& k, int side) {
@@ -143,6 +143,7 @@ nlohmann::json metrics_json(const DissectorMetrics& m) {
                       {"bytes", m.bytes},
                       {"tcp_flows", m.tcp_flows},
                       {"udp_datagrams", m.udp_datagrams},
+                      {"icmp_messages", m.icmp_messages},
                       {"flows_active", m.flows_active},
                       {"flows_evicted", m.flows_evicted},
                       {"flows_ignored", m.flows_ignored},
@@ -230,7 +231,10 @@ struct Dissector::Impl final : proto::DatagramContext {
   // Protocols: the stream protocols that run (in detection order), one
   // session per datagram protocol, and each protocol's counters.
   std::vector<const proto::ProtocolInfo*> stream_protocols;
+  // Every datagram session; of them, those that take UDP payloads and
+  // those that take ICMP and ICMPv6 messages.
   std::vector<std::unique_ptr<proto::DatagramSession>> datagram_sessions;
+  std::vector<proto::DatagramSession*> udp_sessions, icmp_sessions;
   std::map<std::string, proto::ProtocolCounters, std::less<>> counter_map;
   // Per protocol name (the registry's pointers, compared as pointers):
   // its call counter and histogram, found once.
@@ -259,7 +263,10 @@ struct Dissector::Impl final : proto::DatagramContext {
       counter_map[p.name];
       if (!opts.enabled(p.dissector)) continue;
       if (p.stream) stream_protocols.push_back(&p);
-      if (p.datagram) datagram_sessions.push_back(p.datagram->open(*this));
+      if (p.datagram) {
+        datagram_sessions.push_back(p.datagram->open(*this));
+        (p.icmp ? icmp_sessions : udp_sessions).push_back(datagram_sessions.back().get());
+      }
     }
     // Families that always have all their labels, as before there were protocols.
     auto& classes = counter_map["http"].breakdowns["http_status_class"];
@@ -289,7 +296,7 @@ struct Dissector::Impl final : proto::DatagramContext {
       for (auto& [family, values] : c.breakdowns) m.breakdowns[family] = values;
     }
     uint64_t pending = 0, overflow = 0;
-    for (auto& d : datagram_sessions) {
+    for (auto* d : udp_sessions) {
       pending += d->pending();
       overflow += d->overflows();
     }
@@ -393,7 +400,7 @@ struct Dissector::Impl final : proto::DatagramContext {
       recharge(f);
       count_shed(ShedReason::Buffer, before, f.charged);
     }
-    // 4. DNS queries waiting for an answer, oldest first.
+    // 4. DNS queries waiting for an answer (then ICMP echo requests), oldest first.
     for (auto& d : datagram_sessions)
       while (over()) {
         const size_t before = d->memory_bytes();
@@ -450,7 +457,7 @@ struct Dissector::Impl final : proto::DatagramContext {
     static_cast<proto::CallContent&>(c) = std::move(content);
     c.src = endpoint_of(key, client_side);
     c.dst = endpoint_of(key, 1 - client_side);
-    c.l4_proto = kUdp;
+    c.l4_proto = key.l4;
     c.key = call_key(key, client_side, c.ts_ns, c.key_extra);
     emit(std::move(c));
   }
@@ -460,18 +467,40 @@ struct Dissector::Impl final : proto::DatagramContext {
   void udp(const Packet& p) {
     m.udp_datagrams++;
     // A first IP fragment holds only part of its datagram: not a whole message.
-    if (datagram_sessions.empty() ||
+    if (udp_sessions.empty() ||
         (p.meta.flags & (TW_PKT_F_CONTINUATION | TW_PKT_F_TRUNCATED | TW_PKT_F_MORE | TW_PKT_F_FRAGMENT)))
       return;
     int src_side;
     const FlowKey k = make_flow_key(p.meta, src_side);
     proto::Datagram d;
     d.payload = p.payload;
+    d.wire_len = std::max<size_t>(p.meta.payload_len, p.payload.size());
     d.ts_ns = p.meta.ts_ns;
     d.key = &k;
     d.src_side = src_side;
     d.pos = {p.pos.segment, p.pos.offset};
-    for (auto& s : datagram_sessions)
+    for (auto* s : udp_sessions)
+      if (s->datagram(d)) break;
+  }
+
+  // ------------------------------------------------------------- ICMP --
+
+  // An ICMP or ICMPv6 message, whole (its header is the payload's start);
+  // only the first chunk of a large one (its header and what follows).
+  void icmp(const Packet& p) {
+    m.icmp_messages++;
+    if (icmp_sessions.empty() || (p.meta.flags & (TW_PKT_F_CONTINUATION | TW_PKT_F_FRAGMENT)) || p.meta.chunk_off)
+      return;
+    int src_side;
+    const FlowKey k = make_flow_key(p.meta, src_side);
+    proto::Datagram d;
+    d.payload = p.payload;
+    d.wire_len = std::max<size_t>(p.meta.payload_len, p.payload.size());
+    d.ts_ns = p.meta.ts_ns;
+    d.key = &k;
+    d.src_side = src_side;
+    d.pos = {p.pos.segment, p.pos.offset};
+    for (auto* s : icmp_sessions)
       if (s->datagram(d)) break;
   }
 
@@ -685,6 +714,8 @@ struct Dissector::Impl final : proto::DatagramContext {
       tcp(p);
     else if (p.meta.l4_proto == kUdp)
       udp(p);
+    else if (p.meta.l4_proto == kIcmp || p.meta.l4_proto == kIcmp6)
+      icmp(p);
     note_memory();  // the peak before shedding: how far one packet took it
     if (opts.memory_limit && m.memory_bytes > opts.memory_limit) {
       shed();

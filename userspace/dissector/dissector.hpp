@@ -67,7 +67,7 @@ inline constexpr size_t kDurationBucketCount = sizeof(kDurationBuckets) / sizeof
 
 struct DissectorMetrics {
   uint64_t packets = 0, bytes = 0;
-  uint64_t tcp_flows = 0, udp_datagrams = 0;
+  uint64_t tcp_flows = 0, udp_datagrams = 0, icmp_messages = 0;
   uint64_t flows_active = 0;
   uint64_t flows_evicted = 0;  // dropped because max_flows was reached
   uint64_t flows_ignored = 0;  // no supported protocol detected

@@ -336,6 +336,8 @@ class PcapSource final : public PacketSource {
       p.sport = be16(d + l4off);
       p.dport = be16(d + l4off + 2);
       payload_off = l4off + 8;
+    } else if (l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6) {
+      payload_off = l4off;  // the payload of an ICMP packet is the whole ICMP message
     } else {
       return skip();
     }

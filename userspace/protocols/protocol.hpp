@@ -133,6 +133,8 @@ struct DissectLimits {
   size_t dns_max_name_hops = 32;
   uint64_t dns_timeout_ns = 10ull * 1000000000ull;
   size_t max_dns_pending = 100000;  // DNS queries waiting for an answer, all flows together
+  uint64_t icmp_timeout_ns = 10ull * 1000000000ull;  // an echo request without reply this long expires
+  size_t icmp_max_pending = 10000;  // echo requests waiting for a reply, all flows together
 };
 
 // What the engine gives a session.
@@ -208,9 +210,11 @@ struct Position {
   auto operator<=>(const Position&) const = default;
 };
 
-// One datagram.
+// One datagram: a UDP payload, or a whole ICMP or ICMPv6 message (the
+// key's l4 says which).
 struct Datagram {
   std::span<const uint8_t> payload;
+  size_t wire_len = 0;  // its length on the wire: the payload may be its beginning only (cut by the capture)
   uint64_t ts_ns = 0;
   const dissect::FlowKey* key = nullptr;  // the flow's canonical key
   int src_side = 0;  // side of the key that sent it
@@ -254,12 +258,13 @@ class DatagramProtocol {
 // -------------------------------------------------------------- registry --
 
 struct ProtocolInfo {
-  const char* name;  // the record's protocol ("http", "http2", "grpc", "ws", "dns")
+  const char* name;  // the record's protocol ("http", "http2", "grpc", "ws", "dns", "icmp", ...)
   // The tap.enabledDissectors / --dissectors name that switches it
   // (Kubeshark's: "http" covers HTTP/1, HTTP/2 and gRPC).
   const char* dissector;
   const StreamProtocol* stream = nullptr;  // detected on TCP (null: only reached through another)
-  const DatagramProtocol* datagram = nullptr;  // on UDP
+  const DatagramProtocol* datagram = nullptr;  // on UDP (on ICMP and ICMPv6 with `icmp`)
+  bool icmp = false;  // its datagrams are the ICMP and ICMPv6 messages, not UDP payloads
 };
 
 // Every protocol, in detection order (registry.cpp).

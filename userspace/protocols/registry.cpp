@@ -3,6 +3,7 @@
 #include "dns/session.hpp"
 #include "http1/session.hpp"
 #include "http2/session.hpp"
+#include "icmp/session.hpp"
 #include "protocol.hpp"
 #include "websocket/session.hpp"
 
@@ -12,12 +13,14 @@ const std::vector<ProtocolInfo>& protocols() {
   static const Http1Protocol http1;
   static const Http2Protocol http2;
   static const DnsProtocol dns;
+  static const IcmpProtocol icmp;
   static const std::vector<ProtocolInfo> all = {
       {kHttp1, "http", &http1, nullptr},
       {kHttp2, "http", &http2, nullptr},  // h2c with prior knowledge; by Upgrade through http
       {kGrpc, "http", nullptr, nullptr},  // an HTTP/2 stream with a gRPC content-type
       {kWebSocket, "ws", nullptr, nullptr},  // after an HTTP/1 upgrade
       {kDns, "dns", &dns, &dns},
+      {kIcmp, "icmp", nullptr, &icmp, true},  // ICMP and ICMPv6 messages
   };
   return all;
 }
