@@ -131,8 +131,10 @@ class AmqpEquivalence(unittest.TestCase):
     def test_00_traffic(self):
         self.assertTrue(ref.capture_complete(self.cap), f"capture incomplete: {self.cap}")
         self.assertEqual(self.dis["rc"], 0, self.dis["stderr"][-2000:])
-        self.assertEqual(self.got1, PUBLISHED[0])
-        self.assertEqual(self.consumed, PUBLISHED[1] + PUBLISHED[2])
+        self.assertGreater(len(self.ref), 100, "tshark's AMQP methods")
+        # the bodies as sent: amqp-publish -l takes each line with its newline
+        self.assertEqual(self.got1, PUBLISHED[0] + "\n")
+        self.assertEqual(self.consumed, PUBLISHED[1] + "\n" + PUBLISHED[2] + "\n")
         self.assertNotEqual(self.empty.returncode, 0)
         self.assertNotEqual(self.missing.returncode, 0)
         self.assertIn("404", self.missing.stderr)
@@ -189,7 +191,10 @@ class AmqpEquivalence(unittest.TestCase):
             rq, rs = c.get("request"), c.get("response")
             main = rq or rs
             by_method[main["method"]] += 1
-            if c["flags"]:
+            # librabbitmq leaves without the close-ok of the server's connection.close 530: that call
+            # is closed by the connection, flagged so
+            unanswered = main["method"] == "connection.close" and main["sender"] == "server" and not rs
+            if c["flags"] != (["closed"] if unanswered else []):
                 problems.append(f"{main['method']} flagged {c['flags']}")
             if rq and rs:
                 if rq["channel"] != rs["channel"] and not rs["method"].startswith("connection."):
