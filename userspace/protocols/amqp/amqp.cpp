@@ -195,7 +195,10 @@ struct TableWriter {
       case 'F':
       case 'A': {
         const uint32_t n = c.u32();
-        if (c.bad || !c.has(n)) return false;
+        if (c.bad || !c.has(n)) {
+          out.null();  // the key has its value: the JSON stays whole
+          return false;
+        }
         Cursor inner{c.p.subspan(c.at, n)};
         c.at += n;
         if (depth >= lim.max_table_depth) {
@@ -528,11 +531,8 @@ ParseResult AmqpParser::feed(std::span<const uint8_t> in, uint64_t ts, std::vect
       state_ = State::Hunt;
       return {ParseStatus::Done, 0};
     }
-    case State::Hunt: {
-      ParseResult r = hunt(in);
-      if (r.status == ParseStatus::Invalid && state_ == State::Hunt) gap_pending_ = true;
-      return r;
-    }
+    case State::Hunt:  // bytes skipped here were not lost: a message after them is flagged only after a gap or broken framing
+      return hunt(in);
     case State::Frame: {
       if (in.size() < 7) return {ParseStatus::NeedMoreData, 0};
       const uint8_t type = in[0];
