@@ -624,11 +624,46 @@ def capture():
             run("ip", "netns", "del", ns, check=False)
 
 
+def amqp():
+    """AMQP 0-9-1: the real-* seeds are connections of amqp-tools with RabbitMQ
+    3.10 (both directions as captured, kept as they are); these are made here:
+    interleaved channels, mid-connection, hostile lengths and nesting.
+    Layout: [flags u8][seed u32][cut u16][client bytes][server bytes]."""
+    d = out_dir("amqp", keep=("real-",))
+    be16, be32, be64 = (lambda v: struct.pack(">H", v)), (lambda v: struct.pack(">I", v)), (lambda v: struct.pack(">Q", v))
+    sstr = lambda b: bytes([len(b)]) + b  # noqa: E731
+    lstr = lambda b: be32(len(b)) + b  # noqa: E731
+    frame = lambda t, ch, p: bytes([t]) + be16(ch) + be32(len(p)) + p + b"\xce"  # noqa: E731
+    method = lambda ch, c, m, a=b"": frame(1, ch, be16(c) + be16(m) + a)  # noqa: E731
+    header = lambda ch, n: frame(2, ch, be16(60) + be16(0) + be64(n) + be16(0x9000) + sstr(b"text/plain") + b"\x02")  # noqa: E731
+    hdr = b"AMQP\x00\x00\x09\x01"
+
+    def seed(name, flags, client, server):
+        write(d, name, bytes([flags]) + struct.pack("<IH", 7, len(client) & 0xFFFF) + client + server)
+
+    pub = lambda ch, rk, body: (method(ch, 60, 40, be16(0) + sstr(b"") + sstr(rk) + b"\x00") + header(ch, len(body))  # noqa: E731
+                                + frame(3, ch, body))
+    seed("interleaved", 0, hdr + method(1, 60, 40, be16(0) + sstr(b"x") + sstr(b"a") + b"\x00")
+         + method(3, 60, 40, be16(0) + sstr(b"x") + sstr(b"b") + b"\x00") + header(3, 2) + header(1, 2)
+         + frame(3, 1, b"1a") + frame(3, 3, b"3b") + method(1, 50, 10, be16(0) + sstr(b"q") + b"\x00" + lstr(b"")),
+         method(1, 50, 11, sstr(b"q") + be32(1) + be32(0)))
+    seed("midstream", 0, frame(3, 1, b"tail") + pub(1, b"q", b"body") + method(1, 60, 70, be16(0) + sstr(b"q") + b"\x01"),
+         method(1, 60, 71, be64(1) + b"\x00" + sstr(b"") + sstr(b"q") + be32(0)) + header(1, 3) + frame(3, 1, b"abc"))
+    seed("huge-length", 0, hdr + b"\x01\x00\x01\x80\x00\x00\x00" + pub(1, b"q", b"x"), b"")
+    nested = b""
+    for _ in range(40):
+        nested = sstr(b"k") + b"F" + lstr(nested)
+    seed("nested-tables", 1, hdr + method(1, 50, 10, be16(0) + sstr(b"deep") + b"\x00" + lstr(nested)),
+         method(1, 50, 11, sstr(b"deep") + be32(0) + be32(0)))
+    seed("close-404-gaps", 2, hdr + method(2, 50, 10, be16(0) + sstr(b"nope") + b"\x01" + lstr(b"")) + method(2, 20, 41),
+         method(2, 20, 40, be16(404) + sstr(b"NOT_FOUND") + be16(50) + be16(10)))
+
+
 def main():
     if "--capture" in sys.argv:
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")

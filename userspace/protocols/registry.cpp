@@ -1,5 +1,6 @@
 // The protocols the dissector knows, in detection order: a new protocol is
 // its folder and one line here.
+#include "amqp/session.hpp"
 #include "dns/session.hpp"
 #include "http1/session.hpp"
 #include "http2/session.hpp"
@@ -12,6 +13,7 @@ namespace tapwire::proto {
 const std::vector<ProtocolInfo>& protocols() {
   static const Http1Protocol http1;
   static const Http2Protocol http2;
+  static const AmqpProtocol amqp;
   static const DnsProtocol dns;
   static const IcmpProtocol icmp;
   static const std::vector<ProtocolInfo> all = {
@@ -19,6 +21,7 @@ const std::vector<ProtocolInfo>& protocols() {
       {kHttp2, "http", &http2, nullptr},  // h2c with prior knowledge; by Upgrade through http
       {kGrpc, "http", nullptr, nullptr},  // an HTTP/2 stream with a gRPC content-type
       {kWebSocket, "ws", nullptr, nullptr},  // after an HTTP/1 upgrade
+      {kAmqp, "amqp", &amqp, nullptr},  // AMQP 0-9-1
       {kDns, "dns", &dns, &dns},
       {kIcmp, "icmp", nullptr, &icmp, true},  // ICMP and ICMPv6 messages
   };
