@@ -439,7 +439,7 @@ void register_calls(CLI::App& app, Action& action) {
   auto o = std::make_shared<CallsOptions>();
   CLI::App* sub = app.add_subcommand("calls", "Query the calls in a dissection DB");
   sub->add_option("--db", o->db, "the dissection DB")->required();
-  sub->add_option("--protocol", o->protocol, "only this protocol (http, http2, grpc, ws, dns)");
+  sub->add_option("--protocol", o->protocol, "only this protocol (http, http2, grpc, ws, postgres, dns)");
   sub->add_option("--status", o->status, "only this HTTP status (404) or class (5xx)");
   sub->add_option("--from", o->from, "only calls at or after this time (RFC 3339, Unix seconds, -5m)");
   sub->add_option("--to", o->to, "only calls at or before this time");
