@@ -28,6 +28,8 @@ PACKAGES=(
   nghttp2-client nghttp2-server nghttp2-proxy python3-grpcio
   # WebSocket peers (tests/integration/test_websocket.py): server and client of python3-websockets
   python3-websockets
+  # PostgreSQL server, psql and pgbench (tests/integration/test_postgres.py, make bench)
+  postgresql
   # benchmarks: peak memory of a command (scripts/bench_identity.py)
   time
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator
