@@ -82,7 +82,6 @@ std::string notice(std::string_view m) {
 }
 std::string s1() { return msg('1', ""); }
 std::string s2() { return msg('2', ""); }
-std::string no_data() { return msg('n', ""); }
 
 // ------------------------------------------------------------- traffic --
 

@@ -236,10 +236,11 @@ bool pg_body_plausible(bool client, char t, std::span<const uint8_t> body, bool 
       return texty(v) && end_ok();
     }
     case 'R': {
+      if (body.size() < 4) return cut;
       const int64_t code = c.i32();
       switch (code) {
         case 0: case 3: return body.size() == 4;
-        case 5: return body.size() == 8;
+        case 5: return cut ? body.size() <= 8 : body.size() == 8;
         case 2: case 7: case 8: case 9: case 10: case 11: case 12: return true;
         default: return false;
       }
@@ -316,6 +317,7 @@ int candidate(std::span<const uint8_t> b, bool client, uint32_t max, size_t* end
   if (!pg_length_plausible(client, static_cast<char>(t), len, max)) return -1;
   const size_t total = size_t{len} + 1;
   if (b.size() < total) {
+    if (b.size() == 5) return 0;
     // What came so far must read right.
     return pg_body_plausible(client, static_cast<char>(t), b.subspan(5), true) ? 0 : -1;
   }
@@ -645,6 +647,12 @@ size_t skip_blank(std::string_view q, size_t i) {
   return i;
 }
 
+// Whether the next thing after spaces is an opening parenthesis (a subquery).
+bool opens_paren(std::string_view q, size_t i) {
+  while (i < q.size() && (q[i] == ' ' || q[i] == '\t' || q[i] == '\n' || q[i] == '\r')) i++;
+  return i < q.size() && q[i] == '(';
+}
+
 bool word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
 
 std::string upper_word(std::string_view q, size_t& i) {
@@ -699,7 +707,7 @@ std::string pg_sql_table(std::string_view q) {
       w = next_word(k);
     }
     if (w == "ONLY" || (verb == "TRUNCATE" && w == "TABLE")) j = k;
-    if (verb == "COPY" && skip_blank(q, j) < q.size() && q[skip_blank(q, j)] == '(') return {};
+    if (verb == "COPY" && opens_paren(q, j)) return {};
     return ident(q, j);
   }
   if (verb == "SELECT") {
@@ -718,7 +726,7 @@ std::string pg_sql_table(std::string_view q) {
       else if (depth == 0 && (c == 'f' || c == 'F') && (k == 0 || !word_char(q[k - 1])) && k + 4 <= q.size()) {
         size_t m = k;
         if (upper_word(q, m) == "FROM") {
-          if (skip_blank(q, m) < q.size() && q[skip_blank(q, m)] == '(') return {};
+          if (opens_paren(q, m)) return {};
           return ident(q, m);
         }
       }

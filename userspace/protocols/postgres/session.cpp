@@ -141,7 +141,13 @@ class PostgresSession final : public StreamSession {
       if (r.status == ParseStatus::Invalid) {
         counters_.parse_errors++;
         error_pending_[i] = true;
+        // Joined inside a request: the server answers it, absorbed until its ReadyForQuery.
+        if (i == 0 && !client_seen_) {
+          client_seen_ = true;
+          push(Item::Lost, nullptr);
+        }
       } else if (r.status == ParseStatus::Done) {
+        if (i == 0) client_seen_ = true;
         if (i == 0)
           client(f, msg_ts);
         else
@@ -262,6 +268,7 @@ class PostgresSession final : public StreamSession {
   std::map<std::string, std::shared_ptr<PgRequest>> portals_;  // bound portal -> its request
   bool skipping_ = false;  // the server skips to the next Sync after an error
   bool stopped_ = false;  // encrypted from here on
+  bool client_seen_ = false;  // a client message was read (or its first bytes skipped)
   bool gap_pending_[2] = {false, false};
   bool shed_pending_[2] = {false, false};
   bool error_pending_[2] = {false, false};
