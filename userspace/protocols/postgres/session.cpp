@@ -342,6 +342,7 @@ class PostgresSession final : public StreamSession {
     if (c->emitted) return;
     c->emitted = true;
     if (c == copy_call_) copy_call_.reset();
+    if (c == group_) group_.reset();  // timed out or evicted while the client was still building it
     CallContent out;
     out.protocol = kPostgres;
     out.ts_ns = c->ts;
@@ -482,16 +483,16 @@ class PostgresSession final : public StreamSession {
         break;
       }
       case 'd':
-        if (copy_call_ && !copy_call_->emitted) {
+        if (copy_call_ && !copy_call_->emitted && copy_call_->req) {
           copy_call_->req->copy_messages++;
           copy_call_->req->copy_bytes += f.length - 4;
         }
         break;
       case 'c':
-        if (copy_call_ && !copy_call_->emitted) copy_call_->req->copy_done = true;
+        if (copy_call_ && !copy_call_->emitted && copy_call_->req) copy_call_->req->copy_done = true;
         break;
       case 'f':
-        if (copy_call_ && !copy_call_->emitted) {
+        if (copy_call_ && !copy_call_->emitted && copy_call_->req) {
           copy_call_->req->copy_failed = true;
           copy_call_->req->copy_fail = std::string(b.cstr().substr(0, kMaxErrorMessage));
         }
@@ -788,7 +789,7 @@ class PostgresSession final : public StreamSession {
       case 'H':
       case 'W':
         if (r) r->copy = t == 'G' ? 'i' : t == 'H' ? 'o' : 'b';
-        if (t != 'H') copy_call_ = call;
+        if (t != 'H' && call && call->req) copy_call_ = call;  // an orphan has no request to count in
         return;
       case 'd':
         if (r) {
