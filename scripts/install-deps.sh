@@ -30,6 +30,8 @@ PACKAGES=(
   python3-websockets
   # AMQP 0-9-1 (tests/integration/test_amqp.py): a RabbitMQ broker run in the lab, librabbitmq's clients
   rabbitmq-server amqp-tools
+  # PostgreSQL server, psql and pgbench (tests/integration/test_postgres.py, make bench)
+  postgresql
   # benchmarks: peak memory of a command (scripts/bench_identity.py)
   time
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator

@@ -657,13 +657,64 @@ def amqp():
          method(1, 50, 11, sstr(b"deep") + be32(0) + be32(0)))
     seed("close-404-gaps", 2, hdr + method(2, 50, 10, be16(0) + sstr(b"nope") + b"\x01" + lstr(b"")) + method(2, 20, 41),
          method(2, 20, 40, be16(404) + sstr(b"NOT_FOUND") + be16(50) + be16(10)))
+def postgres():
+    """[flags][seed u32] then chunks [h][len u16 LE][bytes]: h bit 0 the server's."""
+    d = out_dir("postgres")
+
+    def m(t, body=b""):
+        return t + struct.pack("!I", len(body) + 4) + body
+
+    def cs(s):
+        return s.encode() + b"\0"
+
+    def ch(server, b, h=0):
+        return bytes([h | (1 if server else 0)]) + struct.pack("<H", len(b)) + b
+
+    st = b"".join([cs("user"), cs("alice"), cs("database"), cs("shop"), b"\0"])
+    startup = struct.pack("!II", len(st) + 8, 196608) + st
+    ssl = struct.pack("!II", 8, 80877103)
+    ready = m(b"Z", b"I")
+    login = [ch(0, ssl), ch(1, b"N"), ch(0, startup),
+             ch(1, m(b"R", struct.pack("!I", 10) + cs("SCRAM-SHA-256") + b"\0")), ch(0, m(b"p", b"secret")),
+             ch(1, m(b"R", struct.pack("!I", 0)) + m(b"S", cs("server_version") + cs("15")) +
+                m(b"K", struct.pack("!II", 7, 8)) + ready)]
+    rowd = m(b"T", struct.pack("!H", 1) + cs("id") + b"\0" * 18)
+    simple = [ch(0, m(b"Q", cs("SELECT id FROM t"))),
+              ch(1, rowd + m(b"D", struct.pack("!HI", 1, 1) + b"1") + m(b"C", cs("SELECT 1")) + ready),
+              ch(0, m(b"Q", cs("BEGIN; COMMIT"))), ch(1, m(b"C", cs("BEGIN")) + m(b"C", cs("COMMIT")) + ready),
+              ch(0, m(b"Q", cs("SELEC"))),
+              ch(1, m(b"E", b"SERROR\0VERROR\0C42601\0Msyntax error\0\0") + ready)]
+    bind = m(b"B", cs("") + cs("s1") + struct.pack("!HH", 0, 2) + struct.pack("!I", 1) + b"5" +
+             struct.pack("!i", -1) + struct.pack("!H", 0))
+    ext = [ch(0, m(b"P", cs("s1") + cs("UPDATE t SET a = $1 WHERE b = $2") + struct.pack("!H", 0)) + m(b"S")),
+           ch(1, m(b"1") + ready),
+           ch(0, bind + m(b"D", b"P\0") + m(b"E", cs("") + struct.pack("!I", 0)) + m(b"S")),
+           ch(1, m(b"2") + m(b"n") + m(b"C", cs("UPDATE 1")) + ready),
+           ch(0, m(b"P", cs("") + cs("SELEKT") + struct.pack("!H", 0)) + m(b"B", b"\0\0" + b"\0" * 6) +
+              m(b"E", b"\0" + b"\0" * 4) + m(b"S")),
+           ch(1, m(b"E", b"SERROR\0C42601\0Mbad\0\0") + ready)]
+    copy = [ch(0, m(b"Q", cs("COPY t FROM STDIN"))), ch(1, m(b"G", b"\0" + struct.pack("!HH", 1, 0))),
+            ch(0, m(b"d", b"1\n") + m(b"d", b"2\n") + m(b"c")), ch(1, m(b"C", cs("COPY 2")) + ready),
+            ch(0, m(b"Q", cs("COPY t TO STDOUT"))),
+            ch(1, m(b"H", b"\0" + struct.pack("!HH", 1, 0)) + m(b"d", b"1\n") + m(b"c") + m(b"C", cs("COPY 1")) +
+               m(b"N", b"SNOTICE\0Mhi\0\0") + m(b"A", struct.pack("!I", 1) + cs("c") + cs("p")) + ready)]
+    head = bytes([2]) + struct.pack("<I", 12345)
+    write(d, "session", head + b"".join(login + simple + ext + copy))
+    write(d, "simple_small_limits", bytes([3]) + struct.pack("<I", 7) + b"".join(login + simple))
+    write(d, "extended", head + b"".join(ext))
+    write(d, "copy", head + b"".join(copy))
+    write(d, "cancel", head + ch(0, struct.pack("!IIII", 16, 80877102, 42, 43)))
+    write(d, "ssl_accepted", head + ch(0, ssl) + ch(1, b"S") + ch(0, b"\x16\x03\x01\x00\x05hello"))
+    write(d, "joined", head + ch(0, m(b"Q", cs("SELECT 1"))[3:] + m(b"Q", cs("SELECT 2"))) +
+          ch(1, m(b"C", cs("SELECT 0")) + ready + m(b"C", cs("SELECT 1")) + ready))
+    write(d, "gap", head + b"".join(simple[:1]) + ch(1, m(b"C", cs("SELECT 1")), 2) + ch(1, ready, 4))
 
 
 def main():
     if "--capture" in sys.argv:
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")

@@ -5,6 +5,7 @@
 #include "http1/session.hpp"
 #include "http2/session.hpp"
 #include "icmp/session.hpp"
+#include "postgres/session.hpp"
 #include "protocol.hpp"
 #include "websocket/session.hpp"
 
@@ -14,6 +15,7 @@ const std::vector<ProtocolInfo>& protocols() {
   static const Http1Protocol http1;
   static const Http2Protocol http2;
   static const AmqpProtocol amqp;
+  static const PostgresProtocol postgres;
   static const DnsProtocol dns;
   static const IcmpProtocol icmp;
   static const std::vector<ProtocolInfo> all = {
@@ -22,6 +24,7 @@ const std::vector<ProtocolInfo>& protocols() {
       {kGrpc, "http", nullptr, nullptr},  // an HTTP/2 stream with a gRPC content-type
       {kWebSocket, "ws", nullptr, nullptr},  // after an HTTP/1 upgrade
       {kAmqp, "amqp", &amqp, nullptr},  // AMQP 0-9-1
+      {kPostgres, "postgres", &postgres, nullptr},
       {kDns, "dns", &dns, &dns},
       {kIcmp, "icmp", nullptr, &icmp, true},  // ICMP and ICMPv6 messages
   };
