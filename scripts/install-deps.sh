@@ -28,6 +28,9 @@ PACKAGES=(
   nghttp2-client nghttp2-server nghttp2-proxy python3-grpcio
   # WebSocket peers (tests/integration/test_websocket.py): server and client of python3-websockets
   python3-websockets
+  # MySQL / MariaDB (tests/integration/test_mysql.py): mariadbd, the mariadb client and mysqlslap,
+  # server-side prepared statements from Perl's DBD::MariaDB
+  mariadb-server mariadb-client libdbd-mariadb-perl
   # benchmarks: peak memory of a command (scripts/bench_identity.py)
   time
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator
