@@ -109,6 +109,7 @@ void PacketReader::reset() {
   cur_ = Packet{};
   chdr_have_ = 0;
   c_in_payload_ = false;
+  fail_pending_ = false;
   scratch_.clear();
   scratch_off_ = 0;
   // The compressed framing cannot be found again in the middle of a stream.
@@ -144,6 +145,10 @@ size_t PacketReader::feed(std::span<const uint8_t> in, uint64_t ts, Packet& out,
       }
       if (got) return used;
     }
+    if (fail_pending_) {  // what inflated before the error is read: now stop
+      fail();
+      return in.size();
+    }
     if (c_in_payload_) {
       const size_t take = std::min<size_t>(c_remaining_, in.size() - used);
       if (c_expect_ == 0) {  // stored as it is
@@ -175,22 +180,25 @@ size_t PacketReader::feed(std::span<const uint8_t> in, uint64_t ts, Packet& out,
       z_->avail_out = static_cast<uInt>(kInflateChunk);
       const int rc = inflate(z_, Z_NO_FLUSH);
       const size_t consumed = take - z_->avail_in;
-      const size_t produced = kInflateChunk - z_->avail_out;
+      size_t produced = kInflateChunk - z_->avail_out;
       c_more_out_ = z_->avail_out == 0;
+      // The bytes within the announced length are read whatever happens
+      // next, so that where the input was cut does not change what is read.
+      if (produced > c_expect_ - c_produced_) {
+        produced = c_expect_ - c_produced_;
+        fail_pending_ = true;
+      }
       scratch_.resize(produced);
       scratch_off_ = 0;
       used += consumed;
       c_remaining_ -= static_cast<uint32_t>(consumed);
-      c_produced_ += static_cast<uint32_t>(std::min<size_t>(produced, kMaxPacket + 1));
+      c_produced_ += static_cast<uint32_t>(produced);
       if (rc == Z_BUF_ERROR) {
         c_more_out_ = false;
         if (take == 0) continue;
       }
-      if ((rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) || c_produced_ > c_expect_ ||
-          (rc == Z_STREAM_END && c_remaining_ > 0)) {
-        fail();
-        return in.size();
-      }
+      if ((rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) || (rc == Z_STREAM_END && c_remaining_ > 0))
+        fail_pending_ = true;
       if (rc == Z_STREAM_END) c_more_out_ = false;
       continue;
     }

@@ -136,7 +136,8 @@ class PacketReader {
   uint32_t c_expect_ = 0;  // the inflated length the header announced (0: stored)
   uint32_t c_produced_ = 0;
   bool c_in_payload_ = false;
-  bool c_more_out_ = false;  // inflate filled its output: more may come without input
+  bool c_more_out_ = false;
+  bool fail_pending_ = false;  // the compressed packet broke: stop once what it gave is read  // inflate filled its output: more may come without input
   z_stream* z_ = nullptr;
   std::string scratch_;  // inflated bytes not yet read by the plain framing
   size_t scratch_off_ = 0;

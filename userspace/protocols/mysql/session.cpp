@@ -276,6 +276,7 @@ class MysqlSession final : public StreamSession {
 
   void finish_handshake(uint32_t flags, bool answered = false) {
     if (!hs_) return;
+    if (phase_ == Phase::Start || phase_ == Phase::Handshake) phase_ = Phase::Command;  // timed out, cut, or done
     CallContent c = std::move(*hs_);
     hs_.reset();
     c.flags |= flags;
@@ -290,6 +291,7 @@ class MysqlSession final : public StreamSession {
   }
 
   void handshake_client(const Packet& p) {
+    if (!hs_ || !hs_resp_) return;
     auto* req = static_cast<MysqlRequest*>(hs_->request.get());
     if (hs_response_seen_) return;  // auth data: never kept
     HandshakeResponse r;
@@ -323,6 +325,7 @@ class MysqlSession final : public StreamSession {
   }
 
   void handshake_server(const Packet& p) {
+    if (!hs_ || !hs_resp_) return;
     const uint8_t b = p.data.empty() ? 0 : static_cast<uint8_t>(p.data[0]);
     hs_last_ = p.ts_last;
     if (!hs_response_seen_) return;
@@ -505,12 +508,13 @@ class MysqlSession final : public StreamSession {
     Pending& f = pending_.front();
     queued_ -= content_bytes(f.call);
     CallContent c = std::move(f.call);
+    const uint64_t last = f.ts_last;
     pending_.pop_front();
     c.flags |= flags;
     if (resp_) {
       if (flags) c.flags |= kFlagIncomplete;
       c.status = resp_->has_error ? resp_->error_code : 0;
-      c.end_ns = f.ts_last;
+      c.end_ns = last;
       c.response = std::shared_ptr<MysqlResponse>(std::move(resp_));
     }
     resp_.reset();
@@ -569,6 +573,7 @@ class MysqlSession final : public StreamSession {
     if (pending_.empty()) return orphan(p);
     Pending& f = pending_.front();
     f.ts_last = p.ts_last;
+    if (p.length == 0) f.call.flags |= kFlagProtocolError;  // no answer packet is empty
     if (!resp_) resp_ = std::make_unique<MysqlResponse>();
     const Step s = step(f, p);
     if (s == Step::More) return;
