@@ -228,7 +228,6 @@ class MysqlSession final : public StreamSession {
             (b == 0xfe && len < 9) || (b >= 1 && b <= 250 && len <= 2) || (b == 0xfc && len >= 3 && len <= 4));
     }
     if (!ok) {  // not a start: drop this chunk, try the next
-      counters_.breakdowns["mysql_resync"][i == 0 ? "client_skipped" : "server_skipped"]++;
       h.clear();
       return;
     }
