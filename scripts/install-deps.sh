@@ -32,6 +32,9 @@ PACKAGES=(
   rabbitmq-server amqp-tools
   # PostgreSQL server, psql and pgbench (tests/integration/test_postgres.py, make bench)
   postgresql
+  # MySQL / MariaDB (tests/integration/test_mysql.py): mariadbd, the mariadb client and mysqlslap,
+  # server-side prepared statements from Perl's DBD::MariaDB
+  mariadb-server mariadb-client libdbd-mariadb-perl
   # benchmarks: peak memory of a command (scripts/bench_identity.py)
   time
   # HAR export check (tests/integration/test_dissect_snapshot.py): a real HAR 1.2 schema validator

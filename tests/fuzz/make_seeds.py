@@ -708,13 +708,36 @@ def postgres():
     write(d, "joined", head + ch(0, m(b"Q", cs("SELECT 1"))[3:] + m(b"Q", cs("SELECT 2"))) +
           ch(1, m(b"C", cs("SELECT 0")) + ready + m(b"C", cs("SELECT 1")) + ready))
     write(d, "gap", head + b"".join(simple[:1]) + ch(1, m(b"C", cs("SELECT 1")), 2) + ch(1, ready, 4))
+def mysql():
+    """Conversations captured in the MySQL lab (tests/fixtures/mysql): plain,
+    compressed, prepared statements, mysqlslap; whole, with small limits,
+    joined after the handshake, and with a gap in the server's direction."""
+    d = out_dir("mysql")
+    with open(os.path.join(FIXTURES, "mysql", "lab-conversations.json")) as f:
+        convs = json.load(f)["conversations"]
+
+    def ops(msgs):
+        b = b""
+        for who, hexdata in msgs:
+            data = bytes.fromhex(hexdata)
+            for i in range(0, len(data), 65535):
+                part = data[i:i + 65535]
+                b += struct.pack("<BH", 0 if who == "c" else 1, len(part)) + part
+        return b
+
+    for i, conv in enumerate(convs):
+        write(d, f"lab-{i}", struct.pack("<BI", 0, 7 + i) + ops(conv))
+        write(d, f"lab-{i}-small", struct.pack("<BI", 1, 11 + i) + ops(conv))
+        write(d, f"lab-{i}-joined", struct.pack("<BI", 2, 13 + i) + ops(conv[3:]))
+        gap = struct.pack("<BH", 1 | 2, 40)
+        write(d, f"lab-{i}-gap", struct.pack("<BI", 0, 17 + i) + ops(conv[:5]) + gap + ops(conv[6:]))
 
 
 def main():
     if "--capture" in sys.argv:
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres, mysql):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")

@@ -6,6 +6,7 @@
 #include "http2/session.hpp"
 #include "icmp/session.hpp"
 #include "postgres/session.hpp"
+#include "mysql/session.hpp"
 #include "protocol.hpp"
 #include "websocket/session.hpp"
 
@@ -16,6 +17,7 @@ const std::vector<ProtocolInfo>& protocols() {
   static const Http2Protocol http2;
   static const AmqpProtocol amqp;
   static const PostgresProtocol postgres;
+  static const MysqlProtocol mysql;
   static const DnsProtocol dns;
   static const IcmpProtocol icmp;
   static const std::vector<ProtocolInfo> all = {
@@ -25,6 +27,7 @@ const std::vector<ProtocolInfo>& protocols() {
       {kWebSocket, "ws", nullptr, nullptr},  // after an HTTP/1 upgrade
       {kAmqp, "amqp", &amqp, nullptr},  // AMQP 0-9-1
       {kPostgres, "postgres", &postgres, nullptr},
+      {kMysql, "mysql", &mysql, nullptr},  // server greeting; a client command joined mid-connection
       {kDns, "dns", &dns, &dns},
       {kIcmp, "icmp", nullptr, &icmp, true},  // ICMP and ICMPv6 messages
   };
