@@ -110,7 +110,7 @@ struct TapwireConfig {
   uint32_t snaplen = 0;                       // tap.snaplen (--snaplen): payload bytes kept per packet; 0 = all
   FilterConfig filters;
   CaptureConfig capture;
-  std::vector<std::string> enabled_dissectors = {"http", "ws", "dns"};  // tap.enabledDissectors
+  std::vector<std::string> enabled_dissectors = {"http", "ws", "mongodb", "dns"};  // tap.enabledDissectors
   std::vector<std::string> grpc_proto_paths;  // tap.grpc.protoPaths: .proto files and directories
   DissectionLimitsConfig dissection;
   SnapshotsConfig snapshots;
@@ -154,7 +154,7 @@ TapwireConfig load_config_text(const std::string& text, const std::string& sourc
 // each of them (a unit test checks that).
 const std::vector<std::string>& known_keys();
 
-// The dissectors this build has ("http", "ws", "dns").
+// The dissectors this build has ("http", "ws", "mongodb", "dns").
 const std::vector<std::string>& known_dissectors();
 
 }  // namespace tapwire::config
