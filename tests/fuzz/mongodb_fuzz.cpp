@@ -120,6 +120,14 @@ Outcome run(std::span<const uint8_t> cs, std::span<const uint8_t> ss, uint8_t fl
   return {std::move(ctx.records)};
 }
 
+std::string first_diff(const Outcome& a, const Outcome& b) {
+  std::string s = std::to_string(a.records.size()) + " vs " + std::to_string(b.records.size()) + " records";
+  for (size_t i = 0; i < std::min(a.records.size(), b.records.size()); i++)
+    if (a.records[i] != b.records[i])
+      return s + "; record " + std::to_string(i) + ":\n  " + a.records[i].substr(0, 600) + "\n  " + b.records[i].substr(0, 600);
+  return s;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -159,9 +167,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // requests), so compare one direction at a time.
   const Outcome whole_c = run(cs, {}, flags, seed, 0);
   const Outcome split_c = run(cs, {}, flags, seed, 64);
-  FUZZ_CHECK(whole_c.records == split_c.records, "client records differ by split");
+  FUZZ_CHECK(whole_c.records == split_c.records, "client records differ by split: " + first_diff(whole_c, split_c));
   const Outcome whole_s = run({}, ss, flags, seed, 0);
   const Outcome split_s = run({}, ss, flags, seed, 64);
-  FUZZ_CHECK(whole_s.records == split_s.records, "server records differ by split");
+  FUZZ_CHECK(whole_s.records == split_s.records, "server records differ by split: " + first_diff(whole_s, split_s));
   return 0;
 }

@@ -1,6 +1,8 @@
 #include "mongodb/session.hpp"
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <deque>
 
 namespace tapwire::proto {
@@ -9,6 +11,8 @@ namespace {
 // Bytes a direction looking for a header holds at most: a header and the
 // start of a body, enough for mongo_shape to decide.
 constexpr size_t kScanWindow = 4096;
+// Bytes of a candidate message looked at before it is taken as a message start.
+constexpr size_t kScanLook = 512;
 // Exhaust streams remembered (the server's last reply id of each).
 constexpr size_t kMaxExhaust = 16;
 
@@ -213,17 +217,27 @@ class MongoSession final : public StreamSession {
       size_t at = 0;
       bool found = false;
       for (; at < b.size(); at++) {
-        const MongoShape sh = mongo_shape(b.subspan(at));
+        // Each candidate is judged on the same bytes however the stream
+        // came in (the first kScanLook of its message, or all of a shorter
+        // one): what more bytes would say must not depend on the split.
+        const size_t avail = b.size() - at;
+        if (avail < 4) break;
+        const uint32_t len = mongo_u32(b.data() + at);
+        if (len < kMongoHeaderSize + 4 || len > kMongoMaxMessage) continue;
+        const size_t look = std::min<size_t>(len, kScanLook);
+        // "No" stays no with more bytes; "Matched" may not (a document's end).
+        const MongoShape sh = mongo_shape(b.subspan(at, std::min(avail, look)));
+        if (sh == MongoShape::No) continue;
+        if (avail < look) break;  // a message may start here: wait for its bytes
         if (sh == MongoShape::Matched) {
           found = true;
           break;
         }
-        if (sh == MongoShape::NeedMore) break;  // a header may start here: wait for more
       }
       if (!found) {
         s.buf.erase(s.buf.begin(), s.buf.begin() + static_cast<std::ptrdiff_t>(at));
         if (in.empty()) break;
-        // NeedMore needs under 300 bytes to decide: a full window is searched through.
+        // A candidate waits for at most kScanLook bytes: the window never fills.
         if (s.buf.size() >= kScanWindow) s.buf.erase(s.buf.begin(), s.buf.begin() + 1);
         continue;
       }
@@ -438,10 +452,15 @@ void MongoRecord::write_json(JsonOut& out) const {
   if (!request) {
     if (m.has_ok) {
       out.key("ok");
-      if (m.ok == 0 || m.ok == 1)
+      if (m.ok == 0 || m.ok == 1) {
         out.number(static_cast<int64_t>(m.ok));
-      else
-        out.raw(std::to_string(m.ok));
+      } else if (std::isfinite(m.ok)) {
+        char buf[64];
+        const auto r = std::to_chars(buf, buf + sizeof buf, m.ok);
+        out.raw(std::string_view(buf, static_cast<size_t>(r.ptr - buf)));
+      } else {
+        out.null();  // NaN or infinite: no JSON number
+      }
     }
     if (m.has_error) write_error(out, m);
   }
