@@ -14,6 +14,8 @@ PACKAGES=(
   # gRPC messages decoded with .proto files: libprotobuf; its .proto importer's
   # headers (compiler/importer.h) are packaged in libprotoc-dev (the code is in libprotobuf)
   libprotobuf-dev libprotoc-dev
+  # MongoDB (userspace/protocols/mongodb/): BSON through libbson, OP_COMPRESSED's snappy
+  libbson-dev libsnappy-dev
   # fuzzing (make fuzz): libFuzzer and the sanitizers' runtime for clang
   libclang-rt-14-dev
   # test lab and references

@@ -562,6 +562,76 @@ def http2():
     seed("midjoin", 0x20, 0, b"AAAA" + c2[20:], b"\xff\xff" + s2[15:], rs=3)
 
 
+# ----------------------------------------------------------------- mongodb --
+
+def pcap_tcp_streams(path):
+    """The TCP payload of each direction of a classic pcap (Ethernet, IPv4), in
+    sequence order, retransmissions dropped: {(src port, dst port): bytes}."""
+    data = open(path, "rb").read()
+    off, segs = 24, {}
+    while off + 16 <= len(data):
+        _, _, incl, _ = struct.unpack_from("<IIII", data, off)
+        frame = data[off + 16:off + 16 + incl]
+        off += 16 + incl
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            continue
+        ihl = (frame[14] & 15) * 4
+        tcp = frame[14 + ihl:]
+        sport, dport, seq = struct.unpack_from(">HHI", tcp)
+        payload = tcp[(tcp[12] >> 4) * 4:]
+        total = struct.unpack_from(">H", frame, 16)[0]
+        payload = payload[:max(0, total - ihl - (tcp[12] >> 4) * 4)]
+        if payload:
+            segs.setdefault((sport, dport), {})[seq] = payload
+    return {k: b"".join(v[q] for q in sorted(v)) for k, v in segs.items()}
+
+
+def mongodb():
+    """Input: [flags u8][seed u32 LE][client length u16 LE][client bytes][server bytes] (mongodb_fuzz.cpp)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+    import mongodbref as m
+    d = out_dir("mongodb")
+
+    def seed(name, flags, client, server, rs=1):
+        client = client[:65535]
+        write(d, name, bytes([flags]) + struct.pack("<I", rs) + struct.pack("<H", len(client)) + client + server)
+    streams = pcap_tcp_streams(os.path.join(FIXTURES, "mongodb", "mongo.pcap"))
+    cli = streams[(43250, 27017)]
+    srv = streams[(27017, 43250)]
+    for fl in (0, 1, 2, 4, 8):
+        seed("fixture_%02x" % fl, fl, cli, srv, rs=fl + 1)
+    seed("fixture-midjoin", 0, cli[700:], srv[900:], rs=9)
+    find = m.bson({"find": "users", "filter": {"x": 1}, "$db": "test"})
+    ok = m.bson({"cursor": {"firstBatch": [{"x": 1}], "id": m.Int64(0), "ns": "test.users"}, "ok": 1.0})
+    err = m.bson({"ok": 0.0, "errmsg": "boom", "code": 11000, "codeName": "DuplicateKey"})
+
+    def compressed(msg, codec, payload):
+        hdr = struct.unpack_from("<iiii", msg)
+        body = struct.pack("<iiB", hdr[3], len(msg) - 16, codec) + payload
+        return struct.pack("<iiii", 16 + len(body), hdr[1], hdr[2], 2012) + body
+    req = m.op_msg(1, 0, find, flags=1) + m.op_msg(2, 0, m.bson({"insert": "c", "$db": "t"}), [("documents", [m.bson({"a": 1})] * 3)])
+    rsp = m.op_msg(10, 1, ok, flags=1) + m.op_msg(11, 2, err)
+    seed("msg-seq-checksum", 0, req, rsp)
+    z = m.op_msg(3, 0, find)
+    seed("compressed-zlib-noop", 0, compressed(z, 2, zlib.compress(z[16:])) + compressed(z, 0, z[16:]),
+         compressed(m.op_msg(12, 3, ok), 2, zlib.compress(m.op_msg(12, 3, ok)[16:])))
+    exhaust = m.op_msg(4, 0, m.bson({"getMore": m.Int64(5), "collection": "c", "$db": "t"}), flags=1 << 16)
+    seed("exhaust-moretocome", 0, exhaust + m.op_msg(5, 0, find, flags=2),
+         m.op_msg(20, 4, ok, flags=2) + m.op_msg(21, 20, ok, flags=2) + m.op_msg(22, 21, ok))
+    ins = struct.pack("<i", 0) + b"db.c\0" + m.bson({"a": 1})
+    legacy = struct.pack("<iiii", 16 + len(ins), 6, 0, 2002) + ins
+    q = struct.pack("<i", 0) + b"db.c\0" + struct.pack("<ii", 0, 1) + m.bson({"a": {"$gt": 1}})
+    query = struct.pack("<iiii", 16 + len(q), 7, 0, 2004) + q
+    reply_body = struct.pack("<iqii", 2, 0, 0, 1) + m.bson({"$err": "bad", "code": 2})
+    reply = struct.pack("<iiii", 16 + len(reply_body), 30, 7, 1) + reply_body
+    seed("legacy", 1, legacy + query, reply)
+    deep = {"a": 1}
+    for _ in range(60):
+        deep = {"a": deep}
+    seed("deep-and-bad", 1, m.op_msg(8, 0, m.bson({"find": "c", "f": deep, "$db": "t"})) + b"\xff" * 40 + m.op_msg(9, 0, find),
+         struct.pack("<iiii", 0x7fffffff, 1, 8, 2013) + m.op_msg(23, 9, ok), rs=5)
+
+
 # ------------------------------------------------------- sensor segments --
 
 def capture():
@@ -737,7 +807,8 @@ def main():
     if "--capture" in sys.argv:
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres, mysql):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres, mysql,
+              mongodb):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")

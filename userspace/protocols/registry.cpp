@@ -7,6 +7,7 @@
 #include "icmp/session.hpp"
 #include "postgres/session.hpp"
 #include "mysql/session.hpp"
+#include "mongodb/session.hpp"
 #include "protocol.hpp"
 #include "websocket/session.hpp"
 
@@ -18,6 +19,7 @@ const std::vector<ProtocolInfo>& protocols() {
   static const AmqpProtocol amqp;
   static const PostgresProtocol postgres;
   static const MysqlProtocol mysql;
+  static const MongoProtocol mongodb;
   static const DnsProtocol dns;
   static const IcmpProtocol icmp;
   static const std::vector<ProtocolInfo> all = {
@@ -28,6 +30,7 @@ const std::vector<ProtocolInfo>& protocols() {
       {kAmqp, "amqp", &amqp, nullptr},  // AMQP 0-9-1
       {kPostgres, "postgres", &postgres, nullptr},
       {kMysql, "mysql", &mysql, nullptr},  // server greeting; a client command joined mid-connection
+      {kMongoDb, "mongodb", &mongodb, nullptr},
       {kDns, "dns", &dns, &dns},
       {kIcmp, "icmp", nullptr, &icmp, true},  // ICMP and ICMPv6 messages
   };
