@@ -3,6 +3,7 @@
 #include "dns/session.hpp"
 #include "http1/session.hpp"
 #include "http2/session.hpp"
+#include "kafka/session.hpp"
 #include "protocol.hpp"
 #include "websocket/session.hpp"
 
@@ -11,12 +12,14 @@ namespace tapwire::proto {
 const std::vector<ProtocolInfo>& protocols() {
   static const Http1Protocol http1;
   static const Http2Protocol http2;
+  static const KafkaProtocol kafka;
   static const DnsProtocol dns;
   static const std::vector<ProtocolInfo> all = {
       {kHttp1, "http", &http1, nullptr},
       {kHttp2, "http", &http2, nullptr},  // h2c with prior knowledge; by Upgrade through http
       {kGrpc, "http", nullptr, nullptr},  // an HTTP/2 stream with a gRPC content-type
       {kWebSocket, "ws", nullptr, nullptr},  // after an HTTP/1 upgrade
+      {kKafka, "kafka", &kafka, nullptr},
       {kDns, "dns", &dns, &dns},
   };
   return all;
