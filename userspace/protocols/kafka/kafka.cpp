@@ -247,7 +247,10 @@ bool printable(uint8_t c) { return c >= 0x20 && c < 0x7f; }
 // returns zero, so callers check ok() at loop heads only.
 class Reader {
  public:
-  Reader(std::span<const uint8_t> b, bool flexible) : b_(b), flex_(flexible) {}
+  // `total`: the body's size on the wire (b may be a prefix of it): a
+  // length past it is malformed, one past b only short (not kept).
+  Reader(std::span<const uint8_t> b, size_t total, bool flexible)
+      : b_(b), total_(std::max(total, b.size())), flex_(flexible) {}
   bool ok() const { return !short_ && !bad_; }
   bool is_short() const { return short_; }
   bool bad() const { return bad_; }
@@ -256,15 +259,7 @@ class Reader {
   bool flexible() const { return flex_; }
   size_t left() const { return ok() ? b_.size() - off_ : 0; }
 
-  bool skip(uint64_t n) {
-    if (!ok()) return false;
-    if (n > b_.size() - off_) {
-      short_ = true;
-      return false;
-    }
-    off_ += n;
-    return true;
-  }
+  bool skip(uint64_t n) { return take(n); }
   uint8_t u8() { return take(1) ? b_[off_ - 1] : 0; }
   int16_t i16() { return take(2) ? be16s(&b_[off_ - 2]) : 0; }
   int32_t i32() { return take(4) ? static_cast<int32_t>(be32(&b_[off_ - 4])) : 0; }
@@ -344,8 +339,12 @@ class Reader {
   }
 
  private:
-  bool take(size_t n) {
+  bool take(uint64_t n) {
     if (!ok()) return false;
+    if (n > total_ - off_) {
+      bad_ = true;  // past the end of the message
+      return false;
+    }
     if (n > b_.size() - off_) {
       short_ = true;
       return false;
@@ -354,6 +353,7 @@ class Reader {
     return true;
   }
   std::span<const uint8_t> b_;
+  size_t total_;
   size_t off_ = 0;
   bool flex_ = false;
   bool short_ = false, bad_ = false;
@@ -843,7 +843,7 @@ bool parse_kafka_request(std::span<const uint8_t> body, uint32_t size, KafkaRequ
   q.correlation_id = static_cast<int32_t>(be32(&body[4]));
   if (!kafka_version_known(q.api_key, q.api_version)) return false;
   // The header's client id is an i16 string in every header version.
-  Reader r(body.subspan(8), false);
+  Reader r(body.subspan(8), size > 8 ? size - 8 : 0, false);
   r.str(&q.client_id, kKafkaMaxString, &q.truncated, &q.client_id_null);
   if (!r.ok()) return !r.bad() && body.size() < size;  // cut inside the client id: only a prefix was kept
   const bool flex = kafka_flexible(q.api_key, q.api_version);
@@ -861,7 +861,7 @@ bool parse_kafka_response(std::span<const uint8_t> body, uint32_t size, int16_t 
   if (body.size() < 4) return false;
   out.correlation_id = static_cast<int32_t>(be32(body.data()));
   const bool flex = kafka_flexible(api_key, api_version);
-  Reader r(body.subspan(4), flex);
+  Reader r(body.subspan(4), size > 4 ? size - 4 : 0, flex);
   if (api_key != kApiVersions) r.tagged();  // header v1; ApiVersions answers with header v0
   // An ApiVersions request newer than the broker gets a v0 response
   // (UNSUPPORTED_VERSION): its error code comes first either way.
