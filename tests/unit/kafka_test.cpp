@@ -908,6 +908,56 @@ TEST(KafkaEngine, DisabledDissectorLeavesItAlone) {
   EXPECT_TRUE(opts.enabled("kafka"));
 }
 
+// A session on its own, with a context that collects its calls.
+class Ctx final : public proto::SessionContext {
+ public:
+  explicit Ctx(proto::DissectLimits l = {}) : lim_(l) {}
+  void emit(proto::CallContent&& c) override { calls.push_back(std::move(c)); }
+  uint64_t next_seq() override { return ++seq_; }
+  uint64_t key_of(uint64_t ts, uint64_t extra) const override { return ts ^ extra; }
+  proto::ProtocolCounters& counters(std::string_view) override { return counters_; }
+  bool enabled(std::string_view) const override { return true; }
+  const proto::DissectLimits& limits() const override { return lim_; }
+  std::vector<proto::CallContent> calls;
+  proto::ProtocolCounters counters_;
+
+ private:
+  proto::DissectLimits lim_;
+  uint64_t seq_ = 0;
+};
+
+TEST(KafkaSession, TimeoutPendingCapAndShedding) {
+  proto::KafkaProtocol k;
+  proto::DissectLimits lim;
+  lim.max_pending = 2;
+  Ctx ctx(lim);
+  auto s = k.open(ctx);
+  const uint64_t t = 1000;
+  for (int i = 1; i <= 3; i++) s->data(proto::Dir::ClientToServer, bytes_of(metadata_req(1, i, {"a"})), t);
+  ASSERT_EQ(ctx.calls.size(), 1u);  // the oldest gave way to the third
+  EXPECT_EQ(ctx.calls[0].flags, proto::kFlagTimeout);
+  s->expire(t + lim.request_timeout_ns - 1);
+  EXPECT_EQ(ctx.calls.size(), 1u);
+  s->expire(t + lim.request_timeout_ns + 1);
+  ASSERT_EQ(ctx.calls.size(), 3u);
+  EXPECT_EQ(ctx.calls[2].flags, proto::kFlagTimeout);
+  EXPECT_EQ(ctx.counters_.breakdowns["kafka_apis"]["Metadata"], 3u);
+  // Half a message, its kept bytes shed: framed on, flagged memory_shed.
+  const std::string m = produce_req(2, 9, {{"b", 1}}, -1, 10000);
+  s->data(proto::Dir::ClientToServer, bytes_of(m).first(5000), t);
+  EXPECT_GT(s->buffered_bytes(), 4000u);
+  EXPECT_GT(s->shed_buffers(t), 4000u);
+  EXPECT_LE(s->buffered_bytes(), 256u);
+  s->data(proto::Dir::ClientToServer, bytes_of(m).subspan(5000), t);
+  s->data(proto::Dir::ServerToClient, bytes_of(produce_resp(2, 9, "b", {0})), t);
+  ASSERT_EQ(ctx.calls.size(), 4u);
+  EXPECT_TRUE(ctx.calls[3].flags & proto::kFlagMemoryShed);
+  EXPECT_EQ(ctx.calls[3].status, 0);
+  s->close(proto::kFlagClosed, t);
+  EXPECT_EQ(ctx.calls.size(), 4u);
+  EXPECT_LT(s->memory_bytes(), 4096u);
+}
+
 // ------------------------------------------------------------- fixtures --
 
 std::filesystem::path fixture_dir() {

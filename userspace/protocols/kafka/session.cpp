@@ -11,6 +11,8 @@ constexpr uint16_t kKafkaPort = 9092;
 // Bytes of one message kept to parse it, at least (the header, the topics):
 // the rest of a large message (record sets) is counted and skipped.
 constexpr size_t kMinKept = 4096;
+// What a message in progress keeps when its buffer is shed.
+constexpr size_t kKeptAfterShed = 256;
 // Smallest body: a response's correlation id; a request's header is 10.
 constexpr uint32_t kMinResponse = 4;
 constexpr uint32_t kMinRequest = 10;
@@ -191,15 +193,20 @@ class KafkaSession final : public StreamSession {
   size_t shed_buffers(uint64_t) override {
     size_t freed = 0;
     for (Direction& s : dir_) {
-      freed += s.heap();
+      const size_t before = s.heap();
       if (!s.kept.empty()) {
-        // The message goes on being framed; what it keeps is gone.
+        // The message goes on being framed; what it keeps is gone but for
+        // its first bytes (the header: the call is still named and paired).
         s.keeping = false;
         s.msg_shed = true;
+        if (s.kept.size() > kKeptAfterShed) s.kept.resize(kKeptAfterShed);
+        s.kept.shrink_to_fit();
+      } else {
+        release(s.kept);
       }
       if (!s.rbuf.empty()) s.shed_next = true;
-      release(s.kept);
       release(s.rbuf);
+      freed += before - s.heap();
     }
     return freed;
   }
