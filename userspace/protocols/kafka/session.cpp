@@ -495,7 +495,7 @@ Detection KafkaProtocol::detect(std::span<const uint8_t> first, int side, const 
   if (from_kafka_port) {
     // A response alone is weak evidence: only with the broker's port.
     if (first.size() < 8) {
-      d.need_more = first[0] <= 0x06;
+      d.need_more = first.empty() || first[0] <= 0x06;
       return d;
     }
     const uint32_t size = be32(first.data());
