@@ -801,6 +801,37 @@ def mysql():
         write(d, f"lab-{i}-joined", struct.pack("<BI", 2, 13 + i) + ops(conv[3:]))
         gap = struct.pack("<BH", 1 | 2, 40)
         write(d, f"lab-{i}-gap", struct.pack("<BI", 0, 17 + i) + ops(conv[:5]) + gap + ops(conv[6:]))
+def kafka_messages():
+    """(from client, payload) of each TCP payload of the Kafka fixtures, per capture."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+    import kafkaref
+    return {os.path.basename(f): kafkaref._pcap_packets(kafkaref.Path(f))
+            for f in sorted(glob.glob(os.path.join(FIXTURES, "kafka", "*.pcap")))}
+
+
+def kafka():
+    d = out_dir("kafka")
+    # [mode][seed u32] then a request body, [key i8][version u8] + a response body, or a conversation
+    keys = {"00-produce-v2.pcap": (0, 2), "00-produce-v9.pcap": (0, 9), "01-fetch-v12-ok.pcap": (1, 12),
+            "11-join-group-v7.pcap": (11, 7), "18-api-versions-v3.pcap": (18, 3)}
+    conv_all = b""
+    for name, msgs in kafka_messages().items():
+        base = name[:-5]
+        req = b"".join(p for c, p in msgs if c)
+        resp = b"".join(p for c, p in msgs if not c)
+        write(d, base + ".req", bytes([0]) + struct.pack("<I", 1) + req[4:])
+        k, v = keys[name]
+        write(d, base + ".resp", bytes([1]) + struct.pack("<I", 1) + bytes([k, v]) + resp[4:])
+        conv = b""
+        for c, p in msgs:
+            conv += bytes([0 if c else 1]) + struct.pack("<H", len(p)) + p
+        write(d, base + ".conv", bytes([2]) + struct.pack("<I", 0x5eed) + conv + bytes([4, 0, 0, 5, 0, 0]))
+        conv_all += conv
+    write(d, "all.conv", bytes([2]) + struct.pack("<I", 7) + conv_all)
+    write(d, "all.small", bytes([6]) + struct.pack("<I", 9) + conv_all)
+    # a gap inside the conversation, and an expiry
+    write(d, "all.gaps", bytes([2]) + struct.pack("<I", 3) + conv_all[:200] + bytes([2]) + struct.pack("<H", 30)
+          + conv_all[200:] + bytes([6]) + struct.pack("<H", 120))
 
 
 def main():
@@ -808,7 +839,8 @@ def main():
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
               identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres, mysql,
-              mongodb):
+              mongodb, kafka):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, kafka):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")

@@ -8,6 +8,7 @@
 #include "postgres/session.hpp"
 #include "mysql/session.hpp"
 #include "mongodb/session.hpp"
+#include "kafka/session.hpp"
 #include "protocol.hpp"
 #include "websocket/session.hpp"
 
@@ -20,6 +21,7 @@ const std::vector<ProtocolInfo>& protocols() {
   static const PostgresProtocol postgres;
   static const MysqlProtocol mysql;
   static const MongoProtocol mongodb;
+  static const KafkaProtocol kafka;
   static const DnsProtocol dns;
   static const IcmpProtocol icmp;
   static const std::vector<ProtocolInfo> all = {
@@ -31,6 +33,7 @@ const std::vector<ProtocolInfo>& protocols() {
       {kPostgres, "postgres", &postgres, nullptr},
       {kMysql, "mysql", &mysql, nullptr},  // server greeting; a client command joined mid-connection
       {kMongoDb, "mongodb", &mongodb, nullptr},
+      {kKafka, "kafka", &kafka, nullptr},
       {kDns, "dns", &dns, &dns},
       {kIcmp, "icmp", nullptr, &icmp, true},  // ICMP and ICMPv6 messages
   };
