@@ -66,7 +66,32 @@ def _env_int(name: str, default: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, int(os.environ.get(name, str(default)))))
 
 
-ALL_PROTOCOLS = ("http1", "http2", "grpc")
+ALL_PROTOCOLS = ("http1", "http2", "grpc", "redis", "postgres", "mysql", "amqp", "kafka", "mongodb")
+# The data-plane protocols (issue 11): captures of their benchmark clients
+# against lab servers (the ref module's capture_bench), or for Kafka and
+# MongoDB, which have no server in Debian, captures synthesised from real
+# messages (synth_bench_pcap); how tshark is told the port, and what it
+# counts (None: it prints frames or messages, not calls: it is credited with
+# tapwire's count, the same file's calls).
+DATAPLANE = {
+    "redis": {"label": "Redis", "ref": "redisref", "decode": "resp", "filter": "resp && tcp.dstport == {port}",
+              "fields": "resp.array.length", "client": "redis-benchmark -P 16 (SET, GET, LPUSH)"},
+    "postgres": {"label": "PostgreSQL", "ref": "postgresref", "decode": "pgsql",
+                 "filter": 'pgsql.type == "Execute" || pgsql.type == "Simple query"', "fields": "pgsql.type",
+                 "client": "pgbench -M prepared, then -M simple"},
+    "mysql": {"label": "MySQL", "ref": "mysqlref", "decode": "mysql", "filter": "mysql.command",
+              "fields": "mysql.command", "client": "mysqlslap"},
+    "amqp": {"label": "AMQP", "ref": "amqpref", "decode": "amqp", "filter": "amqp", "fields": None,
+             "client": "amqp-publish / amqp-consume"},
+    "kafka": {"label": "Kafka", "ref": "kafkaref", "decode": "kafka", "filter": "kafka.request_key",
+              "fields": "kafka.request_key", "synth": True,
+              "client": "synthesised from the fixtures' Produce v2/v9, Fetch v12 and a Metadata v1 pair"},
+    "mongodb": {"label": "MongoDB", "ref": "mongodbref", "decode": "mongo", "filter": "mongo", "fields": None,
+                "synth": True, "client": "synthesised find/insert pairs from the fixture's messages"},
+}
+DP_SECONDS = _env_int("TW_BENCH_DISSECT_DP_SECONDS", 8, 1, 120)
+DP_CALLS = _env_int("TW_BENCH_DISSECT_DP_CALLS", 200000, 100, 10_000_000)
+DP_PORT: dict[str, int] = {}  # the server port of each data-plane capture
 SECONDS = _env_int("TW_BENCH_DISSECT_SECONDS", 4, 1, 60)
 CONNS = _env_int("TW_BENCH_DISSECT_CONNS", 16, 1, 256)
 H2_REQUESTS = _env_int("TW_BENCH_DISSECT_H2_REQUESTS", 200000, 1, 10_000_000)
@@ -83,8 +108,11 @@ STEP_TIMEOUT = _env_int("TW_BENCH_DISSECT_STEP_TIMEOUT", 900, 10, 7200)
 PERF = os.environ.get("TW_BENCH_DISSECT_PERF") == "1"
 MAX_CAPTURE = 1 << 30
 PCAP_ENV = {"http1": "TW_BENCH_DISSECT_PCAP", "http2": "TW_BENCH_DISSECT_H2_PCAP", "grpc": "TW_BENCH_DISSECT_GRPC_PCAP"}
+PCAP_ENV.update({p: f"TW_BENCH_DISSECT_{p.upper()}_PCAP" for p in DATAPLANE})
 LABEL = {"http1": "HTTP/1", "http2": "HTTP/2", "grpc": "gRPC"}
+LABEL.update({p: d["label"] for p, d in DATAPLANE.items()})
 DB_PROTOCOL = {"http1": "http", "http2": "http2", "grpc": "grpc"}  # the calls table's protocol column
+DB_PROTOCOL.update({p: p for p in DATAPLANE})
 TARGETS = {"http1": 1_000_000, "http2": 300_000}  # calls per core-second into the DB (issue 10)
 
 
@@ -284,7 +312,22 @@ def capture_grpc(out: Path) -> str:
             + f"; tcpdump: {cap['captured']} packets, {cap['kernel_drops']} dropped by the kernel")
 
 
+def capture_dataplane(proto: str, out: Path) -> str:
+    import importlib
+    d = DATAPLANE[proto]
+    mod = importlib.import_module(d["ref"])
+    if d.get("synth"):
+        port = mod.synth_bench_pcap(out, DP_CALLS)
+        what = f"{DP_CALLS} calls {d['client']}"
+    else:
+        port = mod.capture_bench(out, DP_SECONDS)
+        what = f"{d['client']} for {DP_SECONDS} s against a lab server, tcpdump on the server's veth"
+    DP_PORT[proto] = int(port)
+    return f"{d['label']}: {what}; port {port}"
+
+
 CAPTURE = {"http1": capture_http1, "http2": capture_http2, "grpc": capture_grpc}
+CAPTURE.update({p: (lambda out, p=p: capture_dataplane(p, out)) for p in DATAPLANE})
 
 
 # --------------------------------------------------------------------------
@@ -333,8 +376,38 @@ def count_distinct_streams(path: Path) -> int:
     return len(seen)
 
 
+def count_values(*wanted: bytes):
+    def count(path: Path) -> int:
+        n = 0
+        with open(path, "rb") as f:
+            for line in f:
+                n += sum(1 for v in line.strip().split(b",") if v in wanted)
+        return n
+    return count
+
+
+COUNTERS = {
+    "redis": count_lines_with_value,  # the commands (arrays) clients sent: their lengths, one per command
+    "postgres": count_values(b"Execute", b"Simple query"),
+    "mysql": count_lines_with_value,
+    "kafka": count_lines_with_value,
+}
+
+
 def tshark_runs(proto: str, port: int) -> list[dict]:
     """[{name, label, kind (text|fields), args, count}] for the protocol."""
+    if proto in DATAPLANE:
+        d = DATAPLANE[proto]
+        dec = ["-d", f"tcp.port=={port},{d['decode']}"]
+        flt = d["filter"].format(port=port)
+        runs = [{"kind": "text", "name": f"`tshark -r FILE -d tcp.port=={port},{d['decode']} -Y '{flt}'`",
+                 "label": f"tshark -Y {d['decode']}", "args": dec + ["-Y", flt], "count": None}]
+        field = d["fields"] or "frame.number"
+        runs.append({"kind": "fields", "name": f"`tshark -r FILE -d tcp.port=={port},{d['decode']} -Y '{flt}' "
+                                              f"-T fields -e {field}`",
+                     "label": "tshark -T fields", "args": dec + ["-Y", flt, "-T", "fields", "-e", field],
+                     "count": COUNTERS.get(proto)})
+        return runs
     if proto == "http1":
         return [{"kind": "text", "name": "`tshark -r FILE -Y http`", "label": "tshark -Y http",
                  "args": ["-Y", "http"], "count": count_request_lines},
@@ -411,7 +484,8 @@ def bench_protocol(proto: str, tmp: Path) -> dict:
         log(f"{LABEL[proto]}: making the capture")
         info = CAPTURE[proto](pcap)
         log(info)
-    port = {"http1": 80, "http2": H2_PORT, "grpc": GRPC_PORT}[proto]
+    port = {"http1": 80, "http2": H2_PORT, "grpc": GRPC_PORT}.get(proto) or DP_PORT.get(proto) or int(
+        os.environ.get(f"TW_BENCH_DISSECT_{proto.upper()}_PORT", "0"))
     mb = pcap.stat().st_size / 1e6
     log(f"{LABEL[proto]}: capture {pcap}: {mb:.1f} MB")
     rows = []

@@ -78,15 +78,20 @@ std::string protocol_list() {
 
 // What --method, --path and --status match, protocol by protocol (the
 // summary columns of docs/CALL_RECORD.md).
-constexpr const char* kSummaryHelp = R"(Method, path and status by protocol:
+constexpr const char* kSummaryHelp = R"(Method, path and status by protocol (status -1: no response):
   http, http2  the request method, the target, the HTTP status
   grpc         Service/Method, the :path, the grpc-status
   ws           the opcode (text, binary, close, ping, pong), -, the close code
   dns          the query type (A, AAAA, ...), the name asked, the rcode (0: NOERROR)
-  icmp         echo or the error's type (destination-unreachable, time-exceeded, ...), the address
-               pinged or the error's code (port-unreachable, ...), 0 for a reply, an error's
-               type * 100 + code (303: port unreachable)
-Status -1: no response.)";
+  redis        the command (SET), its first argument, 0 or 1 for an error reply
+  postgres     the SQL verb (SELECT) or STARTUP, CANCEL, ...; the table or statement; 0 or 1 for an error
+  mysql        the SQL verb, connect or the command (COM_PING); the database, table or statement id;
+               0 or the MySQL error code (1146)
+  kafka        the API (Produce), the first topic or the group, the error code (0: NONE)
+  amqp         the method (basic.publish), the queue or exchange/routing_key, the reply code (200 as 0)
+  mongodb      the command (find), database.collection, 0 or the server's error code
+  icmp         echo or the error's type (destination-unreachable), the address pinged or the error's
+               code (port-unreachable), 0 for a reply or an error's type * 100 + code (303))";
 
 // One readable line per call; `sum` (the DB's summary columns) says what
 // was asked and how it ended for protocols without a line of their own.
