@@ -110,7 +110,7 @@ struct TapwireConfig {
   uint32_t snaplen = 0;                       // tap.snaplen (--snaplen): payload bytes kept per packet; 0 = all
   FilterConfig filters;
   CaptureConfig capture;
-  std::vector<std::string> enabled_dissectors = {"http", "ws", "dns"};  // tap.enabledDissectors
+  std::vector<std::string> enabled_dissectors = {"http", "ws", "redis", "dns"};  // tap.enabledDissectors
   std::vector<std::string> grpc_proto_paths;  // tap.grpc.protoPaths: .proto files and directories
   DissectionLimitsConfig dissection;
   SnapshotsConfig snapshots;
