@@ -111,7 +111,7 @@ TEST(Config, DefaultsEqualTheFlagDefaults) {
   EXPECT_TRUE(c.capture.raw.enabled);
   EXPECT_TRUE(c.capture.stopped);  // dissection off until enabled, as without --dissection
   EXPECT_EQ(c.capture.dissection.stop_after, 5min);
-  EXPECT_EQ(c.enabled_dissectors, (std::vector<std::string>{"http", "ws", "dns"}));
+  EXPECT_EQ(c.enabled_dissectors, (std::vector<std::string>{"http", "ws", "redis", "dns"}));
   EXPECT_EQ(c.dissection.max_body, 64u << 10);
   EXPECT_EQ(c.dissection.max_header, 64u << 10);
   EXPECT_EQ(c.metrics.address, "127.0.0.1:7477");
@@ -284,7 +284,7 @@ TEST(ConfigRejects, NegativeOrZeroOrOutOfRangeSize) {
 
 TEST(ConfigRejects, UnknownDissector) {
   expect_rejected("tap:\n  enabledDissectors:\n    - http\n    - gopher\n", "tap.enabledDissectors", 4,
-                  "unknown dissector 'gopher' (this build has: http, ws, dns)");
+                  "unknown dissector 'gopher' (this build has: http, ws, redis, dns)");
 }
 
 TEST(ConfigRejects, BadDuration) {

@@ -246,7 +246,9 @@ size_t resp_value_heap_bytes(const RespValue& v) {
 
 bool RespParser::valid_start(uint8_t c) const {
   if (side_ == Side::Replies) return reply_type(c);
-  return c == '*' || is_alpha(c);
+  // An inline command starts a stream, or follows a message; after a
+  // resync (where a word may well be the tail of a value) only an array does.
+  return c == '*' || (is_alpha(c) && !resynced_);
 }
 
 void RespParser::begin_message(uint64_t ts) {
@@ -303,6 +305,7 @@ void RespParser::finish(std::vector<RespMessage>& out) {
   out.push_back(std::move(msg_));
   messages_++;
   seen_message_ = true;
+  resynced_ = false;
   reset_message();
   state_ = State::Start;
 }
@@ -321,6 +324,7 @@ void RespParser::fail(const std::string& why, std::vector<RespMessage>& out) {
     reset_message();
   }
   state_ = State::Resync;
+  resynced_ = true;
 }
 
 // A scalar or an aggregate was completed: it counts as an element of the
@@ -374,6 +378,7 @@ bool RespParser::take_line(uint64_t ts, std::vector<RespMessage>& out) {
     msg_.ts_last_ns = ts;
     if (!inline_command()) {  // not in sync yet, and not a command Redis knows: keep looking
       reset_message();
+      resynced_ = true;
       return false;
     }
     if (msg_.value.type) {
@@ -532,6 +537,7 @@ ParseResult RespParser::feed(std::span<const uint8_t> in, uint64_t ts, std::vect
           }
           if (!seen_message_ && !valid_start(c)) {
             state_ = State::Resync;
+            resynced_ = true;
             continue;
           }
           begin_message(ts);
@@ -551,12 +557,13 @@ ParseResult RespParser::feed(std::span<const uint8_t> in, uint64_t ts, std::vect
         const uint8_t* lf = static_cast<const uint8_t*>(std::memchr(p, '\n', in.size() - i));
         const size_t n = lf ? static_cast<size_t>(lf - p) + 1 : in.size() - i;
         if (line_.size() + n > cap + 2) {
-          msg_.wire_size += n;
-          i += n;
+          // One byte past the cap (so the same whatever the split; the line's end is further on).
+          const size_t k = cap + 3 - line_.size();
+          msg_.wire_size += k;
+          i += k;
           fail(inline_cmd ? "inline command longer than " + std::to_string(cap) + " bytes"
                           : "header line longer than " + std::to_string(cap) + " bytes",
                out);
-          if (lf) state_ = State::ResyncLineStart;
           continue;
         }
         line_.append(reinterpret_cast<const char*>(p), n);
@@ -608,6 +615,7 @@ void RespParser::on_gap(uint64_t, std::vector<RespMessage>& out) {
     reset_message();
   }
   seen_message_ = false;
+  resynced_ = true;
   gap_next_ = true;
   state_ = State::ResyncLineStart;
 }
@@ -647,7 +655,23 @@ size_t RespParser::memory_bytes() const {
 
 // ------------------------------------------------------------ detection --
 
+namespace {
+int detect_start(std::span<const uint8_t> s);
+}  // namespace
+
 int resp_detect(std::span<const uint8_t> s) {
+  const int r = detect_start(s);
+  if (r != 0) return r;
+  // Joined in the middle: a command (a RESP array of bulk strings whose
+  // first is a command Redis knows) starting on a line of its own further on.
+  const std::string_view t(reinterpret_cast<const char*>(s.data()), s.size());
+  for (size_t at = t.find("\r\n*"); at != std::string_view::npos; at = t.find("\r\n*", at + 2))
+    if (detect_start(s.subspan(at + 2)) == 1) return 1;
+  return 0;
+}
+
+namespace {
+int detect_start(std::span<const uint8_t> s) {
   if (s.empty()) return -1;
   const std::string_view t(reinterpret_cast<const char*>(s.data()), s.size());
   // A line of the input from `at`: its body (without CRLF), or -1 for more bytes, 0 for no.
@@ -729,11 +753,14 @@ int resp_detect(std::span<const uint8_t> s) {
   const size_t lf = t.find('\n');
   if (lf == std::string_view::npos) return t.size() < 512 ? -1 : 0;
   if (lf > 512) return 0;
+  if (t.substr(0, lf).find(" HTTP/") != std::string_view::npos) return 0;  // an HTTP request line
   for (size_t k = 0; k < lf; k++) {
     const uint8_t c = s[k];
     if ((c < 0x20 || c > 0x7e) && c != '\t' && !(c == '\r' && k + 1 == lf)) return 0;
   }
   return 1;
 }
+
+}  // namespace
 
 }  // namespace tapwire::proto

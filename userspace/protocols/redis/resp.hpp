@@ -95,6 +95,7 @@ class RespParser {
   State state_ = State::Start;
   bool in_message_ = false;  // bytes of a message have been taken
   bool seen_message_ = false;  // a message boundary was found (the stream is in sync)
+  bool resynced_ = false;  // bytes were skipped to find a boundary since the last message
   bool gap_next_ = false, shed_next_ = false;
   std::string line_;  // the header line (type byte first) in progress
   uint64_t bulk_left_ = 0;  // bytes of the bulk string still to come

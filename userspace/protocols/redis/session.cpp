@@ -300,7 +300,7 @@ void RedisRecord::write_json(JsonOut& out) const {
     out.field("type", v.type_name());
     if (v.is_error()) {
       out.field("error", v.text);
-    } else {
+    } else if (v.type) {  // (no value when broken before its type)
       out.key("value");
       v.write_json(out);
     }
