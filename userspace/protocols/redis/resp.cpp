@@ -266,7 +266,7 @@ void RespParser::reset_message() {
   if (line_.capacity() > 4096) std::string().swap(line_);
   bulk_node_ = nullptr;
   bulk_left_ = 0;
-  kept_ = items_ = 0;
+  kept_ = items_ = kept_held_ = 0;
   in_message_ = false;
 }
 
@@ -298,6 +298,7 @@ void RespParser::keep(RespValue* v, std::string_view s) {
   }
   v->text.append(s.substr(0, n));
   kept_ += n;
+  kept_held_ += n;
 }
 
 void RespParser::finish(std::vector<RespMessage>& out) {
@@ -644,13 +645,14 @@ size_t RespParser::shed_partial() {
   };
   drop(drop, msg_.value);
   msg_.memory_shed = msg_.truncated = true;
+  kept_held_ = 0;
   return freed;
 }
 
 size_t RespParser::memory_bytes() const {
   // The message in progress: its kept strings and elements (vectors may be
   // twice their size), the header line and the stack.
-  return string_heap_bytes(line_) + vector_heap_bytes(stack_) + 2 * (kept_ + items_ * (sizeof(RespValue) + 16));
+  return string_heap_bytes(line_) + vector_heap_bytes(stack_) + 2 * (kept_held_ + items_ * (sizeof(RespValue) + 16));
 }
 
 // ------------------------------------------------------------ detection --

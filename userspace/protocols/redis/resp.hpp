@@ -103,6 +103,7 @@ class RespParser {
   std::vector<Frame> stack_;
   RespMessage msg_;
   size_t kept_ = 0, items_ = 0;  // the message's budget used
+  size_t kept_held_ = 0;  // string bytes held now (kept_ less what was shed)
   uint64_t messages_ = 0, protocol_errors_ = 0;
 
   void begin_message(uint64_t ts);
