@@ -43,11 +43,6 @@ BIG = 100 * 1024 + 7
 MAX_BODY = 1 << 20
 
 
-def norm_tapwire(v, rtype: str):
-    """tapwire's response value as tshark's normalisation has it."""
-    return v
-
-
 def tapwire_reply(resp: dict):
     t = resp["type"]
     if t in ("error", "blob_error"):
