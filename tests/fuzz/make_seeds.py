@@ -832,6 +832,37 @@ def kafka():
     # a gap inside the conversation, and an expiry
     write(d, "all.gaps", bytes([2]) + struct.pack("<I", 3) + conv_all[:200] + bytes([2]) + struct.pack("<H", 30)
           + conv_all[200:] + bytes([6]) + struct.pack("<H", 120))
+def redis():
+    """Input: [flags u8][limits u8][seed u32 LE][stream] (redis_fuzz.cpp)."""
+    d = out_dir("redis")
+
+    def cmd(*args):
+        b = b"*%d\r\n" % len(args)
+        for a in args:
+            b += b"$%d\r\n%s\r\n" % (len(a), a)
+        return b
+
+    def seed(name, flags, stream, lim=0, s=7):
+        write(d, name, bytes([flags, lim]) + struct.pack("<I", s) + stream)
+
+    commands = (cmd(b"SET", b"foo", b"bar") + cmd(b"GET", b"foo") + b"PING\r\n" + b"set \"a b\" 'c'\n" +
+                cmd(b"MULTI") + cmd(b"INCR", b"n") + cmd(b"EXEC") + cmd(b"SUBSCRIBE", b"ch1", b"ch2") +
+                cmd(b"HELLO", b"3"))
+    replies = (b"+OK\r\n$3\r\nbar\r\n+PONG\r\n-ERR unknown command\r\n:1\r\n$-1\r\n*-1\r\n+QUEUED\r\n"
+               b"*2\r\n+OK\r\n:2\r\n*3\r\n$9\r\nsubscribe\r\n$3\r\nch1\r\n:1\r\n"
+               b"*3\r\n$7\r\nmessage\r\n$3\r\nch1\r\n$5\r\nhello\r\n")
+    resp3 = (b"%2\r\n$6\r\nserver\r\n$5\r\nredis\r\n$5\r\nproto\r\n:3\r\n_\r\n#t\r\n,3.14\r\n(12345678901234567890\r\n"
+             b"!21\r\nSYNTAX invalid syntax\r\n=15\r\ntxt:Some string\r\n~2\r\n+a\r\n+b\r\n"
+             b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n|1\r\n+ttl\r\n:5\r\n:7\r\n")
+    seed("commands", 1 | 8, commands)
+    seed("replies", 8, replies)
+    seed("resp3", 8, resp3)
+    seed("small_limits", 2 | 8, replies + resp3, lim=0x53)
+    seed("gaps", 4 | 8, replies + resp3)
+    seed("nested", 0, b"*1\r\n" * 40 + b":1\r\n")
+    seed("big_length", 0, b"+OK\r\n$2147483648\r\n:1\r\n")
+    seed("session", 16, b"".join(commands[i:i + 16] + replies[i:i + 16] for i in range(0, len(replies), 16)))
+    seed("session_resp3", 16 | 2, commands + resp3, lim=0x21)
 
 
 def main():
@@ -839,8 +870,9 @@ def main():
         capture()
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
               identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres, mysql,
-              mongodb, kafka):
+              mongodb, kafka, redis):
               identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, kafka):
+              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, redis):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")

@@ -284,7 +284,7 @@ TEST(ConfigRejects, NegativeOrZeroOrOutOfRangeSize) {
 
 TEST(ConfigRejects, UnknownDissector) {
   expect_rejected("tap:\n  enabledDissectors:\n    - http\n    - gopher\n", "tap.enabledDissectors", 4,
-                  "unknown dissector 'gopher' (this build has: http, ws, amqp, postgres, mysql, mongodb, kafka, dns, icmp)");
+                  "unknown dissector 'gopher' (this build has: http, ws, amqp, postgres, mysql, mongodb, kafka, redis, dns, icmp)");
 }
 
 TEST(ConfigRejects, BadDuration) {

@@ -68,7 +68,7 @@ std::string TapwireConfig::control_socket_path() const {
 const std::vector<std::string>& known_dissectors() {
   // The protocol registry's dissector names (userspace/protocols/registry.cpp;
   // a unit test keeps the two lists equal).
-  static const std::vector<std::string> names = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "dns", "icmp"};
+  static const std::vector<std::string> names = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "redis", "dns", "icmp"};
   return names;
 }
 

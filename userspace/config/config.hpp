@@ -110,7 +110,7 @@ struct TapwireConfig {
   uint32_t snaplen = 0;                       // tap.snaplen (--snaplen): payload bytes kept per packet; 0 = all
   FilterConfig filters;
   CaptureConfig capture;
-  std::vector<std::string> enabled_dissectors = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "dns", "icmp"};  // tap.enabledDissectors
+  std::vector<std::string> enabled_dissectors = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "redis", "dns", "icmp"};  // tap.enabledDissectors
   std::vector<std::string> grpc_proto_paths;  // tap.grpc.protoPaths: .proto files and directories
   DissectionLimitsConfig dissection;
   SnapshotsConfig snapshots;

@@ -10,6 +10,7 @@
 #include "mongodb/session.hpp"
 #include "kafka/session.hpp"
 #include "protocol.hpp"
+#include "redis/session.hpp"
 #include "websocket/session.hpp"
 
 namespace tapwire::proto {
@@ -22,6 +23,7 @@ const std::vector<ProtocolInfo>& protocols() {
   static const MysqlProtocol mysql;
   static const MongoProtocol mongodb;
   static const KafkaProtocol kafka;
+  static const RedisProtocol redis;
   static const DnsProtocol dns;
   static const IcmpProtocol icmp;
   static const std::vector<ProtocolInfo> all = {
@@ -34,6 +36,7 @@ const std::vector<ProtocolInfo>& protocols() {
       {kMysql, "mysql", &mysql, nullptr},  // server greeting; a client command joined mid-connection
       {kMongoDb, "mongodb", &mongodb, nullptr},
       {kKafka, "kafka", &kafka, nullptr},
+      {kRedis, "redis", &redis, nullptr},
       {kDns, "dns", &dns, &dns},
       {kIcmp, "icmp", nullptr, &icmp, true},  // ICMP and ICMPv6 messages
   };
