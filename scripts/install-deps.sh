@@ -19,7 +19,7 @@ PACKAGES=(
   # fuzzing (make fuzz): libFuzzer and the sanitizers' runtime for clang
   libclang-rt-14-dev
   # test lab and references
-  python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils
+  python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils iputils-ping
   tcpdump tshark prometheus
   # identity lab (tests/integration/identity_lab.py): pods' servers and clients, the test API server's TLS
   redis-server redis-tools openssl zstd

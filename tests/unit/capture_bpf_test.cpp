@@ -429,13 +429,45 @@ TEST(CaptureBpf, UdpAndIpv6) {
   });
 }
 
+TEST(CaptureBpf, IcmpMessagesWholeAndPortRulesDoNotApply) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    Harness h;
+    // An echo request: the record's payload is the whole ICMP message.
+    Bytes echo = {8, 0, 0x12, 0x34, 0, 7, 0, 1};
+    const Bytes data = pattern(48);
+    echo.insert(echo.end(), data.begin(), data.end());
+    auto r = h.in(l2(kIPv4) + ipv4(IPPROTO_ICMP, echo));
+    EXPECT_EQ(r.reasons(), captured(echo.size()));
+    EXPECT_EQ(only(r).h.l4_proto, IPPROTO_ICMP);
+    EXPECT_EQ(only(r).h.sport, 0);
+    EXPECT_EQ(only(r).h.dport, 0);
+    EXPECT_EQ(only(r).data, echo);
+    Bytes echo6 = echo;
+    echo6[0] = 128;
+    r = h.in(l2(kIPv6) + ipv6(58 /* ICMPv6 */, echo6));
+    EXPECT_EQ(r.reasons(), captured(echo6.size()));
+    EXPECT_EQ(only(r).h.l4_proto, 58);
+    EXPECT_EQ(only(r).data, echo6);
+    // Port rules are about TCP and UDP ports: an allowlist lets ICMP through
+    // (it reports on the connections the rules keep); address rules apply.
+    CaptureFilters f;
+    f.allow_ports = {443};
+    h.cap().set_filters(f);
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_ICMP, echo)).reasons(), captured(echo.size()));
+    f = {};
+    f.deny_cidrs = {"10.1.0.2/32"};
+    h.cap().set_filters(f);
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_ICMP, echo)).reasons(), "filtered=1");
+  });
+}
+
 TEST(CaptureBpf, NotRecordedByDesign) {
   REQUIRE_ROOT();
   in_netns([] {
     Harness h;
     EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}))).reasons(), "empty_ack=1");
-    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_ICMP, Bytes(16, 0))).reasons(), "not_tcp_udp=1");
-    EXPECT_EQ(h.in(l2(kIPv6) + ipv6(58 /* ICMPv6 */, Bytes(16, 0))).reasons(), "not_tcp_udp=1");
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_GRE, Bytes(16, 0))).reasons(), "not_tcp_udp=1");
     EXPECT_EQ(h.in(l2(0x0806) + Bytes(28, 0)).reasons(), "not_tcp_udp=1");  // ARP
     EXPECT_EQ(h.in(l2(kIPv6) + ipv6(IPPROTO_HOPOPTS, ext6(59 /* no next header */))).reasons(), "not_tcp_udp=1");
     // FIN and RST without payload are recorded.

@@ -493,8 +493,6 @@ void register_calls(CLI::App& app, Action& action) {
                   "only this status (404, 0, -1 for no response) or HTTP status class (5xx)")
       ->type_name("N|Nxx");
   sub->footer(kSummaryHelp);
-  sub->add_option("--protocol", o->protocol, "only this protocol (http, http2, grpc, ws, postgres, dns)");
-  sub->add_option("--status", o->status, "only this HTTP status (404) or class (5xx)");
   sub->add_option("--from", o->from, "only calls at or after this time (RFC 3339, Unix seconds, -5m)");
   sub->add_option("--to", o->to, "only calls at or before this time");
   sub->add_option("--namespace", o->namespace_, "only calls with either end in this Kubernetes namespace")
