@@ -30,7 +30,7 @@ run: deps build
 # tests, the fuzz smoke run (on the fuzz targets of the sanitizer build) and
 # the heap measurements ASan's allocator hides from (DissectorMemory).
 test: deps build asan
-	cd $(ASAN_DIR) && ctest --output-on-failure -L unit
+	cd $(ASAN_DIR) && ctest --output-on-failure -L unit -j $(JOBS)
 	cd $(BUILD_DIR) && ctest --output-on-failure -L unit -R '^DissectorMemory\.'
 	cd $(BUILD_DIR) && TAPWIRE_FUZZ_DIR=$(abspath $(ASAN_DIR)) ctest --output-on-failure --timeout 600 -LE unit
 

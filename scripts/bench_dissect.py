@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
-"""tapwire dissector benchmark (issues 3 and 10): captures of real clients and
-servers in the test lab, recorded by tcpdump, each dissected in turn by
+"""tapwire dissector benchmark (issues 3, 10 and 11): captures of real clients and
+servers in the test lab, recorded by tcpdump (or, for Kafka and MongoDB, which
+have no server in Debian, synthesised from real messages), each dissected in
+turn by
 
   tapwire-dissector --pcap FILE --db DB --keep-priority -q
   tapwire-dissector --pcap FILE --jsonl /dev/null --keep-priority -q
@@ -27,7 +29,11 @@ second, peak RSS, and the ratios to tshark, as markdown tables. Not a test: it
 prints numbers.
 
 Environment:
-  TW_BENCH_DISSECT_PROTOCOLS   which captures, comma-separated (http1,http2,grpc; default all)
+  TW_BENCH_DISSECT_PROTOCOLS   which captures, comma-separated (http1,http2,grpc,redis,postgres,mysql,
+                               amqp,kafka,mongodb; default all)
+  Data-plane protocols (DATAPLANE below): TW_BENCH_DISSECT_DP_SECONDS (the benchmark client's time,
+          default 8), TW_BENCH_DISSECT_DP_CALLS (calls synthesised for Kafka and MongoDB, 200000),
+          TW_BENCH_DISSECT_<PROTO>_PCAP and TW_BENCH_DISSECT_<PROTO>_PORT (a capture to use instead)
   TW_BENCH_DISSECT_TSHARK      both|text|fields|none (default both)
   TW_BENCH_DISSECT_STEP_TIMEOUT  seconds each dissector/tshark run may take (default 900)
   TW_BENCH_DISSECT_PERF=1      also `perf record` each capture's --db run and print the top symbols
