@@ -149,7 +149,8 @@ struct AllWays {
   size_t peak_limit = 0;        // memory_peak_bytes at most this (0: not checked)
   bool check_shed = false;      // nothing shed in the split runs
   bool check_whole_shed = false;  // nor in the whole run
-  bool check_parse_errors = false;  // the same parse_errors as the whole run
+  bool check_parse_errors = false;  // the same parse_errors (by protocol) as the whole run
+  bool check_parse_errors_total = false;  // the same parse_errors_total() as the whole run
 };
 
 // Whole, then byte by byte (seed 0) and at random (seeds 1, 2, 3): the same
@@ -186,6 +187,9 @@ EngineRun run_all_ways(const std::vector<ConnT>& conns, RunOptions o, const AllW
       const size_t from = at > 200 ? at - 200 : 0;
       ADD_FAILURE() << "call " << i << " differs at byte " << at << "\n  got:  " << got.substr(from, 400)
                     << "\n  want: " << want.substr(from, 400);
+    }
+    if (w.check_parse_errors_total) {
+      EXPECT_EQ(r.m.parse_errors_total(), whole.m.parse_errors_total());
     }
   }
   return whole;
