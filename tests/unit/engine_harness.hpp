@@ -62,6 +62,12 @@ struct EngineRun {
       if (calls[i].src.port == cport || calls[i].dst.port == cport) v.push_back(&j[i]);
     return v;
   }
+  // The same, copied.
+  std::vector<nlohmann::json> json_of(uint16_t cport) const {
+    std::vector<nlohmann::json> v;
+    for (const nlohmann::json* r : j_of(cport)) v.push_back(*r);
+    return v;
+  }
 };
 
 struct RunOptions {
