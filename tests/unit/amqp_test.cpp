@@ -77,18 +77,12 @@ std::string tune(bool ok) { return method(0, 10, ok ? 31 : 30, u16(2047) + u32(1
 
 // ------------------------------------------------------------- traffic --
 
-struct Conn : tapwire::test::Conn {
-  Conn() { sport = 5672; }
-};
-
+using Conn = tapwire::test::ConnOn<5672>;
 using Result = tapwire::test::EngineRun;
 
 Result run_all_ways(const std::vector<Conn>& conns) {
-  tapwire::test::RunOptions o;
-  o.dissector.memory_limit = kLimit;
-  o.parse_json = false;
   return tapwire::test::run_all_ways(
-      conns, o,
+      conns, tapwire::test::run_options(kLimit, tapwire::test::Split::Whole, 0, true, /*parse_json=*/false),
       {.peak_limit = kLimit + kSlack, .check_shed = true, .check_whole_shed = true, .check_parse_errors_total = true});
 }
 

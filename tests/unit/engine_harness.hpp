@@ -42,6 +42,15 @@ struct Conn {
   void s(std::string s) { msgs.push_back({false, std::move(s)}); }
 };
 
+// A Conn with other default ports: `using Conn = ConnOn<6379>;`.
+template <uint16_t Sport, uint16_t Cport = 0>
+struct ConnOn : Conn {
+  ConnOn() {
+    cport = Cport;
+    sport = Sport;
+  }
+};
+
 // What a run gives: the calls, their records (text and parsed) and metrics.
 struct EngineRun {
   std::vector<dissect::Call> calls;
@@ -78,6 +87,17 @@ struct RunOptions {
   bool parse_json = true;  // fill EngineRun::j
   size_t whole_piece_max = SIZE_MAX;  // Split::Whole: a message in pieces of at most this many bytes
 };
+
+inline RunOptions run_options(size_t memory_limit, Split split = Split::Whole, uint32_t seed = 0,
+                              bool handshake = true, bool parse_json = true) {
+  RunOptions o;
+  o.dissector.memory_limit = memory_limit;
+  o.split = split;
+  o.seed = seed;
+  o.handshake = handshake;
+  o.parse_json = parse_json;
+  return o;
+}
 
 // How many of the `left` bytes the next piece carries.
 inline size_t next_piece(Split split, std::mt19937& rng, size_t left, size_t whole_max = SIZE_MAX) {

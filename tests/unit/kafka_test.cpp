@@ -578,23 +578,13 @@ TEST(KafkaParse, RequestStartCheck) {
 
 // ------------------------------------------------------------ the engine --
 
-struct Conn : tapwire::test::Conn {
-  Conn() {
-    cport = 40000;
-    sport = 9092;
-  }
-};
-
+using Conn = tapwire::test::ConnOn<9092, 40000>;
 using tapwire::test::Split;
 using Result = tapwire::test::EngineRun;
 
 // Whole messages go in pieces of at most 60000 bytes.
 tapwire::test::RunOptions run_options(Split split = Split::Whole, uint32_t seed = 0, size_t limit = 1u << 20) {
-  tapwire::test::RunOptions o;
-  o.dissector.memory_limit = limit;
-  o.split = split;
-  o.seed = seed;
-  o.parse_json = false;
+  tapwire::test::RunOptions o = tapwire::test::run_options(limit, split, seed, true, /*parse_json=*/false);
   o.whole_piece_max = 60000;
   return o;
 }

@@ -160,33 +160,18 @@ std::string err_reply(int32_t code, const char* msg, const char* name) {
 
 // ------------------------------------------------------------- traffic --
 
-struct Conn : tapwire::test::Conn {
-  Conn() {
-    cport = 40000;
-    sport = 27017;
-  }
-};
-
+using Conn = tapwire::test::ConnOn<27017, 40000>;
 using tapwire::test::Split;
 using Result = tapwire::test::EngineRun;
 
-tapwire::test::RunOptions run_options(Split split = Split::Whole, uint32_t seed = 0, bool handshake = true) {
-  tapwire::test::RunOptions o;
-  o.dissector.memory_limit = kLimit;
-  o.split = split;
-  o.seed = seed;
-  o.handshake = handshake;
-  o.parse_json = false;
-  return o;
-}
-
 Result run(const std::vector<Conn>& conns, Split split = Split::Whole, uint32_t seed = 0, bool handshake = true) {
-  return tapwire::test::run_engine(conns, run_options(split, seed, handshake));
+  return tapwire::test::run_engine(conns, tapwire::test::run_options(kLimit, split, seed, handshake, false));
 }
 
 // Whole, byte by byte and at random splits: the same records; memory bounded.
 Result run_all_ways(const std::vector<Conn>& conns) {
-  return tapwire::test::run_all_ways(conns, run_options(), {.peak_limit = kLimit});
+  return tapwire::test::run_all_ways(conns, tapwire::test::run_options(kLimit, Split::Whole, 0, true, false),
+                                     {.peak_limit = kLimit});
 }
 
 std::string flags_of(uint32_t f) {

@@ -111,29 +111,18 @@ std::string compressed(uint8_t seq, std::string_view inner, bool store = false) 
 
 // ------------------------------------------------------------- traffic --
 
-struct Conn : tapwire::test::Conn {
-  Conn() { sport = 3306; }
-};
-
+using Conn = tapwire::test::ConnOn<3306>;
 using tapwire::test::Split;
 using Result = tapwire::test::EngineRun;
 
-tapwire::test::RunOptions run_options(Split split = Split::Whole, uint32_t seed = 0, bool syn = true) {
-  tapwire::test::RunOptions o;
-  o.dissector.memory_limit = 4u << 20;
-  o.split = split;
-  o.seed = seed;
-  o.handshake = syn;
-  return o;
-}
-
 Result run(const std::vector<Conn>& conns, Split split, uint32_t seed = 0, bool syn = true) {
-  return tapwire::test::run_engine(conns, run_options(split, seed, syn));
+  return tapwire::test::run_engine(conns, tapwire::test::run_options(4u << 20, split, seed, syn));
 }
 
 // Whole, byte by byte and at random splits: the same records.
 Result run_all_ways(const std::vector<Conn>& conns, bool syn = true) {
-  return tapwire::test::run_all_ways(conns, run_options(Split::Whole, 0, syn), {.peak_limit = (4u << 20) + (64u << 10)});
+  return tapwire::test::run_all_ways(conns, tapwire::test::run_options(4u << 20, Split::Whole, 0, syn),
+                                     {.peak_limit = (4u << 20) + (64u << 10)});
 }
 
 std::vector<std::string> flags(const json& j) {

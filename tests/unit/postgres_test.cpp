@@ -84,17 +84,12 @@ std::string s2() { return msg('2', ""); }
 
 // ------------------------------------------------------------- traffic --
 
-struct Conn : tapwire::test::Conn {
-  Conn() { sport = 5432; }
-};
-
+using Conn = tapwire::test::ConnOn<5432>;
 using Result = tapwire::test::EngineRun;
 
 Result run_all_ways(const std::vector<Conn>& conns, bool handshake = true) {
-  tapwire::test::RunOptions o;
-  o.dissector.memory_limit = kLimit;
-  o.handshake = handshake;
-  return tapwire::test::run_all_ways(conns, o, {.peak_limit = kLimit + kSlack});
+  return tapwire::test::run_all_ways(conns, tapwire::test::run_options(kLimit, tapwire::test::Split::Whole, 0, handshake),
+                                     {.peak_limit = kLimit + kSlack});
 }
 
 std::vector<std::string> flags(const json& j) {

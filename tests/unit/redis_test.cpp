@@ -234,16 +234,12 @@ TEST(RedisResp, Detection) {
 
 // --------------------------------------------------------------- engine --
 
-struct Conn : tapwire::test::Conn {
-  Conn() { sport = 6379; }
-};
-
+using Conn = tapwire::test::ConnOn<6379>;
 using Result = tapwire::test::EngineRun;
 
 Result run_all_ways(const std::vector<Conn>& conns) {
-  tapwire::test::RunOptions o;
-  o.dissector.memory_limit = kLimit;
-  return tapwire::test::run_all_ways(conns, o, {.peak_limit = kLimit + kSlack, .check_shed = true});
+  return tapwire::test::run_all_ways(conns, tapwire::test::run_options(kLimit),
+                                     {.peak_limit = kLimit + kSlack, .check_shed = true});
 }
 
 std::string flags(const json& r) {
