@@ -21,14 +21,13 @@
 #include "amqp/amqp.hpp"
 #include "amqp/session.hpp"
 #include "dissector.hpp"
+#include "engine_harness.hpp"
 
 using namespace tapwire::dissect;
 namespace proto = tapwire::proto;
 
 namespace {
 
-constexpr uint64_t kT0 = 1'795'000'000'000'000'000ull;
-constexpr uint64_t kMs = 1'000'000;
 constexpr size_t kLimit = 1u << 20;
 constexpr size_t kSlack = 64u << 10;
 
@@ -78,120 +77,13 @@ std::string tune(bool ok) { return method(0, 10, ok ? 31 : 30, u16(2047) + u32(1
 
 // ------------------------------------------------------------- traffic --
 
-struct Conn {
-  uint16_t cport = 0, sport = 5672;
-  bool handshake = true;  // SYN / SYN-ACK first (false: joined mid-connection)
-  struct Msg {
-    bool client;
-    std::string bytes;
-  };
-  std::vector<Msg> msgs;
-  void c(std::string s) { msgs.push_back({true, std::move(s)}); }
-  void s(std::string s) { msgs.push_back({false, std::move(s)}); }
-};
-
-enum class Split { Whole, Bytes, Random };
-
-struct Result {
-  std::vector<Call> calls;
-  std::vector<std::string> records;
-  DissectorMetrics m;
-  std::vector<const Call*> of(uint16_t cport) const {
-    std::vector<const Call*> v;
-    for (const Call& c : calls)
-      if (c.src.port == cport || c.dst.port == cport) v.push_back(&c);
-    return v;
-  }
-};
-
-Result run(const std::vector<Conn>& conns, Split split, uint32_t seed = 0) {
-  Result r;
-  DissectorOptions opts;
-  opts.memory_limit = kLimit;
-  Dissector d(opts, [&](Call&& c) { r.calls.push_back(std::move(c)); });
-  std::mt19937 rng(seed);
-  auto piece = [&](size_t left) -> size_t {
-    if (split == Split::Whole) return left;
-    if (split == Split::Bytes) return 1;
-    const int kind = std::uniform_int_distribution<int>(0, 9)(rng);
-    const size_t max = kind < 5 ? 8 : kind < 8 ? 1500 : 65536;
-    return std::min(left, std::uniform_int_distribution<size_t>(1, max)(rng));
-  };
-  uint64_t ts = kT0;
-  for (const Conn& c : conns) {
-    const uint8_t caddr[4] = {10, 7, 0, 2}, saddr[4] = {10, 7, 0, 1};
-    uint32_t next[2] = {1001, 50001};
-    auto send = [&](bool client, uint8_t flags, std::string_view payload, uint32_t seq) {
-      Packet p;
-      p.meta.ts_ns = ts;
-      p.meta.ip_version = 4;
-      p.meta.l4_proto = 6;
-      std::memcpy(p.meta.saddr, client ? caddr : saddr, 4);
-      std::memcpy(p.meta.daddr, client ? saddr : caddr, 4);
-      p.meta.sport = client ? c.cport : c.sport;
-      p.meta.dport = client ? c.sport : c.cport;
-      p.meta.seq = seq;
-      p.meta.ack = (flags & TW_TCP_ACK) ? next[client ? 1 : 0] : 0;
-      p.meta.window = 65535;
-      p.meta.tcp_flags = flags;
-      p.meta.tcp_wscale = TW_WSCALE_NONE;
-      p.meta.payload_len = p.meta.cap_len = static_cast<uint32_t>(payload.size());
-      p.payload = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
-      d.packet(p);
-    };
-    if (c.handshake) {
-      ts += kMs;
-      send(true, TW_TCP_SYN, {}, next[0] - 1);
-      ts += kMs;
-      send(false, TW_TCP_SYN | TW_TCP_ACK, {}, next[1] - 1);
-    }
-    for (const Conn::Msg& m : c.msgs) {
-      ts += kMs;
-      const std::string_view all = m.bytes;
-      uint32_t& seq = next[m.client ? 0 : 1];
-      for (size_t off = 0; off < all.size();) {
-        const size_t k = piece(all.size() - off);
-        send(m.client, TW_TCP_ACK | TW_TCP_PSH, all.substr(off, k), seq);
-        seq += static_cast<uint32_t>(k);
-        off += k;
-      }
-    }
-    ts += kMs;
-    send(true, TW_TCP_FIN | TW_TCP_ACK, {}, next[0]);
-    ts += kMs;
-    send(false, TW_TCP_FIN | TW_TCP_ACK, {}, next[1]);
-  }
-  d.finish();
-  r.m = d.metrics();
-  for (const Call& c : r.calls) write_record(c, r.records.emplace_back());
-  return r;
-}
-
-void check_bounded(const Result& r) {
-  EXPECT_LE(r.m.memory_peak_bytes, kLimit + kSlack);
-  for (size_t i = 0; i < kShedReasons; i++) EXPECT_EQ(r.m.shed[i], 0u);
-}
+using Conn = tapwire::test::ConnOn<5672>;
+using Result = tapwire::test::EngineRun;
 
 Result run_all_ways(const std::vector<Conn>& conns) {
-  Result whole = run(conns, Split::Whole);
-  check_bounded(whole);
-  for (auto [split, seed] : {std::pair{Split::Bytes, 0u}, {Split::Random, 1u}, {Split::Random, 2u}, {Split::Random, 3u}}) {
-    SCOPED_TRACE(split == Split::Bytes ? "bytes" : "random " + std::to_string(seed));
-    Result r = run(conns, split, seed);
-    check_bounded(r);
-    EXPECT_EQ(r.records.size(), whole.records.size());
-    for (size_t i = 0; i < std::min(r.records.size(), whole.records.size()); i++) {
-      const std::string &got = r.records[i], &want = whole.records[i];
-      if (got == want) continue;
-      size_t at = 0;  // where they part (records carry bodies: show the spot, not all of it)
-      while (at < got.size() && at < want.size() && got[at] == want[at]) at++;
-      const size_t from = at > 200 ? at - 200 : 0;
-      ADD_FAILURE() << "call " << i << " differs at byte " << at << "\n  got:  " << got.substr(from, 400)
-                    << "\n  want: " << want.substr(from, 400);
-    }
-    EXPECT_EQ(r.m.parse_errors_total(), whole.m.parse_errors_total());
-  }
-  return whole;
+  return tapwire::test::run_all_ways(
+      conns, tapwire::test::run_options(kLimit, tapwire::test::Split::Whole, 0, true, /*parse_json=*/false),
+      {.peak_limit = kLimit + kSlack, .check_shed = true, .check_whole_shed = true, .check_parse_errors_total = true});
 }
 
 std::string flags_of(const Call& c) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "dissector.hpp"
+#include "engine_harness.hpp"
 #include "kafka/kafka.hpp"
 #include "kafka/session.hpp"
 #include "packet_source.hpp"
@@ -26,8 +27,6 @@ using proto::KafkaResponse;
 
 namespace {
 
-constexpr uint64_t kT0 = 1'795'000'000'000'000'000ull;
-constexpr uint64_t kMs = 1'000'000;
 
 // ------------------------------------------------------------ builders --
 
@@ -579,90 +578,19 @@ TEST(KafkaParse, RequestStartCheck) {
 
 // ------------------------------------------------------------ the engine --
 
-struct Conn {
-  uint16_t cport = 40000, sport = 9092;
-  bool handshake = true;
-  struct Msg {
-    bool client;
-    std::string bytes;
-  };
-  std::vector<Msg> msgs;
-  bool fin = true;
-  void c(std::string s) { msgs.push_back({true, std::move(s)}); }
-  void s(std::string s) { msgs.push_back({false, std::move(s)}); }
-};
+using Conn = tapwire::test::ConnOn<9092, 40000>;
+using tapwire::test::Split;
+using Result = tapwire::test::EngineRun;
 
-enum class Split { Whole, Bytes, Random };
-
-struct Result {
-  std::vector<Call> calls;
-  std::vector<std::string> records;
-  DissectorMetrics m;
-};
+// Whole messages go in pieces of at most 60000 bytes.
+tapwire::test::RunOptions run_options(Split split = Split::Whole, uint32_t seed = 0, size_t limit = 1u << 20) {
+  tapwire::test::RunOptions o = tapwire::test::run_options(limit, split, seed, true, /*parse_json=*/false);
+  o.whole_piece_max = 60000;
+  return o;
+}
 
 Result run(const std::vector<Conn>& conns, Split split = Split::Whole, uint32_t seed = 0, size_t limit = 1u << 20) {
-  Result r;
-  DissectorOptions opts;
-  opts.memory_limit = limit;
-  Dissector d(opts, [&](Call&& c) { r.calls.push_back(std::move(c)); });
-  std::mt19937 rng(seed);
-  auto piece = [&](size_t left) -> size_t {
-    if (split == Split::Whole) return std::min<size_t>(left, 60000);
-    if (split == Split::Bytes) return 1;
-    const int kind = std::uniform_int_distribution<int>(0, 9)(rng);
-    const size_t max = kind < 5 ? 8 : kind < 8 ? 1500 : 65536;
-    return std::min(left, std::uniform_int_distribution<size_t>(1, max)(rng));
-  };
-  uint64_t ts = kT0;
-  for (const Conn& c : conns) {
-    const uint8_t caddr[4] = {10, 7, 0, 2}, saddr[4] = {10, 7, 0, 1};
-    uint32_t next[2] = {1001, 50001};
-    auto send = [&](bool client, uint8_t flags, std::string_view payload, uint32_t seq) {
-      Packet p;
-      p.meta.ts_ns = ts;
-      p.meta.ip_version = 4;
-      p.meta.l4_proto = 6;
-      std::memcpy(p.meta.saddr, client ? caddr : saddr, 4);
-      std::memcpy(p.meta.daddr, client ? saddr : caddr, 4);
-      p.meta.sport = client ? c.cport : c.sport;
-      p.meta.dport = client ? c.sport : c.cport;
-      p.meta.seq = seq;
-      p.meta.ack = (flags & TW_TCP_ACK) ? next[client ? 1 : 0] : 0;
-      p.meta.window = 65535;
-      p.meta.tcp_flags = flags;
-      p.meta.tcp_wscale = TW_WSCALE_NONE;
-      p.meta.payload_len = p.meta.cap_len = static_cast<uint32_t>(payload.size());
-      p.payload = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
-      d.packet(p);
-    };
-    if (c.handshake) {
-      ts += kMs;
-      send(true, TW_TCP_SYN, {}, next[0] - 1);
-      ts += kMs;
-      send(false, TW_TCP_SYN | TW_TCP_ACK, {}, next[1] - 1);
-    }
-    for (const Conn::Msg& m : c.msgs) {
-      ts += kMs;
-      const std::string_view all = m.bytes;
-      uint32_t& seq = next[m.client ? 0 : 1];
-      for (size_t off = 0; off < all.size();) {
-        const size_t k = piece(all.size() - off);
-        send(m.client, TW_TCP_ACK | TW_TCP_PSH, all.substr(off, k), seq);
-        seq += static_cast<uint32_t>(k);
-        off += k;
-      }
-    }
-    if (c.fin) {
-      ts += kMs;
-      send(true, TW_TCP_FIN | TW_TCP_ACK, {}, next[0]);
-      ts += kMs;
-      send(false, TW_TCP_FIN | TW_TCP_ACK, {}, next[1]);
-    }
-  }
-  d.finish();
-  r.m = d.metrics();
-  for (const Call& c : r.calls) write_record(c, r.records.emplace_back());
-  return r;
+  return tapwire::test::run_engine(conns, run_options(split, seed, limit));
 }
 
 uint64_t kafka_errors(const Result& r) {
@@ -687,15 +615,8 @@ std::vector<std::string> summary(const Result& r) {
 
 // Runs whole, byte by byte and at random splits: the same records each time.
 Result run_all_ways(const std::vector<Conn>& conns) {
-  Result whole = run(conns);
-  for (auto [split, seed] : {std::pair{Split::Bytes, 0u}, {Split::Random, 1u}, {Split::Random, 2u}, {Split::Random, 3u}}) {
-    SCOPED_TRACE(split == Split::Bytes ? "bytes" : "random " + std::to_string(seed));
-    Result r = run(conns, split, seed);
-    EXPECT_EQ(r.records, whole.records);
-    EXPECT_EQ(r.m.parse_errors, whole.m.parse_errors);
-    EXPECT_LE(r.m.memory_peak_bytes, (1u << 20) + (64u << 10));
-  }
-  return whole;
+  return tapwire::test::run_all_ways(conns, run_options(),
+                                     {.peak_limit = (1u << 20) + (64u << 10), .check_whole_peak = false, .check_parse_errors = true});
 }
 
 Conn conversation() {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "dissector.hpp"
+#include "engine_harness.hpp"
 #include "mongodb/session.hpp"
 #include "mongodb/wire.hpp"
 
@@ -31,8 +32,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr uint64_t kT0 = 1'795'000'000'000'000'000ull;
-constexpr uint64_t kMs = 1'000'000;
 constexpr size_t kLimit = 4u << 20;
 
 // ------------------------------------------------------------- messages --
@@ -161,109 +160,18 @@ std::string err_reply(int32_t code, const char* msg, const char* name) {
 
 // ------------------------------------------------------------- traffic --
 
-struct Conn {
-  uint16_t cport = 40000, sport = 27017;
-  struct Msg {
-    bool client;
-    std::string bytes;
-    uint64_t skip = 0;  // bytes lost in capture before these
-  };
-  std::vector<Msg> msgs;
-  void c(std::string s) { msgs.push_back({true, std::move(s)}); }
-  void s(std::string s) { msgs.push_back({false, std::move(s)}); }
-};
-
-enum class Split { Whole, Bytes, Random };
-
-struct Result {
-  std::vector<Call> calls;
-  std::vector<std::string> records;
-  DissectorMetrics m;
-  std::vector<const Call*> of(uint16_t cport) const {
-    std::vector<const Call*> v;
-    for (const Call& c : calls)
-      if (c.src.port == cport) v.push_back(&c);
-    return v;
-  }
-};
+using Conn = tapwire::test::ConnOn<27017, 40000>;
+using tapwire::test::Split;
+using Result = tapwire::test::EngineRun;
 
 Result run(const std::vector<Conn>& conns, Split split = Split::Whole, uint32_t seed = 0, bool handshake = true) {
-  Result r;
-  DissectorOptions opts;
-  opts.memory_limit = kLimit;
-  Dissector d(opts, [&](Call&& c) { r.calls.push_back(std::move(c)); });
-  std::mt19937 rng(seed);
-  auto piece = [&](size_t left) -> size_t {
-    if (split == Split::Whole) return left;
-    if (split == Split::Bytes) return 1;
-    const int kind = std::uniform_int_distribution<int>(0, 9)(rng);
-    const size_t max = kind < 5 ? 8 : kind < 8 ? 1500 : 65536;
-    return std::min(left, std::uniform_int_distribution<size_t>(1, max)(rng));
-  };
-  uint64_t ts = kT0;
-  for (const Conn& c : conns) {
-    const uint8_t caddr[4] = {10, 7, 0, 2}, saddr[4] = {10, 7, 0, 1};
-    uint32_t next[2] = {1001, 50001};
-    auto send = [&](bool client, uint8_t flags, std::string_view payload, uint32_t seq) {
-      Packet p;
-      p.meta.ts_ns = ts;
-      p.meta.ip_version = 4;
-      p.meta.l4_proto = 6;
-      std::memcpy(p.meta.saddr, client ? caddr : saddr, 4);
-      std::memcpy(p.meta.daddr, client ? saddr : caddr, 4);
-      p.meta.sport = client ? c.cport : c.sport;
-      p.meta.dport = client ? c.sport : c.cport;
-      p.meta.seq = seq;
-      p.meta.ack = (flags & TW_TCP_ACK) ? next[client ? 1 : 0] : 0;
-      p.meta.window = 65535;
-      p.meta.tcp_flags = flags;
-      p.meta.tcp_wscale = TW_WSCALE_NONE;
-      p.meta.payload_len = p.meta.cap_len = static_cast<uint32_t>(payload.size());
-      p.payload = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
-      d.packet(p);
-    };
-    if (handshake) {
-      ts += kMs;
-      send(true, TW_TCP_SYN, {}, next[0] - 1);
-      ts += kMs;
-      send(false, TW_TCP_SYN | TW_TCP_ACK, {}, next[1] - 1);
-    }
-    for (const Conn::Msg& m : c.msgs) {
-      ts += kMs;
-      uint32_t& seq = next[m.client ? 0 : 1];
-      seq += static_cast<uint32_t>(m.skip);
-      const std::string_view all = m.bytes;
-      for (size_t off = 0; off < all.size();) {
-        const size_t k = piece(all.size() - off);
-        send(m.client, TW_TCP_ACK | TW_TCP_PSH, all.substr(off, k), seq);
-        seq += static_cast<uint32_t>(k);
-        off += k;
-      }
-    }
-    ts += kMs;
-    send(true, TW_TCP_FIN | TW_TCP_ACK, {}, next[0]);
-    ts += kMs;
-    send(false, TW_TCP_FIN | TW_TCP_ACK, {}, next[1]);
-  }
-  d.finish();
-  r.m = d.metrics();
-  for (const Call& c : r.calls) write_record(c, r.records.emplace_back());
-  return r;
+  return tapwire::test::run_engine(conns, tapwire::test::run_options(kLimit, split, seed, handshake, false));
 }
 
 // Whole, byte by byte and at random splits: the same records; memory bounded.
 Result run_all_ways(const std::vector<Conn>& conns) {
-  Result whole = run(conns);
-  EXPECT_LE(whole.m.memory_peak_bytes, kLimit);
-  for (int mode = 0; mode < 4; mode++) {
-    Result r = run(conns, mode == 0 ? Split::Bytes : Split::Random, static_cast<uint32_t>(mode));
-    SCOPED_TRACE("split mode " + std::to_string(mode));
-    EXPECT_LE(r.m.memory_peak_bytes, kLimit);
-    EXPECT_EQ(r.records.size(), whole.records.size());
-    for (size_t i = 0; i < std::min(r.records.size(), whole.records.size()); i++)
-      EXPECT_EQ(r.records[i], whole.records[i]) << "call " << i;
-  }
-  return whole;
+  return tapwire::test::run_all_ways(conns, tapwire::test::run_options(kLimit, Split::Whole, 0, true, false),
+                                     {.peak_limit = kLimit});
 }
 
 std::string flags_of(uint32_t f) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "dissector.hpp"
+#include "engine_harness.hpp"
 #include "postgres/postgres.hpp"
 #include "postgres/session.hpp"
 
@@ -26,8 +27,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr uint64_t kT0 = 1'795'000'000'000'000'000ull;
-constexpr uint64_t kMs = 1'000'000;
 constexpr size_t kLimit = 1u << 20;
 constexpr size_t kSlack = 64u << 10;
 
@@ -85,113 +84,12 @@ std::string s2() { return msg('2', ""); }
 
 // ------------------------------------------------------------- traffic --
 
-struct Conn {
-  uint16_t cport = 0, sport = 5432;
-  struct Msg {
-    bool client;
-    std::string bytes;
-  };
-  std::vector<Msg> msgs;
-  bool fin = true;
-  void c(std::string s) { msgs.push_back({true, std::move(s)}); }
-  void s(std::string s) { msgs.push_back({false, std::move(s)}); }
-};
-
-enum class Split { Whole, Bytes, Random };
-
-struct Result {
-  std::vector<Call> calls;
-  std::vector<std::string> records;
-  std::vector<json> j;
-  DissectorMetrics m;
-  std::vector<const json*> of(uint16_t cport) const {
-    std::vector<const json*> v;
-    for (size_t i = 0; i < calls.size(); i++)
-      if (calls[i].src.port == cport) v.push_back(&j[i]);
-    return v;
-  }
-};
-
-Result run(const std::vector<Conn>& conns, Split split, uint32_t seed = 0, bool handshake = true) {
-  Result r;
-  DissectorOptions opts;
-  opts.memory_limit = kLimit;
-  Dissector d(opts, [&](Call&& c) { r.calls.push_back(std::move(c)); });
-  std::mt19937 rng(seed);
-  auto piece = [&](size_t left) -> size_t {
-    if (split == Split::Whole) return left;
-    if (split == Split::Bytes) return 1;
-    const int kind = std::uniform_int_distribution<int>(0, 9)(rng);
-    const size_t max = kind < 5 ? 8 : kind < 8 ? 1500 : 65536;
-    return std::min(left, std::uniform_int_distribution<size_t>(1, max)(rng));
-  };
-  uint64_t ts = kT0;
-  for (const Conn& c : conns) {
-    const uint8_t caddr[4] = {10, 7, 0, 2}, saddr[4] = {10, 7, 0, 1};
-    uint32_t next[2] = {1001, 50001};
-    auto send = [&](bool client, uint8_t flags, std::string_view payload, uint32_t seq) {
-      Packet p;
-      p.meta.ts_ns = ts;
-      p.meta.ip_version = 4;
-      p.meta.l4_proto = 6;
-      std::memcpy(p.meta.saddr, client ? caddr : saddr, 4);
-      std::memcpy(p.meta.daddr, client ? saddr : caddr, 4);
-      p.meta.sport = client ? c.cport : c.sport;
-      p.meta.dport = client ? c.sport : c.cport;
-      p.meta.seq = seq;
-      p.meta.ack = (flags & TW_TCP_ACK) ? next[client ? 1 : 0] : 0;
-      p.meta.window = 65535;
-      p.meta.tcp_flags = flags;
-      p.meta.tcp_wscale = TW_WSCALE_NONE;
-      p.meta.payload_len = p.meta.cap_len = static_cast<uint32_t>(payload.size());
-      p.payload = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
-      d.packet(p);
-    };
-    if (handshake) {
-      ts += kMs;
-      send(true, TW_TCP_SYN, {}, next[0] - 1);
-      ts += kMs;
-      send(false, TW_TCP_SYN | TW_TCP_ACK, {}, next[1] - 1);
-    }
-    for (const Conn::Msg& m : c.msgs) {
-      ts += kMs;
-      const std::string_view all = m.bytes;
-      uint32_t& seq = next[m.client ? 0 : 1];
-      for (size_t off = 0; off < all.size();) {
-        const size_t k = piece(all.size() - off);
-        send(m.client, TW_TCP_ACK | TW_TCP_PSH, all.substr(off, k), seq);
-        seq += static_cast<uint32_t>(k);
-        off += k;
-      }
-    }
-    if (c.fin) {
-      ts += kMs;
-      send(true, TW_TCP_FIN | TW_TCP_ACK, {}, next[0]);
-      ts += kMs;
-      send(false, TW_TCP_FIN | TW_TCP_ACK, {}, next[1]);
-    }
-  }
-  d.finish();
-  r.m = d.metrics();
-  for (const Call& c : r.calls) {
-    write_record(c, r.records.emplace_back());
-    r.j.push_back(json::parse(r.records.back()));
-  }
-  return r;
-}
+using Conn = tapwire::test::ConnOn<5432>;
+using Result = tapwire::test::EngineRun;
 
 Result run_all_ways(const std::vector<Conn>& conns, bool handshake = true) {
-  Result whole = run(conns, Split::Whole, 0, handshake);
-  EXPECT_LE(whole.m.memory_peak_bytes, kLimit + kSlack);
-  for (int mode = 0; mode < 4; mode++) {
-    Result r = mode == 0 ? run(conns, Split::Bytes, 0, handshake) : run(conns, Split::Random, mode, handshake);
-    SCOPED_TRACE(mode == 0 ? "bytes" : "random seed " + std::to_string(mode));
-    EXPECT_LE(r.m.memory_peak_bytes, kLimit + kSlack);
-    EXPECT_EQ(r.records.size(), whole.records.size());
-    for (size_t i = 0; i < std::min(r.records.size(), whole.records.size()); i++)
-      EXPECT_EQ(r.records[i], whole.records[i]) << "call " << i;
-  }
-  return whole;
+  return tapwire::test::run_all_ways(conns, tapwire::test::run_options(kLimit, tapwire::test::Split::Whole, 0, handshake),
+                                     {.peak_limit = kLimit + kSlack});
 }
 
 std::vector<std::string> flags(const json& j) {
@@ -254,7 +152,7 @@ TEST(Postgres, PsqlSessionAllWays) {
   cancel.cport = 40002;
   cancel.c(cancel_request(4242, 0xdeadbeef));
   Result r = run_all_ways({psql_session(), cancel});
-  auto v = r.of(40001);
+  auto v = r.j_of(40001);
   ASSERT_EQ(v.size(), 12u);
   for (const std::string& rec : r.records) {
     EXPECT_EQ(rec.find("secret"), std::string::npos) << rec;
@@ -344,7 +242,7 @@ TEST(Postgres, PsqlSessionAllWays) {
   EXPECT_EQ(cout["response"]["copy"]["messages"], 2);
   EXPECT_EQ(cout["response"]["copy"]["bytes"], 8);
 
-  auto cv = r.of(40002);
+  auto cv = r.j_of(40002);
   ASSERT_EQ(cv.size(), 1u);
   EXPECT_EQ((*cv[0])["request"]["kind"], "cancel");
   EXPECT_EQ((*cv[0])["request"]["backend_pid"], 4242);
@@ -368,13 +266,13 @@ TEST(Postgres, JoinedMidConnection) {
   b.s(complete("SELECT 0") + ready() + data_row({"3"}) + complete("SELECT 1") + ready() + complete("SELECT 0") +
       ready());
   Result r = run_all_ways({a, b}, false);
-  auto va = r.of(40010);
+  auto va = r.j_of(40010);
   ASSERT_EQ(va.size(), 2u);
   EXPECT_EQ((*va[0])["request"]["query"], "SELECT 1");
   EXPECT_EQ((*va[0])["response"]["rows"], 1);
   EXPECT_EQ((*va[1])["request"]["query"], "SELECT 2");
   EXPECT_EQ((*va[1])["response"]["command_tag"], "SELECT 1");
-  auto vb = r.of(40011);
+  auto vb = r.j_of(40011);
   ASSERT_GE(vb.size(), 2u);
   // The queries seen are paired with their answers; the answer to the lost one is an orphan.
   const json& last = *vb.back();
@@ -425,7 +323,7 @@ TEST(Postgres, HostileInputIsBoundedAndFlagged) {
   after.c(Q("SELECT 6"));
   after.s(complete("SELECT 1") + ready());
   Result r = run_all_ways({big, flood, after});
-  auto vb = r.of(40030);
+  auto vb = r.j_of(40030);
   ASSERT_GE(vb.size(), 3u);
   const json& h = *vb[1];
   EXPECT_EQ(h["request"]["query"].get<std::string>().size(), 65536u);
@@ -435,10 +333,10 @@ TEST(Postgres, HostileInputIsBoundedAndFlagged) {
   EXPECT_EQ(last["request"]["query"], "SELECT 5");
   EXPECT_EQ(last["response"]["command_tag"], "SELECT 1");
   EXPECT_GT(r.m.parse_errors_total(), 0u);
-  auto vf = r.of(40031);
+  auto vf = r.j_of(40031);
   EXPECT_EQ(vf.size(), 2001u);  // every query comes out, unanswered
   EXPECT_EQ((*vf.back())["response"], nullptr);
-  auto va = r.of(40032);
+  auto va = r.j_of(40032);
   ASSERT_EQ(va.size(), 1u);
   EXPECT_EQ((*va[0])["response"]["command_tag"], "SELECT 1");
 }

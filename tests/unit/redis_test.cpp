@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "dissector.hpp"
+#include "engine_harness.hpp"
 #include "redis/resp.hpp"
 #include "redis/session.hpp"
 
@@ -28,8 +29,6 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr uint64_t kT0 = 1'795'000'000'000'000'000ull;
-constexpr uint64_t kMs = 1'000'000;
 constexpr size_t kLimit = 1u << 20;
 constexpr size_t kSlack = 64u << 10;
 
@@ -235,109 +234,12 @@ TEST(RedisResp, Detection) {
 
 // --------------------------------------------------------------- engine --
 
-struct Conn {
-  uint16_t cport = 0, sport = 6379;
-  bool handshake = true;  // false: joined in the middle (no SYN, sequence numbers from the middle)
-  struct Msg {
-    bool client;
-    std::string bytes;
-  };
-  std::vector<Msg> msgs;
-  void c(std::string s) { msgs.push_back({true, std::move(s)}); }
-  void s(std::string s) { msgs.push_back({false, std::move(s)}); }
-};
-
-enum class Split { Whole, Bytes, Random };
-
-struct Result {
-  std::vector<Call> calls;
-  std::vector<json> records;
-  std::vector<std::string> texts;
-  DissectorMetrics m;
-  std::vector<const json*> of(uint16_t cport) const {
-    std::vector<const json*> v;
-    for (size_t i = 0; i < calls.size(); i++)
-      if (calls[i].src.port == cport || calls[i].dst.port == cport) v.push_back(&records[i]);
-    return v;
-  }
-};
-
-Result run(const std::vector<Conn>& conns, Split split, uint32_t seed = 0) {
-  Result r;
-  DissectorOptions opts;
-  opts.memory_limit = kLimit;
-  Dissector d(opts, [&](Call&& c) { r.calls.push_back(std::move(c)); });
-  std::mt19937 rng(seed);
-  uint64_t ts = kT0;
-  for (const Conn& c : conns) {
-    const uint8_t caddr[4] = {10, 7, 0, 2}, saddr[4] = {10, 7, 0, 1};
-    uint32_t next[2] = {1001, 50001};
-    auto send = [&](bool client, uint8_t flags, std::string_view payload, uint32_t seq) {
-      Packet p;
-      p.meta.ts_ns = ts;
-      p.meta.ip_version = 4;
-      p.meta.l4_proto = 6;
-      std::memcpy(p.meta.saddr, client ? caddr : saddr, 4);
-      std::memcpy(p.meta.daddr, client ? saddr : caddr, 4);
-      p.meta.sport = client ? c.cport : c.sport;
-      p.meta.dport = client ? c.sport : c.cport;
-      p.meta.seq = seq;
-      p.meta.ack = (flags & TW_TCP_ACK) ? next[client ? 1 : 0] : 0;
-      p.meta.window = 65535;
-      p.meta.tcp_flags = flags;
-      p.meta.tcp_wscale = TW_WSCALE_NONE;
-      p.meta.payload_len = p.meta.cap_len = static_cast<uint32_t>(payload.size());
-      p.payload = bytes(payload);
-      d.packet(p);
-    };
-    if (c.handshake) {
-      ts += kMs;
-      send(true, TW_TCP_SYN, {}, next[0] - 1);
-      ts += kMs;
-      send(false, TW_TCP_SYN | TW_TCP_ACK, {}, next[1] - 1);
-    }
-    for (const Conn::Msg& m : c.msgs) {
-      ts += kMs;
-      const std::string_view all = m.bytes;
-      uint32_t& seq = next[m.client ? 0 : 1];
-      for (size_t off = 0; off < all.size();) {
-        size_t k = all.size() - off;
-        if (split == Split::Bytes) k = 1;
-        if (split == Split::Random) {
-          const int kind = std::uniform_int_distribution<int>(0, 9)(rng);
-          k = std::min(k, std::uniform_int_distribution<size_t>(1, kind < 5 ? 8 : kind < 8 ? 1500 : 65536)(rng));
-        }
-        send(m.client, TW_TCP_ACK | TW_TCP_PSH, all.substr(off, k), seq);
-        seq += static_cast<uint32_t>(k);
-        off += k;
-      }
-    }
-    ts += kMs;
-    send(true, TW_TCP_FIN | TW_TCP_ACK, {}, next[0]);
-    ts += kMs;
-    send(false, TW_TCP_FIN | TW_TCP_ACK, {}, next[1]);
-  }
-  d.finish();
-  r.m = d.metrics();
-  for (const Call& c : r.calls) {
-    write_record(c, r.texts.emplace_back());
-    r.records.push_back(json::parse(r.texts.back()));
-  }
-  return r;
-}
+using Conn = tapwire::test::ConnOn<6379>;
+using Result = tapwire::test::EngineRun;
 
 Result run_all_ways(const std::vector<Conn>& conns) {
-  Result whole = run(conns, Split::Whole);
-  EXPECT_LE(whole.m.memory_peak_bytes, kLimit + kSlack);
-  for (int i = 0; i < 4; i++) {
-    Result r = run(conns, i == 0 ? Split::Bytes : Split::Random, static_cast<uint32_t>(i));
-    SCOPED_TRACE(i == 0 ? "bytes" : "random " + std::to_string(i));
-    EXPECT_LE(r.m.memory_peak_bytes, kLimit + kSlack);
-    for (size_t s = 0; s < kShedReasons; s++) EXPECT_EQ(r.m.shed[s], 0u);
-    EXPECT_EQ(r.texts.size(), whole.texts.size());
-    for (size_t k = 0; k < std::min(r.texts.size(), whole.texts.size()); k++) EXPECT_EQ(r.texts[k], whole.texts[k]) << "call " << k;
-  }
-  return whole;
+  return tapwire::test::run_all_ways(conns, tapwire::test::run_options(kLimit),
+                                     {.peak_limit = kLimit + kSlack, .check_shed = true});
 }
 
 std::string flags(const json& r) {
@@ -395,7 +297,7 @@ TEST(RedisEngine, Conversation) {
   r3.s("|1\r\n+ttl\r\n:5\r\n_\r\n");
 
   Result res = run_all_ways({c, r3});
-  auto a = res.of(40001);
+  auto a = res.j_of(40001);
   std::vector<std::string> got;
   for (const json* r : a) {
     std::string line = (*r)["request"].is_null() ? "-" : (*r)["request"]["command"].get<std::string>();
@@ -446,7 +348,7 @@ TEST(RedisEngine, Conversation) {
   EXPECT_EQ(calls[19].status, -1);
   EXPECT_TRUE((*a[3])["request"]["inline"].get<bool>());
 
-  auto b = res.of(40002);
+  auto b = res.j_of(40002);
   ASSERT_EQ(b.size(), 6u);
   EXPECT_EQ((*b[0])["response"]["value"].dump(), "{\"proto\":3,\"server\":\"redis\"}");
   EXPECT_EQ((*b[1])["request"]["command"], "SUBSCRIBE");
@@ -478,10 +380,10 @@ TEST(RedisEngine, JoinedMidConnection) {
   c.s(":1\r\n");
   Result res = run_all_ways({c});
   ASSERT_EQ(res.calls.size(), 2u);
-  EXPECT_EQ(res.records[0]["request"]["command"], "GET");
-  EXPECT_EQ(res.records[0]["response"]["value"], "v");
-  EXPECT_EQ(res.records[1]["request"]["command"], "DEL");
-  EXPECT_EQ(res.records[1]["response"]["value"], 1);
+  EXPECT_EQ(res.j[0]["request"]["command"], "GET");
+  EXPECT_EQ(res.j[0]["response"]["value"], "v");
+  EXPECT_EQ(res.j[1]["request"]["command"], "DEL");
+  EXPECT_EQ(res.j[1]["response"]["value"], 1);
 }
 
 TEST(RedisEngine, HostileInputIsBoundedAndFlagged) {
@@ -533,7 +435,7 @@ TEST(RedisEngine, HostileInputIsBoundedAndFlagged) {
   Result res = run_all_ways(conns);
   for (uint16_t port : {41001, 41002, 41003, 41004, 41005, 41006}) {
     SCOPED_TRACE(port);
-    auto v = res.of(port);
+    auto v = res.j_of(port);
     ASSERT_GE(v.size(), 3u);
     EXPECT_EQ((*v[0])["response"]["value"], "OK");
     EXPECT_EQ(flags(*v[0]), "");
@@ -542,7 +444,7 @@ TEST(RedisEngine, HostileInputIsBoundedAndFlagged) {
     EXPECT_EQ((*v.back())["request"]["command"], "GET");
     EXPECT_EQ((*v.back())["response"]["value"], "ok") << v.back()->dump();
   }
-  auto b = res.of(41007);
+  auto b = res.j_of(41007);
   ASSERT_EQ(b.size(), 4u);
   EXPECT_EQ(flags(*b[0]), "truncated");
   EXPECT_EQ((*b[0])["request"]["args"][1].get<std::string>().size(), 64u * 1024 - 6);
@@ -550,7 +452,7 @@ TEST(RedisEngine, HostileInputIsBoundedAndFlagged) {
   EXPECT_EQ((*b[1])["response"]["value"].get<std::string>().size(), 64u * 1024);
   EXPECT_EQ((*b[2])["response"]["value"], "fine");
   EXPECT_EQ(flags(*b[3]), "incomplete");
-  auto p = res.of(41008);
+  auto p = res.j_of(41008);
   ASSERT_EQ(p.size(), 1u);
   EXPECT_EQ((*p[0])["response"]["value"], "PONG");
   EXPECT_GT(res.m.parse_errors_total(), 0u);
