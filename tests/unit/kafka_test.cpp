@@ -797,7 +797,7 @@ TEST(KafkaEngine, NotClaimedFromOtherProtocols) {
   EXPECT_FALSE(det(std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 11)).matched);
   EXPECT_FALSE(det(std::string("\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 11)).need_more);
   // DNS over TCP: a query without RD and EDNS would pass the header checks but for its port.
-  const std::string dns("\x00\x1d\x12\x34\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01",
+  const std::string dns("\x00\x1d\x12\x34\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07" "example" "\x03" "com\x00\x00\x01\x00\x01",
                         31);
   v.port[1] = 53;
   EXPECT_FALSE(det(dns).matched);

@@ -495,7 +495,7 @@ TEST(MongoDb, HostileInputIsBoundedFlaggedAndTheNextCallsSurvive) {
   EXPECT_LE(r.m.memory_peak_bytes, 2u << 20);
   for (size_t i = 0; i < kShedReasons; i++) EXPECT_EQ(r.m.shed[i], 0u) << shed_reason_name(static_cast<ShedReason>(i));
   ASSERT_EQ(r.calls.size(), 7u);
-  for (size_t i = 0; i < r.records.size(); i++) EXPECT_NO_THROW((void)json::parse(r.records[i])) << i;
+  for (size_t i = 0; i < r.records.size(); i++) EXPECT_TRUE(json::accept(r.records[i])) << i;
   EXPECT_EQ(r.calls[0].method, "find");
   EXPECT_TRUE(r.calls[0].flags & proto::kFlagBodyTruncated);
   EXPECT_EQ(r.calls[1].method, "insert");
@@ -543,7 +543,7 @@ TEST(MongoDb, BsonToJsonTypesAndCaps) {
   ASSERT_TRUE(proto::bson_to_json({reinterpret_cast<const uint8_t*>(doc.data()), doc.size()}, out, small, truncated));
   EXPECT_TRUE(truncated);
   EXPECT_LE(out.size(), 40u + 2);
-  EXPECT_NO_THROW((void)json::parse(out));
+  EXPECT_TRUE(json::accept(out));
 }
 
 TEST(MongoDb, DetectionIsStrict) {

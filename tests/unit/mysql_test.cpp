@@ -397,7 +397,7 @@ TEST(Mysql, GarbageIsNotMysql) {
   EXPECT_FALSE(det(mongo).need_more);
   // PostgreSQL's startup message and a Kafka request.
   EXPECT_FALSE(det(le(0, 1) + "\x00\x00\x08\x04\xd2\x16\x2f").matched);
-  EXPECT_FALSE(det(std::string("\x00\x00\x00\x14\x00\x12\x00\x03\x00\x00\x00\x01\x00\x06client", 20)).matched);
+  EXPECT_FALSE(det(std::string("\x00\x00\x00\x14\x00\x12\x00\x03\x00\x00\x00\x01\x00\x06" "client", 20)).matched);
 }
 
 // ------------------------------------------------- the session on its own --
