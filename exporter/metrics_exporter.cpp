@@ -334,6 +334,26 @@ std::vector<MetricFamily> dissector_families(const json& m) {
   FamilyBuilder ws("tapwire_websocket_messages_total", "WebSocket messages by opcode", MetricType::Counter);
   by_label(ws, m, "ws_messages", "opcode");
   out.push_back(ws.f);
+  // The data-plane protocols' own breakdowns (their ProtocolCounters), one
+  // family each; their labels are bounded by the protocols (known names and
+  // an OTHER) and by by_label.
+  static const struct {
+    const char *key, *name, *help, *label;
+  } kBreakdowns[] = {
+      {"redis_commands", "tapwire_redis_commands_total", "Redis commands by name, and pushes (push:KIND)", "command"},
+      {"postgres_commands", "tapwire_postgres_commands_total", "PostgreSQL calls by SQL verb or message kind",
+       "command"},
+      {"mysql_commands", "tapwire_mysql_commands_total", "MySQL/MariaDB commands by name", "command"},
+      {"kafka_apis", "tapwire_kafka_requests_total", "Kafka requests by API", "api"},
+      {"amqp_methods", "tapwire_amqp_methods_total", "AMQP 0-9-1 methods seen, by name", "method"},
+      {"mongodb_commands", "tapwire_mongodb_commands_total", "MongoDB commands by name", "command"},
+      {"icmp_types", "tapwire_icmp_messages_total", "ICMP and ICMPv6 messages by type", "type"},
+  };
+  for (const auto& b : kBreakdowns) {
+    FamilyBuilder f(b.name, b.help, MetricType::Counter);
+    by_label(f, m, b.key, b.label);
+    out.push_back(f.f);
+  }
   MetricFamily hist;
   hist.name = "tapwire_call_duration_seconds";
   hist.help = "Time from the first byte of a request to the last byte of its response";

@@ -210,8 +210,13 @@ class Privileges(unittest.TestCase):
                 s.wait_status_update()
                 s.wait_status_update()  # the exporter has read it (once a second, with the status)
 
-            plant("file", json.dumps({"calls": {"http": 31337}}))  # control: a good file is read
-            self.assertIn('tapwire_calls_total{protocol="http"} 31337', scrape())
+            plant("file", json.dumps({"calls": {"http": 31337}, "redis_commands": {"SET": 12},
+                                      "kafka_apis": {"Produce": 4}, "icmp_types": {"echo-request": 2}}))
+            text = scrape()  # control: a good file is read
+            self.assertIn('tapwire_calls_total{protocol="http"} 31337', text)
+            self.assertIn('tapwire_redis_commands_total{command="SET"} 12', text)
+            self.assertIn('tapwire_kafka_requests_total{api="Produce"} 4', text)
+            self.assertIn('tapwire_icmp_messages_total{type="echo-request"} 2', text)
 
             secret = L.dir / "secret.json"
             secret.write_text(json.dumps({"calls": {"http": 424242}}))
