@@ -397,3 +397,23 @@ def stream_bytes(cap: Capture, key: tuple) -> bytes:
     d = cap.tcp[key]
     s, lo = assemble(d, d.base())
     return bytes(s.data[-lo:]) if lo < 0 else bytes(s.data)
+
+
+def icmp_message_bytes(path: str, timeout: float = 600) -> int:
+    """The bytes of the ICMP and ICMPv6 messages in a capture (each message
+    whole, its header included: what the sensor records of one), as tshark
+    reads the IP headers: IPv4 total length minus header length, IPv6 payload
+    length minus its extension headers."""
+    cmd = ["tshark", "-n", "-r", str(path), "-o", "ip.defragment:FALSE", "-Y", "icmp or icmpv6", "-T", "fields",
+           "-E", "separator=\t", "-E", "occurrence=f", "-e", "ip.len", "-e", "ip.hdr_len", "-e", "ipv6.plen",
+           "-e", "ipv6.hopopts.len_oct", "-e", "ipv6.dstopts.len_oct"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
+    total = 0
+    for line in out.splitlines():
+        f = (line.split("\t") + [""] * 5)[:5]
+        num = lambda s: int(s) if s else 0  # noqa: E731
+        if f[0]:
+            total += num(f[0]) - num(f[1])
+        elif f[2]:
+            total += num(f[2]) - num(f[3]) - num(f[4])
+    return total
