@@ -119,11 +119,19 @@ def main() -> int:
 
         # Every RESP2 connection, call for call.
         compared = 0
+        # A benchmark connection (SET/GET/LPUSH only) where tshark 4.0's RESP reassembly gave up on
+        # a command split over segments: not compared with tshark (at most two of them), but every
+        # call tapwire found there is paired and unflagged.
+        skipped = set()
         for stream, s in sorted(ts.items()):
             port = s["cport"]
             if port in resp3_ports or port == inline_port:
                 continue
             recs = by_port.get(port, [])
+            if s["partial"] and recs and all(r["request"] and r["request"]["command"] in ("SET", "GET", "LPUSH")
+                                             and r["response"] and not r["flags"] for r in recs):
+                skipped.add(port)
+                continue
             got_cmds = [tapwire_command(r["request"]) for r in recs if r["request"]]
             want_cmds = [[x.upper() if i == 0 else x for i, x in enumerate(m)] for m in s["commands"]]
             got_replies = [tapwire_reply(r["response"]) for r in recs if r["response"]]
@@ -149,12 +157,15 @@ def main() -> int:
             ck(not bad, f"stream {stream}: no call flagged ({[r['flags'] for r in bad][:3]})")
             compared += 1
         ck(compared >= 15, f"{compared} RESP2 connections compared with tshark")
+        ck(len(skipped) <= 2, f"{len(skipped)} benchmark connections tshark could not decode whole")
 
         # Counts per command over the whole capture (the benchmark's included).
         want_count = collections.Counter(m[0].upper() for s in ts.values() if s["cport"] not in resp3_ports
-                                         and s["cport"] != inline_port for m in s["commands"] if m)
+                                         and s["cport"] != inline_port and s["cport"] not in skipped
+                                         for m in s["commands"] if m)
         got_count = collections.Counter(r["request"]["command"] for r in calls if r["request"]
-                                        and r["src"]["port"] not in resp3_ports and r["src"]["port"] != inline_port)
+                                        and r["src"]["port"] not in resp3_ports and r["src"]["port"] != inline_port
+                                        and r["src"]["port"] not in skipped)
         ck(got_count == want_count, f"command counts equal tshark's ({dict(got_count)} vs {dict(want_count)})")
         ck(got_count["SET"] >= 3000 and got_count["LPUSH"] >= 3000, "the benchmark's commands are all there")
 
