@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tapwire_flow.h"
+
 #define TW_SEG_MAGIC "TWSEG\r\n\x1a" /* 8 bytes, no NUL stored */
 #define TW_SEG_VERSION 1u
 #define TW_SEG_HEADER_SIZE 4096u /* the record area starts here */
@@ -68,6 +70,8 @@ enum tw_seg_rec_type {
 	TW_REC_CGROUP = 6, /* body: struct tw_seg_cgroup + path_len bytes */
 	TW_REC_WORKLOAD = 7, /* body: struct tw_seg_workload + a JSON object (docs/IDENTITY.md) */
 	TW_REC_DUMP = 8, /* body: struct tw_seg_dump */
+	/* Flow stream (DATA_DIR/flows/, docs/FLOWS.md): */
+	TW_REC_FLOW = 9, /* body: struct tw_seg_flow */
 };
 
 /* Flags of identity records (tw_seg_process.flags, tw_seg_cgroup.flags,
@@ -141,7 +145,51 @@ struct tw_seg_loss {
 	uint64_t count; /* packets lost since the previous loss record for this reason */
 };
 
+/* Why a flow record is final (tw_seg_flow.end); 0 while the flow lives. */
+enum tw_flow_end {
+	TW_FLOW_END_NONE = 0,
+	TW_FLOW_END_FIN = 1, /* FIN both ways (or one FIN and an RST after it) */
+	TW_FLOW_END_RST = 2,
+	TW_FLOW_END_TIMEOUT = 3, /* UDP idle for tap.flows.udpTimeout; an unanswered SYN after tap.flows.synTimeout */
+	TW_FLOW_END_IDLE = 4, /* TCP without a packet for tap.flows.tcpIdleTimeout */
+	TW_FLOW_END_EVICTED = 5, /* the flow table was full */
+	TW_FLOW_END_REUSED = 6, /* a SYN with a new ISN on the same addresses and ports */
+	TW_FLOW_END_STOPPED = 7, /* the sensor stopped */
+};
+
+/*
+ * A flow's state (TW_REC_FLOW), written by the sensor while the flow lives
+ * (when it changed, at most every tap.flows.interval) and once more when it
+ * ends (end != 0). Counters are cumulative: the last record of a flow_id
+ * holds its totals. Times in st are CLOCK_REALTIME here.
+ */
+struct tw_seg_flow {
+	uint64_t ts_ns; /* when the record was written */
+	uint64_t flow_id; /* tw_flow_id(): the same in every record of the flow */
+	struct tw_flow_key key;
+	uint8_t end; /* enum tw_flow_end */
+	uint8_t reserved[7];
+	struct tw_flow_state st;
+};
+
+/* A flow's id: FNV-1a over its key and the first packet's time. */
+static inline uint64_t tw_flow_id(const struct tw_flow_key *k, uint64_t first_ns)
+{
+	const unsigned char *b = (const unsigned char *)k;
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (size_t i = 0; i < sizeof(*k); i++)
+		h = (h ^ b[i]) * 0x100000001b3ull;
+	for (int i = 0; i < 8; i++)
+		h = (h ^ ((first_ns >> (8 * i)) & 0xff)) * 0x100000001b3ull;
+	return h;
+}
+
 #ifdef __cplusplus
+static_assert(sizeof(struct tw_flow_key) == 40, "tw_flow_key layout");
+static_assert(sizeof(struct tw_flow_dir) == 128, "tw_flow_dir layout: TW_REC_FLOW bodies embed it");
+static_assert(sizeof(struct tw_flow_state) == 296, "tw_flow_state layout: TW_REC_FLOW bodies embed it");
+static_assert(sizeof(struct tw_seg_flow) == 360, "tw_seg_flow layout");
 static_assert(sizeof(struct tw_seg_header) == 96, "tw_seg_header layout changed: bump TW_SEG_VERSION");
 static_assert(offsetof(struct tw_seg_header, committed) == 56, "tw_seg_header layout");
 static_assert(sizeof(struct tw_seg_rec_hdr) == 16, "tw_seg_rec_hdr layout");
