@@ -19,3 +19,5 @@ timeout --signal=TERM --kill-after=30 3600 python3 scripts/bench_dissect.py
 timeout --signal=TERM --kill-after=30 1200 python3 scripts/bench_snapshot.py
 # Identity (issue 8): cost per packet and per call, memory per 10k pods, API requests per minute.
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_identity.py
+# Flows (issue 12): requests/s with flow accounting on and off, CPU per million packets, memory per 100k flows.
+timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_flows.py
