@@ -7,9 +7,10 @@ capture of the same interface.
       transfers, UDP datagrams both ways, DNS; IPv4 and IPv6): every flow's
       packets, bytes (frames, Ethernet header included) and payload bytes per
       direction equal tshark's conversation tables and frames, nothing extra;
-      zero retransmissions; handshake RTT as tcp.analysis.initial_rtt; the
-      filters (--protocol, --port, --ip, --sort, --limit) select what they say;
-      `tapwire flows --pcap` on tcpdump's file gives the same records.
+      handshake RTT as tcp.analysis.initial_rtt; the filters (--protocol,
+      --port, --ip, --sort, --limit) select what they say; the same records
+      from `tapwire flows --pcap` on tcpdump's file, from a snapshot taken
+      live (--snapshot) and from the live dissection DB (--db).
 (ii)  impaired traffic through the TUN lab (flowlab.py: 5 ms each way, drops
       both ways, reordering towards the server): per flow and direction the
       retransmissions (fast, spurious), out-of-order segments, lost segments
@@ -205,7 +206,8 @@ class FlowTests(unittest.TestCase):
         with lab.Lab() as L:
             flowlab.start_peers(L)
             tcpd = start_tcpdump(L)
-            sensor = None if REFERENCE_ONLY else L.start_sensor(L.dir / "data")
+            # with the live dissector: it copies the flow records into the DB's flows table
+            sensor = None if REFERENCE_ONLY else L.start_sensor(L.dir / "data", extra=["--dissection"])
             # HTTP: one file per connection, all files on one keep-alive connection, IPv6, a 1 MB POST
             for f in lab.FILES:
                 L.curl(L.url(f"/f/{f}"))
@@ -222,7 +224,11 @@ class FlowTests(unittest.TestCase):
             L.dig(f"www.{L.DOMAIN}", "A")
             L.dig(f"www.{L.DOMAIN}", "AAAA", v6=True)
             stop_tcpdump(tcpd)
+            snap = None
             if sensor:
+                time.sleep(1.5)  # the flow records of the last packets are written (every second)
+                lab.tapwire("snapshot", "create", "--name", "flows", "--data-dir", sensor.data_dir)
+                snap = sensor.data_dir / "snapshots" / "flows"
                 self.assertEqual(sensor.stop(), 0, sensor.output()[-3000:])
 
             ref = flowref.read_reference(tcpd.out)
@@ -244,6 +250,11 @@ class FlowTests(unittest.TestCase):
             # the userspace path on tcpdump's file
             precs = flows(L, "--pcap", tcpd.out, name="flows-pcap")
             self.assertNoDiffs(flowref.compare(ref, precs, **PCAP_EXACT), "tapwire flows --pcap against tshark")
+            # a snapshot taken live carries the records; the dissection DB has them too
+            srecs = flows(L, "--snapshot", snap, name="flows-snapshot")
+            self.assertNoDiffs(flowref.compare(ref, srecs, live=True), "tapwire flows --snapshot against tshark")
+            drecs = flows(L, "--db", sensor.data_dir / "dissection.db", name="flows-db")
+            self.assertNoDiffs(flowref.compare(ref, drecs), "tapwire flows --db against tshark")
             # filters
             d = ["--data-dir", sensor.data_dir]
             self.assertEqual(keys(flows(L, *d, "--protocol", "udp")), ref_keys(ref.udp()), "--protocol udp")
