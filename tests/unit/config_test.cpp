@@ -399,5 +399,7 @@ TEST(FlagOverrides, FlagsWinOverTheFileAtStartAndOnReload) {
 
 // The config accepts exactly the dissectors the protocol registry has.
 TEST(Config, KnowsTheRegistrysDissectors) {
-  EXPECT_EQ(tapwire::config::known_dissectors(), tapwire::proto::dissector_names());
+  auto names = tapwire::proto::dissector_names();
+  for (auto& f : tapwire::config::flow_dissectors()) names.push_back(f);  // tcp, udp: flow accounting
+  EXPECT_EQ(tapwire::config::known_dissectors(), names);
 }
