@@ -44,6 +44,10 @@
 #include <vector>
 
 #include "bpf_capture.hpp"
+#include "clock.hpp"
+#include "flow_harvester.hpp"
+#include "segment.hpp"
+#include "temp_dir.hpp"
 #include "interfaces.hpp"
 #include "ring_drain.hpp"
 #include "tapwire_abi.hpp"
@@ -1306,5 +1310,136 @@ TEST(CaptureBpf, FlowReusedByANewSyn) {
     EXPECT_EQ(st.dir[0].base_seq, 777777u);
     EXPECT_EQ(st.completeness, TW_COMPLETE_SYN);
     EXPECT_GE(st.first_ns, e.st.last_ns);
+  });
+}
+
+// ------------------------------------------------------- flow harvester --
+
+std::vector<tw_seg_flow> flow_records(const std::string& dir) {
+  std::vector<tw_seg_flow> out;
+  for (auto& si : tapwire::shm::list_segments(dir)) {
+    auto r = tapwire::shm::SegmentReader::open(si.path);
+    while (auto rec = r.next()) {
+      if (rec->type != TW_REC_FLOW) continue;
+      tw_seg_flow f{};
+      EXPECT_GE(rec->body.size(), sizeof f);
+      std::memcpy(&f, rec->body.data(), std::min(sizeof f, rec->body.size()));
+      out.push_back(f);
+    }
+  }
+  return out;
+}
+
+TEST(CaptureBpf, FlowHarvesterRecordsEndsAndEvicts) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    tapwire::test_util::TempDir tmp("flows");
+    Harness h(1u << 20, {.max_flows = 1024});
+    tapwire::sensor::FlowHarvesterOptions o;
+    o.dir = tmp.path() + "/flows";
+    o.storage_size = 4u << 20;
+    o.segment_size = 1u << 20;
+    tapwire::sensor::FlowHarvester fh(o, h.cap().flows_fd(), h.cap().flow_ends_fd(), h.cap().max_flows());
+    const uint64_t s = 1000000000ull;
+    auto c2s = [](uint8_t flags, uint32_t seq, uint32_t ack) { return l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, seg(flags, seq, ack))); };
+    h.in(c2s(TW_TCP_SYN, 100, 0));
+    h.in(reversed_v4(c2s(TW_TCP_SYN | TW_TCP_ACK, 900, 101)));
+    h.in(c2s(TW_TCP_ACK, 101, 901));
+    h.in(c2s(TW_TCP_FIN | TW_TCP_ACK, 101, 901));
+    h.in(reversed_v4(c2s(TW_TCP_FIN | TW_TCP_ACK, 901, 102)));
+    h.in(c2s(TW_TCP_ACK, 102, 902));
+    h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(10), 40001, 53)));
+    const uint64_t now = tapwire::mono_ns(), m2r = tapwire::clock_ns(CLOCK_REALTIME) - now;
+    fh.harvest(now, m2r);  // both new: a record each; the closed one lingers 2 s
+    auto recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 2u);
+    for (auto& r : recs) EXPECT_EQ(r.end, TW_FLOW_END_NONE);
+    EXPECT_EQ(fh.stats().active[0], 1u);
+    EXPECT_EQ(fh.stats().active[1], 1u);
+    fh.harvest(now + 3 * s, m2r);  // the TCP flow ends (fin); the UDP one did not change: no record
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 3u);
+    EXPECT_EQ(recs[2].end, TW_FLOW_END_FIN);
+    EXPECT_EQ(recs[2].key.l4_proto, IPPROTO_TCP);
+    const auto& first_tcp = recs[0].key.l4_proto == IPPROTO_TCP ? recs[0] : recs[1];
+    EXPECT_EQ(recs[2].flow_id, first_tcp.flow_id);
+    EXPECT_EQ(recs[2].st.first_ns, first_tcp.st.first_ns);
+    EXPECT_EQ(recs[2].flow_id, tw_flow_id(&recs[2].key, recs[2].st.first_ns));
+    EXPECT_EQ(recs[2].st.dir[0].packets + recs[2].st.dir[1].packets, 6u) << "pure ACKs counted";
+    EXPECT_EQ(recs[2].st.harvest, 1);
+    EXPECT_NEAR(static_cast<double>(recs[2].st.first_ns), static_cast<double>(tapwire::clock_ns(CLOCK_REALTIME)),
+                60e9) << "CLOCK_REALTIME in the stream";
+    EXPECT_EQ(flows(h.cap()).size(), 1u) << "deleted from the kernel's table";
+    fh.harvest(now + 61 * s, m2r);  // UDP idle for udpTimeout
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 4u);
+    EXPECT_EQ(recs[3].end, TW_FLOW_END_TIMEOUT);
+    EXPECT_TRUE(flows(h.cap()).empty());
+    EXPECT_EQ(fh.stats().created[0], 1u);
+    EXPECT_EQ(fh.stats().created[1], 1u);
+
+    // A reused 4-tuple: the old flow's final record from tw_flow_ends.
+    h.in(c2s(TW_TCP_SYN, 5000, 0));
+    h.in(c2s(TW_TCP_SYN, 7000, 0));
+    fh.harvest(tapwire::mono_ns(), m2r);
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 6u);
+    EXPECT_EQ(recs[4].end, TW_FLOW_END_REUSED);
+    EXPECT_EQ(recs[4].st.dir[0].base_seq, 5000u);
+    EXPECT_EQ(recs[5].end, TW_FLOW_END_NONE);
+    EXPECT_EQ(recs[5].st.dir[0].base_seq, 7000u);
+    EXPECT_NE(recs[4].flow_id, recs[5].flow_id);
+    // An unanswered SYN ends after synTimeout.
+    fh.harvest(tapwire::mono_ns() + 31 * s, m2r);
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 7u);
+    EXPECT_EQ(recs[6].end, TW_FLOW_END_TIMEOUT);
+
+    // Metrics: by workload pair, the client as src; unknown names are "".
+    tw_counters k{};
+    auto j = fh.status(k, true);
+    ASSERT_TRUE(j.contains("pair_series"));
+    uint64_t conns = 0;
+    for (auto& p : j["pair_series"]) conns += p["connections"].get<uint64_t>();
+    EXPECT_EQ(conns, 4u);
+
+    // The sensor stops: live flows get end = stopped.
+    h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(10), 40002, 53)));
+    fh.stop(tapwire::mono_ns(), m2r);
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 8u);
+    EXPECT_EQ(recs[7].end, TW_FLOW_END_STOPPED);
+  });
+}
+
+TEST(CaptureBpf, FlowHarvesterEvictsWhenNearlyFull) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    tapwire::test_util::TempDir tmp("flows");
+    Harness h(1u << 20, {.max_flows = 20});
+    tapwire::sensor::FlowHarvesterOptions o;
+    o.dir = tmp.path() + "/flows";
+    o.storage_size = 4u << 20;
+    o.segment_size = 1u << 20;
+    tapwire::sensor::FlowHarvester fh(o, h.cap().flows_fd(), h.cap().flow_ends_fd(), h.cap().max_flows());
+    // 10 established flows (both ways), then 9 one-sided SYNs: 19 > 90% of 20.
+    for (uint16_t p = 1; p <= 10; p++) {
+      h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(4), static_cast<uint16_t>(2000 + p), 53)));
+      h.in(reversed_v4(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(4), static_cast<uint16_t>(2000 + p), 53))));
+    }
+    for (uint16_t p = 1; p <= 9; p++)
+      h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, seg(TW_TCP_SYN, 1, 0, static_cast<uint16_t>(3000 + p)))));
+    EXPECT_EQ(flows(h.cap()).size(), 19u);
+    const uint64_t now = tapwire::mono_ns();
+    fh.harvest(now, tapwire::clock_ns(CLOCK_REALTIME) - now);
+    auto t = flows(h.cap());
+    EXPECT_EQ(t.size(), 15u) << "down to 75%";
+    size_t udp_left = 0;
+    for (auto& [kb, v] : t) udp_left += reinterpret_cast<const tw_flow_key*>(kb.data())->l4_proto == IPPROTO_UDP;
+    EXPECT_EQ(udp_left, 10u) << "the flows that never completed a handshake go first";
+    EXPECT_EQ(fh.stats().evicted_table_full, 4u);
+    size_t evicted = 0;
+    for (auto& r : flow_records(o.dir)) evicted += r.end == TW_FLOW_END_EVICTED;
+    EXPECT_EQ(evicted, 4u);
   });
 }
