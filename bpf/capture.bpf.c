@@ -193,6 +193,44 @@ struct {
 	__type(value, struct tw_seen);
 } tw_seen SEC(".maps");
 
+/* Flow accounting (docs/FLOWS.md, tapwire_abi.h): one entry per TCP/UDP
+ * flow, updated under its spin lock; the sensor reads, writes and deletes
+ * the entries. max_entries is set by the sensor before load
+ * (tap.flows.maxFlows). Preallocated: an insert never allocates. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TW_FLOWS_DEFAULT_MAX);
+	__type(key, struct tw_flow_key);
+	__type(value, struct tw_flow_value);
+} tw_flows SEC(".maps");
+
+/* Flows ended in the kernel (a reused 4-tuple): struct tw_flow_end_rec. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, TW_FLOW_ENDS_RING_BYTES);
+} tw_flow_ends SEC(".maps");
+
+/* Per-CPU room for the flow update: the key, a new flow's first state
+ * (built here, then inserted whole), and a reused flow's last state. The
+ * init part has tw_flow_value's layout (the lock word unused: a per-CPU
+ * array cannot hold a bpf_spin_lock, and the map update skips it). */
+struct tw_flow_scratch {
+	struct tw_flow_end_rec end; /* end.key: the packet's flow key */
+	__u64 init_lock; /* tw_flow_value.lock + pad */
+	struct tw_flow_state init;
+	struct tw_flow_pkt pkt;
+};
+_Static_assert(__builtin_offsetof(struct tw_flow_scratch, init) - __builtin_offsetof(struct tw_flow_scratch, init_lock) ==
+		       __builtin_offsetof(struct tw_flow_value, st),
+	       "the scratch's init part has tw_flow_value's layout");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tw_flow_scratch);
+} tw_flow_scratch SEC(".maps");
+
 /* The one accessor for packet bytes: bounds-checked by the kernel, works on
  * non-linear skbs (GRO/GSO super-packets keep most payload in frags). */
 static __always_inline int load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
@@ -497,6 +535,127 @@ static __always_inline void count_walk(struct tw_counters *c, int rc)
 		c->drop[TW_DROP_NO_SCRATCH]++; /* cannot happen: a result without a reason */
 }
 
+/* 1 if address a sorts before b (as numbers: network byte order). */
+static __always_inline int addr_lt(const __u8 *a, const __u8 *b, int *eq)
+{
+	__u64 a0, a1, b0, b1;
+
+	__builtin_memcpy(&a0, a, 8);
+	__builtin_memcpy(&a1, a + 8, 8);
+	__builtin_memcpy(&b0, b, 8);
+	__builtin_memcpy(&b1, b + 8, 8);
+	a0 = bpf_be64_to_cpu(a0);
+	a1 = bpf_be64_to_cpu(a1);
+	b0 = bpf_be64_to_cpu(b0);
+	b1 = bpf_be64_to_cpu(b1);
+	*eq = a0 == b0 && a1 == b1;
+	return a0 < b0 || (a0 == b0 && a1 < b1);
+}
+
+/*
+ * Accounts one TCP or UDP packet in its flow (tw_flows): one lookup and the
+ * entry's lock in the common case; a new flow is built on the per-CPU
+ * scratch and inserted whole (BPF_NOEXIST: a flow another CPU inserted
+ * first is updated instead). A full table leaves the packet unaccounted
+ * (TW_STAT_FLOW_UNTRACKED); it is still captured. A global function: the
+ * verifier checks it once, on its own.
+ */
+__noinline int tw_flow_account(struct tw_pkt *p, struct tw_counters *cnt, __u32 wire_len)
+{
+	if (!p || !cnt)
+		return 0;
+	__u32 zero = 0;
+	struct tw_flow_scratch *sc = bpf_map_lookup_elem(&tw_flow_scratch, &zero);
+	struct tw_flow_key *k;
+	struct tw_flow_pkt *fp;
+	struct tw_flow_value *v;
+	__u8 l4 = p->l4_proto;
+	int eq, src_a, rc, reused = 0, is_new = 0;
+	long err;
+
+	if (!sc)
+		return 0;
+	k = &sc->end.key;
+	fp = &sc->pkt;
+	src_a = addr_lt(p->saddr, p->daddr, &eq);
+	if (eq)
+		src_a = p->sport <= p->dport;
+	k->ip_version = p->ip_version;
+	k->l4_proto = l4;
+	k->pad = 0;
+	if (src_a) {
+		k->port_a = p->sport;
+		k->port_b = p->dport;
+		__builtin_memcpy(k->addr_a, p->saddr, 16);
+		__builtin_memcpy(k->addr_b, p->daddr, 16);
+	} else {
+		k->port_a = p->dport;
+		k->port_b = p->sport;
+		__builtin_memcpy(k->addr_a, p->daddr, 16);
+		__builtin_memcpy(k->addr_b, p->saddr, 16);
+	}
+	fp->ts_ns = p->ts_ns;
+	fp->wire_len = wire_len;
+	fp->payload_len = p->payload_len;
+	fp->seq = p->seq;
+	fp->ack = p->ack;
+	fp->window = p->window;
+	fp->ifindex = p->ifindex;
+	fp->sport = p->sport;
+	fp->dport = p->dport;
+	fp->tcp_flags = p->tcp_flags;
+	fp->side = src_a ? TW_SIDE_A : TW_SIDE_B;
+	fp->pad[0] = fp->pad[1] = 0;
+
+	v = bpf_map_lookup_elem(&tw_flows, k);
+	if (!v) {
+		/* A new flow: its first state built on the scratch and inserted
+		 * whole; then counted under the lock like any other packet (a
+		 * packet of another CPU may come first: both are counted). */
+		__builtin_memset(&sc->init, 0, sizeof(sc->init));
+		sc->init_lock = 0;
+		tw_flow_init(&sc->init, fp, l4);
+		err = bpf_map_update_elem(&tw_flows, k, &sc->init_lock, BPF_NOEXIST);
+		if (err == 0)
+			cnt->stat[TW_STAT_FLOWS_CREATED]++;
+		else if (err != -17 /* EEXIST: another CPU inserted it first */)
+			goto untracked;
+		is_new = err == 0;
+		v = bpf_map_lookup_elem(&tw_flows, k);
+		if (!v) /* the sensor deleted it already */
+			goto untracked;
+	}
+
+	bpf_spin_lock(&v->lock);
+	if (l4 == IPPROTO_TCP) {
+		/* At most twice: a SYN with a new ISN (TW_FLOW_REUSE) ends the
+		 * old flow, and the packet starts the new one in the same entry. */
+#pragma nounroll
+		for (int pass = 0; pass < 2; pass++) {
+			rc = tw_flow_tcp_update(&v->st, fp, is_new);
+			if (rc != TW_FLOW_REUSE || reused)
+				break;
+			__builtin_memcpy(&sc->end.st, &v->st, sizeof(v->st));
+			__builtin_memset(&v->st, 0, sizeof(v->st));
+			tw_flow_init(&v->st, fp, l4);
+			is_new = 1;
+			reused = 1;
+		}
+	} else {
+		tw_flow_udp_update(&v->st, fp);
+	}
+	bpf_spin_unlock(&v->lock);
+	if (reused) {
+		cnt->stat[TW_STAT_FLOWS_CREATED]++;
+		if (bpf_ringbuf_output(&tw_flow_ends, &sc->end, sizeof(sc->end), 0) < 0)
+			cnt->stat[TW_STAT_FLOW_ENDS_LOST]++;
+	}
+	return 0;
+untracked:
+	cnt->stat[TW_STAT_FLOW_UNTRACKED]++;
+	return 0;
+}
+
 static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 {
 	__u32 zero = 0;
@@ -516,7 +675,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	__u16 proto;
 	__u8 l4;
 	__u32 *ifv;
-	int rc;
+	int rc, flows, empty_ack;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
@@ -687,8 +846,13 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	payload_len = l3end - payload_off;
 	p->payload_len = payload_len;
 
-	if (l4 == IPPROTO_TCP && payload_len == 0 &&
-	    !(p->tcp_flags & (TW_TCP_SYN | TW_TCP_FIN | TW_TCP_RST))) {
+	/* Flow accounting (TW_SET_FLOWS_TCP/UDP): after the filters, pod
+	 * targeting and the duplicate check, payload-less ACKs included. */
+	flows = (l4 == IPPROTO_TCP && (set_flags & TW_SET_FLOWS_TCP)) ||
+		(l4 == IPPROTO_UDP && (set_flags & TW_SET_FLOWS_UDP));
+	empty_ack = l4 == IPPROTO_TCP && payload_len == 0 &&
+		    !(p->tcp_flags & (TW_TCP_SYN | TW_TCP_FIN | TW_TCP_RST));
+	if (empty_ack && !flows) { /* not stored, and not accounted: done */
 		cnt->stat[TW_STAT_EMPTY_ACK]++;
 		return TC_ACT_UNSPEC;
 	}
@@ -721,8 +885,16 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	}
 	if ((l4 == IPPROTO_UDP || l4 == IPPROTO_ICMPV6) && p->ip_version == 6 && payload_len)
 		load(skb, payload_off, &fp_extra, payload_len < 4 ? 1 : 4);
-	if (seen_elsewhere(p, fp_extra, bpf_ktime_get_ns())) {
+	/* One clock read per packet: the duplicate check, the flow and the record. */
+	p->ts_ns = bpf_ktime_get_ns();
+	if (seen_elsewhere(p, fp_extra, p->ts_ns)) {
 		cnt->stat[TW_STAT_DUPLICATE]++;
+		return TC_ACT_UNSPEC;
+	}
+	if (flows)
+		tw_flow_account(p, cnt, skb->len);
+	if (empty_ack) { /* counted in its flow; not stored, by design */
+		cnt->stat[TW_STAT_EMPTY_ACK]++;
 		return TC_ACT_UNSPEC;
 	}
 
@@ -735,7 +907,6 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 		p->flags |= TW_PKT_F_TRUNCATED;
 		cnt->stat[TW_STAT_TRUNCATED]++;
 	}
-	p->ts_ns = bpf_ktime_get_ns();
 
 	__u32 cpu = bpf_get_smp_processor_id();
 	void *ring = bpf_map_lookup_elem(&tw_rings, &cpu);

@@ -18,6 +18,13 @@
 #include <linux/types.h>
 #include <stddef.h>
 #endif
+/* The flow table's types. Not for programs built on vmlinux.h
+ * (bpf/identity.bpf.c), which have the kernel's own definitions and no use
+ * for them. */
+#ifndef __VMLINUX_H__
+#include "tapwire_flow.h"
+#define TW_ABI_HAVE_FLOWS 1
+#endif
 
 #define TW_ABI_VERSION 1
 
@@ -144,6 +151,9 @@ enum tw_stat {
 	TW_STAT_DUPLICATE = 9, /* already captured on another interface of this node (by design, not a drop) */
 	TW_STAT_IPSEC_ESP = 10, /* IPsec ESP: encrypted, no L4 header to read (by design, not a drop) */
 	TW_STAT_FIRST_FRAGMENTS = 11, /* first IP fragments captured, flagged TW_PKT_F_FRAGMENT */
+	TW_STAT_FLOWS_CREATED = 12, /* flows inserted into tw_flows (a reused 4-tuple's new flow included) */
+	TW_STAT_FLOW_UNTRACKED = 13, /* packets of a new flow that found tw_flows full: captured, not accounted */
+	TW_STAT_FLOW_ENDS_LOST = 14, /* flows ended by a reused 4-tuple that found tw_flow_ends full */
 	TW_STAT__MAX
 };
 
@@ -175,6 +185,8 @@ enum tw_setting_flag {
 	TW_SET_CIDR_RULES = 1u << 3, /* tw_cidr4/tw_cidr6 hold rules: look them up */
 	TW_SET_PORT_RULES = 1u << 4, /* tw_ports holds rules: look it up */
 	TW_SET_TARGETS = 1u << 5, /* pod targeting on: only addresses in tw_targets */
+	TW_SET_FLOWS_TCP = 1u << 6, /* account TCP flows in tw_flows (tap.enabledDissectors has tcp) */
+	TW_SET_FLOWS_UDP = 1u << 7, /* account UDP flows in tw_flows (tap.enabledDissectors has udp) */
 };
 
 /* Values of the tw_ifaces map (per ifindex). */
@@ -290,6 +302,40 @@ struct tw_ident_counters {
 	__u64 drop[TW_IDENT_DROP__MAX];
 };
 
+/*
+ * Flow accounting (docs/FLOWS.md): the capture programs count every TCP and
+ * UDP packet that passes the filters, pod targeting and the duplicate check
+ * in the tw_flows hash map (key struct tw_flow_key, bpf/tapwire_flow.h), one
+ * entry per flow, updated under the entry's spin lock. The sensor reads and
+ * deletes entries (tw_flows is a plain hash: an LRU map cannot hold a
+ * bpf_spin_lock, so nothing is ever evicted behind the sensor's back).
+ */
+#define TW_FLOWS_DEFAULT_MAX 65536u
+#define TW_FLOW_ENDS_RING_BYTES (256u * 1024u)
+
+#ifdef TW_ABI_HAVE_FLOWS
+
+struct tw_flow_value {
+#ifdef __BPF__
+	struct bpf_spin_lock lock; /* held while the programs update st (the program includes linux/bpf.h) */
+#else
+	/* struct bpf_spin_lock (one __u32) in the kernel; linux/bpf.h is not
+	 * included here: it clashes with libpcap's classic struct bpf_insn */
+	__u32 lock;
+#endif
+	__u32 pad;
+	struct tw_flow_state st; /* times CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+};
+
+/* A flow the programs ended themselves (a SYN with a new ISN on the same
+ * addresses and ports, TW_FLOW_REUSE): its last state, pushed into the
+ * tw_flow_ends ring buffer for the sensor to write with end = reused. */
+struct tw_flow_end_rec {
+	struct tw_flow_key key;
+	struct tw_flow_state st; /* times CLOCK_MONOTONIC */
+};
+#endif /* TW_ABI_HAVE_FLOWS */
+
 #ifndef __BPF__
 #ifdef __cplusplus
 #define TW_STATIC_ASSERT static_assert
@@ -311,6 +357,11 @@ TW_STATIC_ASSERT(offsetof(struct tw_sock_event, lport) == 44, "tw_sock_event lay
 TW_STATIC_ASSERT(offsetof(struct tw_sock_event, comm) == 80, "tw_sock_event layout");
 TW_STATIC_ASSERT(sizeof(struct tw_exec_event) == 304, "tw_exec_event layout: bump TW_ABI_VERSION");
 TW_STATIC_ASSERT(sizeof(struct tw_ip_key) == 20, "tw_ip_key layout");
+TW_STATIC_ASSERT(sizeof(struct tw_flow_key) == 40, "tw_flow_key layout");
+TW_STATIC_ASSERT(sizeof(struct tw_flow_state) == 296, "tw_flow_state layout");
+TW_STATIC_ASSERT(sizeof(struct tw_flow_value) == 304, "tw_flow_value layout: the lock, then the state 8-aligned");
+TW_STATIC_ASSERT(offsetof(struct tw_flow_value, st) == 8, "tw_flow_value layout");
+TW_STATIC_ASSERT(sizeof(struct tw_flow_end_rec) == 336, "tw_flow_end_rec layout");
 TW_STATIC_ASSERT(TW_IDENT_EXIT < TW_IDENT_TYPE_SLOTS, "tw_ident_counters.emitted: one slot per event type");
 TW_STATIC_ASSERT(sizeof(struct tw_ident_counters) == 8 * (TW_IDENT_TYPE_SLOTS + (int)TW_IDENT_DROP__MAX),
 		 "tw_ident_counters layout");

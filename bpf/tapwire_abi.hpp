@@ -17,7 +17,7 @@ inline constexpr std::array<std::string_view, TW_DROP__MAX> kDropReasonNames = {
 
 inline constexpr std::array<std::string_view, TW_STAT__MAX> kStatNames = {
     "packets_seen", "packets_captured", "bytes_captured", "records", "filtered", "not_tcp_udp", "truncated", "empty_ack", "not_targeted", "duplicate",
-    "ipsec_esp", "first_fragments",
+    "ipsec_esp", "first_fragments", "flows_created", "flow_untracked", "flow_ends_lost",
 };
 
 // Every enum value has a name: a missing one would be an empty string.

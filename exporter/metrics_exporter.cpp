@@ -286,6 +286,69 @@ std::vector<MetricFamily> sensor_families(const json& s) {
                       .add(num(t, "addresses"))
                       .f);
   }
+  // Flow accounting (docs/FLOWS.md): the kernel's table and the flow stream,
+  // and the traffic by workload pair (bounded by tap.flows.metricsMaxPairs;
+  // the sensor folds the rest into src_namespace="_other").
+  const json fl = obj(s, "flows");
+  if (fl.contains("active")) {
+    FamilyBuilder active("tapwire_flows_active", "Flows in the kernel's flow table, by protocol", MetricType::Gauge);
+    by_label(active, fl, "active", "protocol");
+    out.push_back(active.f);
+    FamilyBuilder created("tapwire_flows_total", "Flows accounted since start, by protocol", MetricType::Counter);
+    by_label(created, fl, "created", "protocol");
+    out.push_back(created.f);
+    FamilyBuilder evicted("tapwire_flows_evicted_total",
+                          "Flows ended early, by reason: table_full (evicted by the sensor), reuse_ring_full (a "
+                          "reused flow's final state lost in the kernel)",
+                          MetricType::Counter);
+    by_label(evicted, fl, "evicted", "reason");
+    out.push_back(evicted.f);
+    out.push_back(FamilyBuilder("tapwire_flow_untracked_packets_total",
+                                "Packets of new flows that found the flow table full (captured, not accounted)",
+                                MetricType::Counter)
+                      .add(num(fl, "untracked_packets"))
+                      .f);
+    out.push_back(FamilyBuilder("tapwire_flow_records_total", "Records written to the flow stream", MetricType::Counter)
+                      .add(num(fl, "records"))
+                      .f);
+    out.push_back(FamilyBuilder("tapwire_flow_metric_pairs_folded_total",
+                                "Flow metric deltas folded into the src_namespace=\"_other\" series "
+                                "(tap.flows.metricsMaxPairs reached)",
+                                MetricType::Counter)
+                      .add(num(fl, "pairs_folded"))
+                      .f);
+    FamilyBuilder fbytes("tapwire_flow_bytes_total", "Bytes on the wire by workload pair (the client as src)",
+                         MetricType::Counter);
+    FamilyBuilder fpackets("tapwire_flow_packets_total", "Packets by workload pair (the client as src)",
+                           MetricType::Counter);
+    FamilyBuilder fconns("tapwire_flow_connections_total", "Flows started by workload pair (the client as src)",
+                         MetricType::Counter);
+    FamilyBuilder fresets("tapwire_tcp_resets_total", "TCP segments with RST by workload pair (the client as src)",
+                          MetricType::Counter);
+    FamilyBuilder fretx("tapwire_tcp_retransmissions_total",
+                        "TCP retransmissions (Wireshark's tcp.analysis.retransmission) by workload pair",
+                        MetricType::Counter);
+    const json series = arr(fl, "pair_series");
+    for (const auto& p : series) {
+      if (!p.is_object() || fbytes.f.metric.size() >= 100000) break;
+      std::vector<ClientMetric::Label> labels;
+      bool ok = true;
+      for (const char* l : {"src_namespace", "src_workload", "dst_namespace", "dst_workload", "protocol"}) {
+        std::string v = str(p, l);
+        ok = ok && v.size() <= kMaxLabelBytes;
+        labels.push_back({l, v});
+      }
+      if (!ok) continue;
+      fbytes.add(num(p, "bytes"), labels);
+      fpackets.add(num(p, "packets"), labels);
+      fconns.add(num(p, "connections"), labels);
+      if (str(p, "protocol") == "tcp") {
+        fresets.add(num(p, "resets"), labels);
+        fretx.add(num(p, "retransmissions"), labels);
+      }
+    }
+    for (auto* f : {&fbytes, &fpackets, &fconns, &fresets, &fretx}) out.push_back(f->f);
+  }
   FamilyBuilder cpu("tapwire_process_cpu_seconds_total", "CPU time of tapwire's processes", MetricType::Counter);
   FamilyBuilder rss("tapwire_process_resident_memory_bytes", "Resident memory of tapwire's processes",
                     MetricType::Gauge);

@@ -44,6 +44,10 @@
 #include <vector>
 
 #include "bpf_capture.hpp"
+#include "clock.hpp"
+#include "flow_harvester.hpp"
+#include "segment.hpp"
+#include "temp_dir.hpp"
 #include "interfaces.hpp"
 #include "ring_drain.hpp"
 #include "tapwire_abi.hpp"
@@ -234,7 +238,7 @@ struct Result {
   std::string reasons() const {
     std::ostringstream o;
     for (uint32_t s = 0; s < TW_STAT__MAX; s++)
-      if (s != TW_STAT_PACKETS_SEEN && delta.stat[s]) o << (o.tellp() ? " " : "") << tapwire::abi::kStatNames[s] << "=" << delta.stat[s];
+      if (s != TW_STAT_PACKETS_SEEN && s != TW_STAT_FLOWS_CREATED && delta.stat[s]) o << (o.tellp() ? " " : "") << tapwire::abi::kStatNames[s] << "=" << delta.stat[s];
     for (uint32_t d = 0; d < TW_DROP__MAX; d++)
       if (delta.drop[d]) o << (o.tellp() ? " " : "") << tapwire::abi::kDropReasonNames[d] << "=" << delta.drop[d];
     return o.str();
@@ -250,7 +254,8 @@ std::string captured(size_t n, size_t records = 1, const std::string& more = "")
 
 class Harness {
  public:
-  explicit Harness(uint32_t ring_bytes = 1u << 20) : cap_(ring_bytes, 1u << 30) {
+  explicit Harness(uint32_t ring_bytes = 1u << 20, tapwire::sensor::FlowAccounting flows = {})
+      : cap_(ring_bytes, 1u << 30, flows) {
     for (int fd : cap_.ring_fds()) readers_.emplace_back(fd, cap_.ring_bytes());
     lo_ = if_nametoindex("lo");
     cap_.set_interface(lo_, true);
@@ -343,6 +348,23 @@ class Harness {
   uint32_t lo_ = 1;
   tw_counters last_{};
 };
+
+// The flow table's entries (consistent copies: BPF_F_LOCK).
+std::map<std::vector<uint8_t>, tw_flow_value> flows(const BpfCapture& cap) {
+  std::map<std::vector<uint8_t>, tw_flow_value> out;
+  tw_flow_key k{}, next{};
+  void* prev = nullptr;
+  while (bpf_map_get_next_key(cap.flows_fd(), prev, &next) == 0) {
+    tw_flow_value v{};
+    if (bpf_map_lookup_elem_flags(cap.flows_fd(), &next, &v, BPF_F_LOCK) == 0) {
+      auto* b = reinterpret_cast<const uint8_t*>(&next);
+      out[std::vector<uint8_t>(b, b + sizeof next)] = v;
+    }
+    k = next;
+    prev = &k;
+  }
+  return out;
+}
 
 // The one record of a packet captured whole.
 const Record& only(const Result& r) {
@@ -1073,3 +1095,351 @@ TEST(CaptureBpf, DeviceWithoutL2Header) {
 }
 
 }  // namespace
+
+// ------------------------------------------------------------------ flows --
+
+// The same frame the other way: IPv4 addresses and TCP/UDP ports swapped.
+Tcp seg(uint8_t flags, uint32_t seq = 1000, uint32_t ack = 2000, uint16_t sport = 40000) {
+  Tcp t;
+  t.flags = flags;
+  t.seq = seq;
+  t.ack = ack;
+  t.sport = sport;
+  return t;
+}
+
+Bytes reversed_v4(Bytes f) {
+  for (int i = 0; i < 4; i++) std::swap(f[14 + 12 + i], f[14 + 16 + i]);
+  for (int i = 0; i < 2; i++) std::swap(f[34 + i], f[34 + 2 + i]);
+  return f;
+}
+
+TEST(CaptureBpf, FlowTcpHandshakeDataAcksFin) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    Harness h;
+    // Client 10.1.0.1:40000 (side a: the smaller address), server 10.1.0.2:80.
+    auto c2s = [](uint8_t flags, uint32_t seq, uint32_t ack, const Bytes& pl = {}) {
+      Tcp t;
+      t.flags = flags, t.seq = seq, t.ack = ack;
+      return l2(kIPv4) + ipv4(IPPROTO_TCP, tcp(pl, t));
+    };
+    auto s2c = [&](uint8_t flags, uint32_t seq, uint32_t ack, const Bytes& pl = {}) {
+      return reversed_v4(c2s(flags, seq, ack, pl));
+    };
+    const Bytes req = text("GET / HTTP/1.1\r\n\r\n"), resp = pattern(100);
+    const uint8_t A = TW_TCP_ACK, PA = TW_TCP_ACK | TW_TCP_PSH;
+    std::vector<std::pair<Bytes, bool>> pkts = {  // frame, from the client
+        {c2s(TW_TCP_SYN, 1000, 0), true},
+        {s2c(TW_TCP_SYN | A, 5000, 1001), false},
+        {c2s(A, 1001, 5001), true},  // pure ACK: counted, not stored
+        {c2s(PA, 1001, 5001, req), true},
+        {s2c(A, 5001, 1001 + req.size()), false},  // pure ACK
+        {s2c(PA, 5001, 1001 + req.size(), resp), false},
+        {c2s(A, 1001 + req.size(), 5101), true},  // pure ACK
+        {c2s(TW_TCP_FIN | A, 1001 + req.size(), 5101), true},
+        {s2c(TW_TCP_FIN | A, 5101, 1002 + req.size()), false},
+        {c2s(A, 1002 + req.size(), 5102), true},  // pure ACK
+    };
+    uint64_t bytes[2] = {0, 0}, packets[2] = {0, 0}, acks = 0, stored = 0;
+    for (auto& [f, client] : pkts) {
+      auto r = h.in(f);
+      const bool pure = f.size() == 14 + 20 + 20 && !(f[14 + 20 + 13] & (TW_TCP_SYN | TW_TCP_FIN | TW_TCP_RST));
+      if (pure) {
+        EXPECT_EQ(r.reasons(), "empty_ack=1");
+        EXPECT_TRUE(r.recs.empty());
+        acks++;
+      } else {
+        EXPECT_EQ(r.recs.size(), 1u) << r.reasons();
+        stored++;
+      }
+      bytes[client ? 0 : 1] += f.size();
+      packets[client ? 0 : 1]++;
+    }
+    EXPECT_EQ(acks, 4u);
+    EXPECT_EQ(stored, 6u);
+    auto t = flows(h.cap());
+    ASSERT_EQ(t.size(), 1u);
+    const tw_flow_key* k = reinterpret_cast<const tw_flow_key*>(t.begin()->first.data());
+    const tw_flow_state& st = t.begin()->second.st;
+    EXPECT_EQ(k->ip_version, 4);
+    EXPECT_EQ(k->l4_proto, IPPROTO_TCP);
+    EXPECT_TRUE(same_addr(k->addr_a, kSrc4, 4) && same_addr(k->addr_b, kDst4, 4));
+    EXPECT_EQ(k->port_a, 40000);
+    EXPECT_EQ(k->port_b, 80);
+    EXPECT_EQ(st.bits & TW_FLOW_B_CLIENT_B, 0) << "the client (SYN sender) is side a";
+    EXPECT_TRUE(st.bits & TW_FLOW_B_ESTABLISHED);
+    EXPECT_EQ(st.completeness, TW_COMPLETE_SYN | TW_COMPLETE_SYNACK | TW_COMPLETE_ACK | TW_COMPLETE_DATA | TW_COMPLETE_FIN);
+    EXPECT_EQ(st.dir[0].packets, packets[0]);
+    EXPECT_EQ(st.dir[1].packets, packets[1]);
+    EXPECT_EQ(st.dir[0].bytes, bytes[0]) << "frame bytes, as skb->len at the hook";
+    EXPECT_EQ(st.dir[1].bytes, bytes[1]);
+    EXPECT_EQ(st.dir[0].payload_bytes, req.size());
+    EXPECT_EQ(st.dir[1].payload_bytes, resp.size());
+    EXPECT_EQ(st.dir[0].fins, 1u);
+    EXPECT_EQ(st.dir[1].fins, 1u);
+    EXPECT_EQ(tw_flow_retransmissions(&st.dir[0]) + tw_flow_retransmissions(&st.dir[1]), 0u);
+    EXPECT_EQ(st.ifindex, h.lo());
+    EXPECT_GT(st.first_rtt_ns, 0u);
+    EXPECT_GE(st.last_ns, st.first_ns);
+    EXPECT_EQ(h.collect().delta.stat[TW_STAT_FLOWS_CREATED], 0u);
+
+    // UDP: one flow, both directions; ICMP is not accounted.
+    auto r = h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(10), 40001, 53)));
+    EXPECT_EQ(r.delta.stat[TW_STAT_FLOWS_CREATED], 1u);
+    r = h.in(reversed_v4(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(30), 40001, 53))));
+    EXPECT_EQ(r.delta.stat[TW_STAT_FLOWS_CREATED], 0u);
+    r = h.in(l2(kIPv4) + ipv4(IPPROTO_ICMP, Bytes{8, 0, 0, 0, 0, 1, 0, 1}));
+    EXPECT_EQ(r.delta.stat[TW_STAT_FLOWS_CREATED], 0u);
+    t = flows(h.cap());
+    ASSERT_EQ(t.size(), 2u);
+    for (auto& [kb, v] : t) {
+      auto* uk = reinterpret_cast<const tw_flow_key*>(kb.data());
+      if (uk->l4_proto != IPPROTO_UDP) continue;
+      EXPECT_EQ(v.st.dir[0].packets, 1u);
+      EXPECT_EQ(v.st.dir[1].packets, 1u);
+      EXPECT_EQ(v.st.dir[0].payload_bytes, 10u);
+      EXPECT_EQ(v.st.dir[1].payload_bytes, 30u);
+      EXPECT_EQ(v.st.bits & TW_FLOW_B_CLIENT_B, 0) << "the sender of the first datagram, from a port >= 1024";
+    }
+  });
+}
+
+TEST(CaptureBpf, FlowsCountOnlyWhatPassesTheFilters) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    sh("ip link add twd1 type veth peer name twd2");
+    const uint32_t d1 = if_nametoindex("twd1"), d2 = if_nametoindex("twd2");
+    Harness h;
+    h.cap().set_interface(d1, true);
+    h.cap().set_interface(d2, true);
+    CaptureFilters f;
+    f.deny_ports = {22};
+    h.cap().set_filters(f);
+    Tcp ssh;
+    ssh.dport = 22;
+    ssh.flags = TW_TCP_ACK;
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, ssh))).reasons(), "filtered=1")
+        << "a pure ACK meets the filters now";
+    ssh.flags = TW_TCP_ACK | TW_TCP_PSH;
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp(pattern(20), ssh))).reasons(), "filtered=1");
+    EXPECT_TRUE(flows(h.cap()).empty());
+    // Pod targeting: no targeted address, nothing accounted.
+    h.cap().set_targeting(true);
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}))).reasons(), "not_targeted=1");
+    EXPECT_TRUE(flows(h.cap()).empty());
+    h.cap().set_targeting(false);
+    // Seen on two interfaces (a pure ACK too): counted once.
+    const Bytes ack = l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, seg(TW_TCP_ACK)));
+    auto r = h.runs({{false, ack, d1, 0}, {false, ack, d2, 0}});
+    EXPECT_EQ(r.reasons(), "empty_ack=1 duplicate=1");
+    auto t = flows(h.cap());
+    ASSERT_EQ(t.size(), 1u);
+    EXPECT_EQ(t.begin()->second.st.dir[0].packets, 1u);
+    EXPECT_EQ(t.begin()->second.st.bits & TW_FLOW_B_MID_STREAM, TW_FLOW_B_MID_STREAM);
+  });
+}
+
+TEST(CaptureBpf, FlowAccountingOff) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    Harness h(1u << 20, {.max_flows = 1024, .tcp = false, .udp = false});
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}))).reasons(), "empty_ack=1");
+    auto r = h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp(pattern(10))));
+    EXPECT_EQ(r.reasons(), captured(10));
+    EXPECT_EQ(h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(10)))).reasons(), captured(10));
+    EXPECT_TRUE(flows(h.cap()).empty());
+    EXPECT_EQ(h.collect().delta.stat[TW_STAT_FLOWS_CREATED], 0u);
+    // UDP on, TCP still off.
+    h.cap().set_flow_protocols(false, true);
+    h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp(pattern(10))));
+    r = h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(10))));
+    EXPECT_EQ(r.delta.stat[TW_STAT_FLOWS_CREATED], 1u);
+    auto t = flows(h.cap());
+    ASSERT_EQ(t.size(), 1u);
+    EXPECT_EQ(reinterpret_cast<const tw_flow_key*>(t.begin()->first.data())->l4_proto, IPPROTO_UDP);
+  });
+}
+
+TEST(CaptureBpf, FlowTableFullLeavesPacketsUntrackedButCaptured) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    Harness h(1u << 20, {.max_flows = 2});
+    auto frame = [](uint16_t sport) {
+      return l2(kIPv4) + ipv4(IPPROTO_TCP, tcp(pattern(10), seg(TW_TCP_ACK | TW_TCP_PSH, 1000, 2000, sport)));
+    };
+    EXPECT_EQ(h.in(frame(1)).delta.stat[TW_STAT_FLOWS_CREATED], 1u);
+    EXPECT_EQ(h.in(frame(2)).delta.stat[TW_STAT_FLOWS_CREATED], 1u);
+    EXPECT_EQ(h.in(frame(3)).reasons(), captured(10, 1, "flow_untracked=1"));
+    EXPECT_EQ(h.in(frame(1)).reasons(), captured(10)) << "known flows are still counted";
+    EXPECT_EQ(flows(h.cap()).size(), 2u);
+  });
+}
+
+TEST(CaptureBpf, FlowReusedByANewSyn) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    Harness h;
+    BpfRingReader ends(h.cap().flow_ends_fd(), TW_FLOW_ENDS_RING_BYTES);
+    auto syn = [](uint32_t isn) {
+      return l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, seg(TW_TCP_SYN, isn, 0)));
+    };
+    h.in(syn(1000));
+    h.in(reversed_v4(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, seg(TW_TCP_SYN | TW_TCP_ACK, 9000, 1001)))));
+    h.in(syn(1000));  // a retransmitted SYN: the same flow
+    EXPECT_TRUE(ends.peek().empty());
+    auto r = h.in(syn(777777));  // a new ISN: the old flow ends
+    EXPECT_EQ(r.delta.stat[TW_STAT_FLOWS_CREATED], 1u);
+    EXPECT_EQ(r.recs.size(), 1u);
+    auto rec = ends.peek();
+    ASSERT_EQ(rec.size(), sizeof(tw_flow_end_rec));
+    tw_flow_end_rec e{};
+    std::memcpy(&e, rec.data(), sizeof e);
+    ends.advance();
+    ends.release();
+    EXPECT_TRUE(ends.peek().empty());
+    EXPECT_EQ(e.key.port_a, 40000);
+    EXPECT_EQ(e.st.dir[0].packets, 2u);
+    EXPECT_EQ(e.st.dir[1].packets, 1u);
+    EXPECT_EQ(e.st.dir[0].base_seq, 1000u);
+    auto t = flows(h.cap());
+    ASSERT_EQ(t.size(), 1u);
+    const tw_flow_state& st = t.begin()->second.st;
+    EXPECT_EQ(st.dir[0].packets, 1u);
+    EXPECT_EQ(st.dir[1].packets, 0u);
+    EXPECT_EQ(st.dir[0].base_seq, 777777u);
+    EXPECT_EQ(st.completeness, TW_COMPLETE_SYN);
+    EXPECT_GE(st.first_ns, e.st.last_ns);
+  });
+}
+
+// ------------------------------------------------------- flow harvester --
+
+std::vector<tw_seg_flow> flow_records(const std::string& dir) {
+  std::vector<tw_seg_flow> out;
+  for (auto& si : tapwire::shm::list_segments(dir)) {
+    auto r = tapwire::shm::SegmentReader::open(si.path);
+    while (auto rec = r.next()) {
+      if (rec->type != TW_REC_FLOW) continue;
+      tw_seg_flow f{};
+      EXPECT_GE(rec->body.size(), sizeof f);
+      std::memcpy(&f, rec->body.data(), std::min(sizeof f, rec->body.size()));
+      out.push_back(f);
+    }
+  }
+  return out;
+}
+
+TEST(CaptureBpf, FlowHarvesterRecordsEndsAndEvicts) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    tapwire::test_util::TempDir tmp("flows");
+    Harness h(1u << 20, {.max_flows = 1024});
+    tapwire::sensor::FlowHarvesterOptions o;
+    o.dir = tmp.path() + "/flows";
+    o.storage_size = 4u << 20;
+    o.segment_size = 1u << 20;
+    tapwire::sensor::FlowHarvester fh(o, h.cap().flows_fd(), h.cap().flow_ends_fd(), h.cap().max_flows());
+    const uint64_t s = 1000000000ull;
+    auto c2s = [](uint8_t flags, uint32_t seq, uint32_t ack) { return l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, seg(flags, seq, ack))); };
+    h.in(c2s(TW_TCP_SYN, 100, 0));
+    h.in(reversed_v4(c2s(TW_TCP_SYN | TW_TCP_ACK, 900, 101)));
+    h.in(c2s(TW_TCP_ACK, 101, 901));
+    h.in(c2s(TW_TCP_FIN | TW_TCP_ACK, 101, 901));
+    h.in(reversed_v4(c2s(TW_TCP_FIN | TW_TCP_ACK, 901, 102)));
+    h.in(c2s(TW_TCP_ACK, 102, 902));
+    h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(10), 40001, 53)));
+    const uint64_t now = tapwire::mono_ns(), m2r = tapwire::clock_ns(CLOCK_REALTIME) - now;
+    fh.harvest(now, m2r);  // both new: a record each; the closed one lingers 2 s
+    auto recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 2u);
+    for (auto& r : recs) EXPECT_EQ(r.end, TW_FLOW_END_NONE);
+    EXPECT_EQ(fh.stats().active[0], 1u);
+    EXPECT_EQ(fh.stats().active[1], 1u);
+    fh.harvest(now + 3 * s, m2r);  // the TCP flow ends (fin); the UDP one did not change: no record
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 3u);
+    EXPECT_EQ(recs[2].end, TW_FLOW_END_FIN);
+    EXPECT_EQ(recs[2].key.l4_proto, IPPROTO_TCP);
+    const auto& first_tcp = recs[0].key.l4_proto == IPPROTO_TCP ? recs[0] : recs[1];
+    EXPECT_EQ(recs[2].flow_id, first_tcp.flow_id);
+    EXPECT_EQ(recs[2].st.first_ns, first_tcp.st.first_ns);
+    EXPECT_EQ(recs[2].flow_id, tw_flow_id(&recs[2].key, recs[2].st.first_ns));
+    EXPECT_EQ(recs[2].st.dir[0].packets + recs[2].st.dir[1].packets, 6u) << "pure ACKs counted";
+    EXPECT_EQ(recs[2].st.harvest, 1);
+    EXPECT_NEAR(static_cast<double>(recs[2].st.first_ns), static_cast<double>(tapwire::clock_ns(CLOCK_REALTIME)),
+                60e9) << "CLOCK_REALTIME in the stream";
+    EXPECT_EQ(flows(h.cap()).size(), 1u) << "deleted from the kernel's table";
+    fh.harvest(now + 61 * s, m2r);  // UDP idle for udpTimeout
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 4u);
+    EXPECT_EQ(recs[3].end, TW_FLOW_END_TIMEOUT);
+    EXPECT_TRUE(flows(h.cap()).empty());
+    EXPECT_EQ(fh.stats().created[0], 1u);
+    EXPECT_EQ(fh.stats().created[1], 1u);
+
+    // A reused 4-tuple: the old flow's final record from tw_flow_ends.
+    h.in(c2s(TW_TCP_SYN, 5000, 0));
+    h.in(c2s(TW_TCP_SYN, 7000, 0));
+    fh.harvest(tapwire::mono_ns(), m2r);
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 6u);
+    EXPECT_EQ(recs[4].end, TW_FLOW_END_REUSED);
+    EXPECT_EQ(recs[4].st.dir[0].base_seq, 5000u);
+    EXPECT_EQ(recs[5].end, TW_FLOW_END_NONE);
+    EXPECT_EQ(recs[5].st.dir[0].base_seq, 7000u);
+    EXPECT_NE(recs[4].flow_id, recs[5].flow_id);
+    // An unanswered SYN ends after synTimeout.
+    fh.harvest(tapwire::mono_ns() + 31 * s, m2r);
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 7u);
+    EXPECT_EQ(recs[6].end, TW_FLOW_END_TIMEOUT);
+
+    // Metrics: by workload pair, the client as src; unknown names are "".
+    tw_counters k{};
+    auto j = fh.status(k, true);
+    ASSERT_TRUE(j.contains("pair_series"));
+    uint64_t conns = 0;
+    for (auto& p : j["pair_series"]) conns += p["connections"].get<uint64_t>();
+    EXPECT_EQ(conns, 4u);
+
+    // The sensor stops: live flows get end = stopped.
+    h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(10), 40002, 53)));
+    fh.stop(tapwire::mono_ns(), m2r);
+    recs = flow_records(o.dir);
+    ASSERT_EQ(recs.size(), 8u);
+    EXPECT_EQ(recs[7].end, TW_FLOW_END_STOPPED);
+  });
+}
+
+TEST(CaptureBpf, FlowHarvesterEvictsWhenNearlyFull) {
+  REQUIRE_ROOT();
+  in_netns([] {
+    tapwire::test_util::TempDir tmp("flows");
+    Harness h(1u << 20, {.max_flows = 20});
+    tapwire::sensor::FlowHarvesterOptions o;
+    o.dir = tmp.path() + "/flows";
+    o.storage_size = 4u << 20;
+    o.segment_size = 1u << 20;
+    tapwire::sensor::FlowHarvester fh(o, h.cap().flows_fd(), h.cap().flow_ends_fd(), h.cap().max_flows());
+    // 10 established flows (both ways), then 9 one-sided SYNs: 19 > 90% of 20.
+    for (uint16_t p = 1; p <= 10; p++) {
+      h.in(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(4), static_cast<uint16_t>(2000 + p), 53)));
+      h.in(reversed_v4(l2(kIPv4) + ipv4(IPPROTO_UDP, udp(pattern(4), static_cast<uint16_t>(2000 + p), 53))));
+    }
+    for (uint16_t p = 1; p <= 9; p++)
+      h.in(l2(kIPv4) + ipv4(IPPROTO_TCP, tcp({}, seg(TW_TCP_SYN, 1, 0, static_cast<uint16_t>(3000 + p)))));
+    EXPECT_EQ(flows(h.cap()).size(), 19u);
+    const uint64_t now = tapwire::mono_ns();
+    fh.harvest(now, tapwire::clock_ns(CLOCK_REALTIME) - now);
+    auto t = flows(h.cap());
+    EXPECT_EQ(t.size(), 15u) << "down to 75%";
+    size_t udp_left = 0;
+    for (auto& [kb, v] : t) udp_left += reinterpret_cast<const tw_flow_key*>(kb.data())->l4_proto == IPPROTO_UDP;
+    EXPECT_EQ(udp_left, 10u) << "the flows that never completed a handshake go first";
+    EXPECT_EQ(fh.stats().evicted_table_full, 4u);
+    size_t evicted = 0;
+    for (auto& r : flow_records(o.dir)) evicted += r.end == TW_FLOW_END_EVICTED;
+    EXPECT_EQ(evicted, 4u);
+  });
+}

@@ -284,7 +284,7 @@ TEST(ConfigRejects, NegativeOrZeroOrOutOfRangeSize) {
 
 TEST(ConfigRejects, UnknownDissector) {
   expect_rejected("tap:\n  enabledDissectors:\n    - http\n    - gopher\n", "tap.enabledDissectors", 4,
-                  "unknown dissector 'gopher' (this build has: http, ws, amqp, postgres, mysql, mongodb, kafka, redis, dns, icmp)");
+                  "unknown dissector 'gopher' (this build has: http, ws, amqp, postgres, mysql, mongodb, kafka, redis, dns, icmp, tcp, udp)");
 }
 
 TEST(ConfigRejects, BadDuration) {
@@ -399,5 +399,26 @@ TEST(FlagOverrides, FlagsWinOverTheFileAtStartAndOnReload) {
 
 // The config accepts exactly the dissectors the protocol registry has.
 TEST(Config, KnowsTheRegistrysDissectors) {
-  EXPECT_EQ(tapwire::config::known_dissectors(), tapwire::proto::dissector_names());
+  auto names = tapwire::proto::dissector_names();
+  for (auto& f : tapwire::config::flow_dissectors()) names.push_back(f);  // tcp, udp: flow accounting
+  EXPECT_EQ(tapwire::config::known_dissectors(), names);
+}
+
+// tap.flows.*: flow accounting (docs/FLOWS.md).
+TEST(Config, FlowKeys) {
+  auto c = tapwire::config::load_config_text(
+      "tap:\n  enabledDissectors: [http, tcp]\n  flows:\n    maxFlows: 4096\n    storageSize: 8Mi\n"
+      "    interval: 5s\n    udpTimeout: 2m\n    synTimeout: 10s\n    tcpIdleTimeout: 1h\n    metricsMaxPairs: 20\n",
+      "t");
+  EXPECT_EQ(c.enabled_dissectors, (std::vector<std::string>{"http", "tcp"}));
+  EXPECT_EQ(c.flows.max_flows, 4096u);
+  EXPECT_EQ(c.flows.storage_size, 8ull << 20);
+  EXPECT_EQ(c.flows.interval, std::chrono::seconds(5));
+  EXPECT_EQ(c.flows.udp_timeout, std::chrono::seconds(120));
+  EXPECT_EQ(c.flows.syn_timeout, std::chrono::seconds(10));
+  EXPECT_EQ(c.flows.tcp_idle_timeout, std::chrono::seconds(3600));
+  EXPECT_EQ(c.flows.metrics_max_pairs, 20u);
+  EXPECT_THROW(tapwire::config::load_config_text("tap:\n  flows:\n    maxFlows: 10\n", "t"), ConfigError);
+  EXPECT_THROW(tapwire::config::load_config_text("tap:\n  flows:\n    interval: 0\n", "t"), ConfigError);
+  EXPECT_THROW(tapwire::config::load_config_text("tap:\n  flows:\n    storageSize: 1Mi\n", "t"), ConfigError);
 }

@@ -827,6 +827,11 @@ TEST(KafkaEngine, DisabledDissectorLeavesItAlone) {
   EXPECT_FALSE(opts.enabled("kafka"));
   EXPECT_EQ(enable_dissectors(opts, "kafka"), "");
   EXPECT_TRUE(opts.enabled("kafka"));
+  // tcp and udp: flow accounting (the kernel's), no L7 protocol.
+  EXPECT_EQ(enable_dissectors(opts, "tcp,udp"), "");
+  EXPECT_TRUE(opts.dissectors.empty());
+  EXPECT_EQ(enable_dissectors(opts, "tcp,dns"), "");
+  EXPECT_EQ(opts.dissectors, std::vector<std::string>{"dns"});
 }
 
 // A session on its own, with a context that collects its calls.

@@ -67,8 +67,13 @@ std::string TapwireConfig::control_socket_path() const {
 
 const std::vector<std::string>& known_dissectors() {
   // The protocol registry's dissector names (userspace/protocols/registry.cpp;
-  // a unit test keeps the two lists equal).
-  static const std::vector<std::string> names = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "redis", "dns", "icmp"};
+  // a unit test keeps the two lists equal), then flow accounting's.
+  static const std::vector<std::string> names = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "redis", "dns", "icmp", "tcp", "udp"};
+  return names;
+}
+
+const std::vector<std::string>& flow_dissectors() {
+  static const std::vector<std::string> names = {"tcp", "udp"};
   return names;
 }
 
@@ -144,6 +149,17 @@ std::chrono::nanoseconds read_duration(const Value& v) {
     v.fail("bad duration '" + s + "': expected a number with a unit (ms, s, m, h), like 5m, 30s, 1h30m, or 0");
   }
   return *d;
+}
+
+// A duration in whole seconds, between min_s and max_s.
+std::chrono::seconds read_seconds(const Value& v, int64_t min_s, int64_t max_s) {
+  auto d = read_duration(v);
+  if (d < std::chrono::seconds(min_s) || d > std::chrono::seconds(max_s))
+    v.fail("must be between " + format_duration(std::chrono::seconds(min_s)) + " and " +
+           format_duration(std::chrono::seconds(max_s)) + ", got '" + v.node.Scalar() + "'");
+  if (d % std::chrono::seconds(1) != std::chrono::nanoseconds(0))
+    v.fail("must be whole seconds, got '" + v.node.Scalar() + "'");
+  return std::chrono::duration_cast<std::chrono::seconds>(d);
 }
 
 // A list; a key without a value ("allow:") is an empty list.
@@ -394,6 +410,19 @@ const Field kFields[] = {
     {"tap.identity.enabled", [](const Value& v, TapwireConfig& c) { c.identity.enabled = read_bool(v); }},
     {"tap.identity.storageSize",
      [](const Value& v, TapwireConfig& c) { c.identity.storage_size = read_size(v, 4 * kMiB, UINT64_MAX); }},
+    {"tap.flows.maxFlows",
+     [](const Value& v, TapwireConfig& c) { c.flows.max_flows = static_cast<uint32_t>(read_size(v, 1024, 1u << 24)); }},
+    {"tap.flows.storageSize",
+     [](const Value& v, TapwireConfig& c) { c.flows.storage_size = read_size(v, 4 * kMiB, UINT64_MAX); }},
+    {"tap.flows.interval", [](const Value& v, TapwireConfig& c) { c.flows.interval = read_seconds(v, 1, 3600); }},
+    {"tap.flows.udpTimeout", [](const Value& v, TapwireConfig& c) { c.flows.udp_timeout = read_seconds(v, 1, 86400); }},
+    {"tap.flows.synTimeout", [](const Value& v, TapwireConfig& c) { c.flows.syn_timeout = read_seconds(v, 1, 86400); }},
+    {"tap.flows.tcpIdleTimeout",
+     [](const Value& v, TapwireConfig& c) { c.flows.tcp_idle_timeout = read_seconds(v, 1, 7 * 86400); }},
+    {"tap.flows.metricsMaxPairs",
+     [](const Value& v, TapwireConfig& c) {
+       c.flows.metrics_max_pairs = static_cast<uint32_t>(read_size(v, 0, 1000000));
+     }},
 };
 
 // Kubeshark keys that a Kubeshark user may bring along but that tapwire cannot

@@ -98,6 +98,20 @@ struct IdentityConfig {
   bool operator==(const IdentityConfig&) const = default;
 };
 
+// tap.flows.*: flow accounting (docs/FLOWS.md). The kernel counts every TCP
+// and UDP flow (tap.enabledDissectors tcp / udp); the sensor writes flow
+// records to DATA_DIR/flows/.
+struct FlowsConfig {
+  uint32_t max_flows = 65536;                         // tap.flows.maxFlows: kernel flow table entries, 1024-16777216
+  uint64_t storage_size = 64ull << 20;                // tap.flows.storageSize: size of DATA_DIR/flows, >= 4MiB
+  std::chrono::seconds interval{10};                  // tap.flows.interval: a live flow's record at most this often, 1s-1h
+  std::chrono::seconds udp_timeout{60};               // tap.flows.udpTimeout: a UDP flow ends after this long idle
+  std::chrono::seconds syn_timeout{30};               // tap.flows.synTimeout: an unanswered SYN ends after this long
+  std::chrono::seconds tcp_idle_timeout{600};         // tap.flows.tcpIdleTimeout: a TCP flow ends after this long idle
+  uint32_t metrics_max_pairs = 500;                   // tap.flows.metricsMaxPairs: workload pairs in the flow metrics
+  bool operator==(const FlowsConfig&) const = default;
+};
+
 struct TapwireConfig {
   std::string data_dir = "/var/lib/tapwire";  // tap.dataDir (--data-dir)
   std::string control_socket;                 // tap.controlSocket (--control-socket); "" = DATA_DIR/control.sock
@@ -110,13 +124,15 @@ struct TapwireConfig {
   uint32_t snaplen = 0;                       // tap.snaplen (--snaplen): payload bytes kept per packet; 0 = all
   FilterConfig filters;
   CaptureConfig capture;
-  std::vector<std::string> enabled_dissectors = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "redis", "dns", "icmp"};  // tap.enabledDissectors
+  // tap.enabledDissectors: the L7 dissectors, and tcp / udp: flow accounting in the kernel.
+  std::vector<std::string> enabled_dissectors = {"http", "ws", "amqp", "postgres", "mysql", "mongodb", "kafka", "redis", "dns", "icmp", "tcp", "udp"};
   std::vector<std::string> grpc_proto_paths;  // tap.grpc.protoPaths: .proto files and directories
   DissectionLimitsConfig dissection;
   SnapshotsConfig snapshots;
   MetricsConfig metrics;
   KubernetesConfig kubernetes;
   IdentityConfig identity;
+  FlowsConfig flows;
 
   // The control socket to use: control_socket, or DATA_DIR/control.sock when
   // empty (so that --data-dir alone moves the socket along with the data).
@@ -156,5 +172,8 @@ const std::vector<std::string>& known_keys();
 
 // The dissectors this build has ("http", "ws", "dns", "icmp", ...).
 const std::vector<std::string>& known_dissectors();
+// The names in known_dissectors() that are not L7 dissectors: flow accounting
+// of TCP and UDP (the kernel counts it; the dissector ignores these names).
+const std::vector<std::string>& flow_dissectors();
 
 }  // namespace tapwire::config

@@ -68,7 +68,9 @@ std::string enable_dissectors(DissectorOptions& o, const std::string& list) {
     while (!name.empty() && name.back() == ' ') name.pop_back();
     if (std::find(known.begin(), known.end(), name) != known.end()) {
       if (!o.enabled(name)) o.dissectors.push_back(name);
-    } else if (name != "none" && !name.empty()) {
+    } else if (name != "none" && name != "tcp" && name != "udp" && !name.empty()) {
+      // tcp and udp name flow accounting, which the kernel does (docs/FLOWS.md):
+      // no L7 protocol, accepted and ignored here.
       return name;
     }
     if (comma == std::string::npos) break;

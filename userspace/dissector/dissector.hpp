@@ -46,7 +46,8 @@ struct DissectorOptions {
 // --dissectors (the dissector, `tapwire dissect`) and tap.enabledDissectors:
 // a comma-separated list of dissector names (proto::dissector_names(): http,
 // ws, dns), or none. Enables exactly the dissectors named; returns the first
-// name it does not know, "" when it knows them all.
+// name it does not know, "" when it knows them all. tcp and udp (flow
+// accounting, done by the kernel) are accepted and enable no L7 protocol.
 std::string enable_dissectors(DissectorOptions& o, const std::string& list);
 // Every dissector name, comma-separated: "http,ws,dns".
 std::string dissector_list();

@@ -69,7 +69,8 @@ size_t distinct_keys(const std::vector<std::pair<K, uint32_t>>& v) {
 
 }  // namespace
 
-BpfCapture::BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes) {
+BpfCapture::BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes, FlowAccounting flows) : flows_(flows) {
+  if (flows_.max_flows < 1) flows_.max_flows = 1;
   libbpf_set_print(silent_print);
   ring_bytes_ = round_up_pow2_pages(ring_bytes_per_cpu);
   int ncpu = libbpf_num_possible_cpus();
@@ -79,6 +80,7 @@ BpfCapture::BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes) {
   if (!skel_) fail("cannot open the capture BPF object", errno);
   skel_->rodata->tw_wakeup_bytes = wakeup_bytes;
   bpf_map__set_max_entries(skel_->maps.tw_rings, static_cast<uint32_t>(ncpu));
+  bpf_map__set_max_entries(skel_->maps.tw_flows, flows_.max_flows);
   // The inner map template's size does not matter: the kernel does not
   // compare max_entries of ring buffers put into the array.
   if (int err = capture_bpf::load(skel_); err) {
@@ -193,7 +195,8 @@ void BpfCapture::fill_generation(uint32_t gen, const Rules& r, const std::map<ui
   for (auto& [port, action] : r.ports) put("ports", &port, &action);
   for (auto& [idx, flags] : ifaces) put("ifaces", &idx, &flags);
   tw_settings s{};
-  s.flags = r.flags | TW_SET_IFACE_ALLOWLIST | (targeting ? TW_SET_TARGETS : 0);
+  s.flags = r.flags | TW_SET_IFACE_ALLOWLIST | (targeting ? TW_SET_TARGETS : 0) |
+            (flows_.tcp ? TW_SET_FLOWS_TCP : 0) | (flows_.udp ? TW_SET_FLOWS_UDP : 0);
   s.snaplen = r.snaplen;
   if (bpf_map_update_elem(bpf_map__fd(skel_->maps.tw_settings), &gen, &s, BPF_ANY) != 0)
     fail("cannot write capture settings", errno);
@@ -290,6 +293,22 @@ void BpfCapture::remove_target(uint8_t ip_version, const uint8_t addr[16]) {
   k.ip_version = ip_version;
   std::memcpy(k.addr, addr, ip_version == 6 ? 16 : 4);
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.tw_targets), &k);
+}
+
+int BpfCapture::flows_fd() const { return bpf_map__fd(skel_->maps.tw_flows); }
+int BpfCapture::flow_ends_fd() const { return bpf_map__fd(skel_->maps.tw_flow_ends); }
+
+void BpfCapture::set_flow_protocols(bool tcp, bool udp) {
+  if (tcp == flows_.tcp && udp == flows_.udp) return;
+  const FlowAccounting before = flows_;
+  flows_.tcp = tcp;
+  flows_.udp = udp;
+  try {
+    commit(rules_, ifaces_, targeting_);
+  } catch (...) {
+    flows_ = before;
+    throw;
+  }
 }
 
 std::vector<tw_counters> BpfCapture::read_counters() const {

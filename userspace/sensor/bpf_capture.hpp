@@ -29,10 +29,17 @@ struct CaptureFilters {
   uint32_t snaplen = 0;  // 0 = whole payload
 };
 
+// Flow accounting in the kernel (docs/FLOWS.md): the size of the flow table
+// (fixed at load) and the protocols accounted (tap.enabledDissectors tcp/udp).
+struct FlowAccounting {
+  uint32_t max_flows = TW_FLOWS_DEFAULT_MAX;
+  bool tcp = true, udp = true;
+};
+
 class BpfCapture {
  public:
   // Throws std::runtime_error with a one-line message (no privileges, no BTF, ...).
-  BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes);
+  BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes, FlowAccounting flows = {});
   ~BpfCapture();
   BpfCapture(const BpfCapture&) = delete;
   BpfCapture& operator=(const BpfCapture&) = delete;
@@ -62,6 +69,15 @@ class BpfCapture {
   void add_target(uint8_t ip_version, const uint8_t addr[16]);
   void remove_target(uint8_t ip_version, const uint8_t addr[16]);
 
+  // The flow table (key tw_flow_key, value tw_flow_value) and the ring of
+  // flows the programs ended (tw_flow_end_rec).
+  int flows_fd() const;
+  int flow_ends_fd() const;
+  uint32_t max_flows() const { return flows_.max_flows; }
+  const FlowAccounting& flow_accounting() const { return flows_; }
+  // Turns the accounting of TCP / UDP on or off: a new rule generation.
+  void set_flow_protocols(bool tcp, bool udp);
+
   // Counters per CPU (index = CPU id).
   std::vector<tw_counters> read_counters() const;
 
@@ -83,6 +99,7 @@ class BpfCapture {
   Rules rules_;
   std::map<uint32_t, uint32_t> ifaces_;  // ifindex -> TW_IF_* (the set in force)
   bool targeting_ = false;
+  FlowAccounting flows_;
   uint32_t active_ = 0;
   uint64_t switches_ = 0;
   bool grace_pending_ = false;  // a switch could not wait for the old generation's readers

@@ -69,6 +69,18 @@ void apply_config(const config::TapwireConfig& c, SensorOptions& o) {
     o.dissector_args.push_back("--grpc-proto-paths");
     o.dissector_args.push_back(paths);
   }
+  auto has = [&](const char* d) {
+    return std::find(c.enabled_dissectors.begin(), c.enabled_dissectors.end(), d) != c.enabled_dissectors.end();
+  };
+  o.flow_accounting.tcp = has("tcp");
+  o.flow_accounting.udp = has("udp");
+  o.flow_accounting.max_flows = c.flows.max_flows;
+  o.flows.storage_size = c.flows.storage_size;
+  o.flows.interval_ns = static_cast<uint64_t>(c.flows.interval.count()) * 1000000000ull;
+  o.flows.udp_timeout_ns = static_cast<uint64_t>(c.flows.udp_timeout.count()) * 1000000000ull;
+  o.flows.syn_timeout_ns = static_cast<uint64_t>(c.flows.syn_timeout.count()) * 1000000000ull;
+  o.flows.tcp_idle_timeout_ns = static_cast<uint64_t>(c.flows.tcp_idle_timeout.count()) * 1000000000ull;
+  o.flows.metrics_max_pairs = c.flows.metrics_max_pairs;
   o.identity = c.identity.enabled;
   o.identity_storage_size = c.identity.storage_size;
   o.node_name = c.node_name;

@@ -34,6 +34,7 @@
 #include "control_commands.hpp"
 #include "control_socket.hpp"
 #include "dissector_supervisor.hpp"
+#include "flow_harvester.hpp"
 #include "fs_util.hpp"
 #include "identity_collector.hpp"
 #include "identity_recorder.hpp"
@@ -126,7 +127,7 @@ void share_data_dir(const std::string& dir, const DissectorAccount& a) {
   };
   if (st.st_gid != a.gid && fchown(dfd, static_cast<uid_t>(-1), a.gid) != 0) failed.push_back(dir);
   if ((st.st_mode & 07777) != 03770 && fchmod(dfd, 03770) != 0) failed.push_back(dir);
-  for (const char* sub : {"segments", "identity"}) {
+  for (const char* sub : {"segments", "identity", "flows"}) {
     group_of(dfd, sub, S_ISGID);
     int sfd = openat(dfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     DIR* d = sfd >= 0 ? fdopendir(sfd) : nullptr;
@@ -211,6 +212,7 @@ struct Sensor::Impl final : ControlTarget {
   std::unique_ptr<IdentityCollector> ident;
   std::unique_ptr<IdentityRecorder> recorder;
   std::unique_ptr<KubeWatcher> kube;
+  std::unique_ptr<FlowHarvester> flows;  // the kernel's flow table into DATA_DIR/flows
   std::unique_ptr<SocketOwnerResolver> owners;  // sockets older than the hooks
   std::string ident_error;  // why process identity is off, if it failed to start
   std::string node_name;
@@ -265,8 +267,18 @@ struct Sensor::Impl final : ControlTarget {
                    so.dir.c_str());
     store->on_open([this](shm::SegmentWriter& w) { write_iface_records(w, attached); });
 
-    bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 8);
+    bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 8, opts.flow_accounting);
     bpf->set_filters(opts.filters);
+    {
+      FlowHarvesterOptions fo = opts.flows;
+      fo.dir = opts.data_dir + "/flows";
+      fo.segment_size = std::min<uint64_t>(16ull << 20, opts.flows.storage_size / 4);
+      try {
+        flows = std::make_unique<FlowHarvester>(fo, bpf->flows_fd(), bpf->flow_ends_fd(), bpf->max_flows());
+      } catch (const shm::SegmentError& e) {
+        throw std::runtime_error(std::string(e.what()) + ": choose another --data-dir");
+      }
+    }
     const std::string state = opts.data_dir + "/tc-state.json";
     if (int n = TcAttacher::cleanup_leftovers(state); n > 0)
       std::fprintf(stderr, "tapwire-sensor: removed %d filter(s) left by a previous run\n", n);
@@ -280,6 +292,7 @@ struct Sensor::Impl final : ControlTarget {
     }
     links = std::make_unique<LinkMonitor>();
     setup_identity();
+    flows->names().set_node(node_name, local_addresses());
 
     status_writer = std::make_unique<StatusWriter>(opts.data_dir, opts.metrics_address, opts.metrics_address_explicit);
 
@@ -423,6 +436,7 @@ struct Sensor::Impl final : ControlTarget {
       kube_sync.stats = {{"requests", stats->requests}, {"events", stats->events}, {"relists", stats->relists}};
       return;  // counters, not identity: not recorded
     }
+    if (flows) flows->names().workload(w);
     if (recorder) recorder->workload(w, now);
   }
 
@@ -463,8 +477,8 @@ struct Sensor::Impl final : ControlTarget {
                                  .targets = targets});
   }
 
-  nlohmann::json status_json(const char* state) const {
-    return sensor_status_json({.bpf = *bpf,
+  nlohmann::json status_json(const char* state, bool with_pairs = false) const {
+    nlohmann::json j = sensor_status_json({.bpf = *bpf,
                                .drain = *drain,
                                .store = *store,
                                .attached = attached,
@@ -473,9 +487,24 @@ struct Sensor::Impl final : ControlTarget {
                                .control = control.get(),
                                .started_ns = started_ns},
                               state, identity_status());
+    j["flows"] = flows_status(with_pairs);
+    return j;
   }
 
-  void write_status(const char* state) { status_writer->write(status_json(state)); }
+  nlohmann::json flows_status(bool with_pairs) const {
+    if (!flows) return {{"enabled", false}};
+    tw_counters total{};
+    for (auto& c : bpf->read_counters())
+      for (uint32_t i = 0; i < TW_STAT__MAX; i++) total.stat[i] += c.stat[i];
+    nlohmann::json j = flows->status(total, with_pairs);
+    const auto& fa = bpf->flow_accounting();
+    j["enabled"] = fa.tcp || fa.udp;
+    j["protocols"] = {{"tcp", fa.tcp}, {"udp", fa.udp}};
+    return j;
+  }
+
+  // status.json without the per-pair series; the exporter gets them.
+  void write_status(const char* state) { status_writer->write(status_json(state, true)); }
 
   // ----------------------------------------------- control (ControlTarget) --
 
@@ -487,6 +516,7 @@ struct Sensor::Impl final : ControlTarget {
     if (!store) return false;
     store->rotate();
     if (recorder) recorder->rotate();  // the identity stream too: a snapshot links sealed files only
+    if (flows) flows->rotate();  // and the flow stream
     return true;
   }
 
@@ -666,6 +696,18 @@ struct Sensor::Impl final : ControlTarget {
     later(next.identity_storage_size != opts.identity_storage_size, "tap.identity.storageSize");
     later(next.node_name != opts.node_name, "tap.nodeName");
     later(next.kubernetes != opts.kubernetes || next.kubeconfig != opts.kubeconfig, "tap.kubernetes");
+    later(next.flow_accounting.max_flows != opts.flow_accounting.max_flows, "tap.flows.maxFlows");
+    later(next.flows.storage_size != opts.flows.storage_size, "tap.flows.storageSize");
+    later(next.flows.metrics_max_pairs != opts.flows.metrics_max_pairs, "tap.flows.metricsMaxPairs");
+    // Flow accounting on or off (tap.enabledDissectors tcp / udp) and the timeouts: at once.
+    try {
+      bpf->set_flow_protocols(next.flow_accounting.tcp, next.flow_accounting.udp);
+      opts.flow_accounting.tcp = next.flow_accounting.tcp;
+      opts.flow_accounting.udp = next.flow_accounting.udp;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tapwire-sensor: cannot switch flow accounting: %s\n", e.what());
+    }
+    if (flows) flows->set_timeouts(next.flows);
     if (!(next.targets == opts.targets)) {
       targets.set_rules(next.targets);
       opts.targets = next.targets;
@@ -707,6 +749,10 @@ struct Sensor::Impl final : ControlTarget {
     const uint64_t now_real = now_mono + mono_to_real;
     drain->write_loss_records(now_real);
     store->tick(now_real);
+    if (flows) {
+      flows->harvest(now_mono, mono_to_real);
+      flows->tick(now_real);
+    }
     supervisor->tick(now_mono);
     control->expire_clients();  // control clients silent for too long are cut off
     if (recorder) {
@@ -824,9 +870,14 @@ struct Sensor::Impl final : ControlTarget {
     }
     drain->write_loss_records(clock_ns(CLOCK_REALTIME));
     drain_identity();
+    if (flows) {  // every live flow's final record: end = stopped
+      const uint64_t mono = clock_ns(CLOCK_MONOTONIC);
+      flows->stop(mono, clock_ns(CLOCK_REALTIME) - mono);
+    }
     write_status("stopped");
     ident.reset();  // detaches the identity programs
     recorder.reset();  // seals the open identity segment
+    flows.reset();  // seals the open flow segment
     store.reset();  // seals the open segment
   }
 };

@@ -12,6 +12,7 @@
 
 #include "bpf_capture.hpp"
 #include "config.hpp"
+#include "flow_harvester.hpp"
 #include "pod_targets.hpp"
 
 namespace tapwire::sensor {
@@ -55,6 +56,10 @@ struct SensorOptions {
   std::string kube_watch_path;  // default: tapwire-kube-watch next to this binary
   std::vector<std::string> kube_watch_args;  // extra flags for the watcher (tests: backoff, timeouts)
   TargetRules targets;  // tap.regex, tap.namespaces, tap.excludedNamespaces
+  // Flow accounting (docs/FLOWS.md): the kernel's table (tap.flows.maxFlows,
+  // tap.enabledDissectors tcp/udp) and the flow stream (DATA_DIR/flows).
+  FlowAccounting flow_accounting;
+  FlowHarvesterOptions flows;  // dir and node_name are filled in by the sensor
 };
 
 // The effective configuration (file + flags) as the sensor's options.

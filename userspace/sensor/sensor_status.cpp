@@ -192,7 +192,15 @@ void StatusWriter::write(const nlohmann::json& status) {
     exporter_->set_sensor_status(status);
     exporter_->set_dissector_metrics(dissector_metrics(data_dir_));
   }
-  if (!write_status_file(data_dir_, status))
+  const nlohmann::json* file = &status;
+  nlohmann::json trimmed;
+  if (status.is_object() && status.contains("flows") && status["flows"].is_object() &&
+      status["flows"].contains("pair_series")) {
+    trimmed = status;
+    trimmed["flows"].erase("pair_series");  // up to tap.flows.metricsMaxPairs series: the exporter's only
+    file = &trimmed;
+  }
+  if (!write_status_file(data_dir_, *file))
     std::fprintf(stderr, "tapwire-sensor: cannot write %s: %s\n", status_file_path(data_dir_).c_str(),
                  std::strerror(errno));
 }

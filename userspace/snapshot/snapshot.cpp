@@ -112,6 +112,7 @@ void make_read_only(const std::string& dir, const Manifest& m) {
   ::chmod((dir + "/manifest.json").c_str(), 0440);
   ::chmod((dir + "/segments").c_str(), 0550);
   ::chmod((dir + "/identity").c_str(), 0550);  // absent in a snapshot without identity: no harm
+  ::chmod((dir + "/flows").c_str(), 0550);  // likewise without flows
   ::chmod(dir.c_str(), 0550);
 }
 
@@ -169,6 +170,10 @@ bool read_header(const std::string& path, uint64_t seq, SegHeader& out) {
   }
 }
 
+// The directories of a snapshot, one per segment stream: packets, identity
+// (docs/IDENTITY.md), flows (docs/FLOWS.md).
+constexpr const char* kStreamDirs[] = {"segments", "identity", "flows"};
+
 bool overlaps(const SegHeader& h, uint64_t from, uint64_t to) {
   if (h.first_ts == 0) return false;  // no records
   return h.first_ts < to && h.last_ts >= from;
@@ -214,6 +219,22 @@ bool safe_relative(const std::string& p) {
   return true;
 }
 
+// "segments/F", "identity/F" or "flows/F": a file directly in one of the
+// stream directories.
+bool stream_file(const std::string& name) {
+  for (const char* d : kStreamDirs) {
+    const std::string prefix = std::string(d) + "/";
+    if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+        name.find('/', prefix.size()) == std::string::npos)
+      return true;
+  }
+  return false;
+}
+
+bool is_stream_dir(const std::string& rel) {
+  return std::any_of(std::begin(kStreamDirs), std::end(kStreamDirs), [&](const char* d) { return rel == d; });
+}
+
 bool is_hex64(const std::string& s) {
   return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
 }
@@ -245,10 +266,9 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& source)
     m.tapwire_version = j.at("tapwire_version").get<std::string>();
     for (const auto& f : j.at("files")) {
       FileEntry e{f.at("name").get<std::string>(), f.at("size").get<uint64_t>(), f.at("sha256").get<std::string>()};
-      if (!safe_relative(e.name) || (e.name.rfind("segments/", 0) != 0 && e.name.rfind("identity/", 0) != 0) ||
-          e.name.find('/', 9) != std::string::npos)
+      if (!safe_relative(e.name) || !stream_file(e.name))
         throw SnapshotError("corrupt snapshot manifest", source,
-                            "file name '" + e.name + "' is not a file in segments/ or identity/");
+                            "file name '" + e.name + "' is not a file in segments/, identity/ or flows/");
       if (!is_hex64(e.sha256))
         throw SnapshotError("corrupt snapshot manifest", source, "sha256 of " + e.name + " is not 64 hex digits");
       m.files.push_back(std::move(e));
@@ -379,6 +399,32 @@ std::vector<SegHeader> identity_segments(const CreateOptions& o, uint64_t from, 
   return again;
 }
 
+// The flow segments (docs/FLOWS.md) whose records overlap the window
+// [from, to], sealed first like the packet segments. A flow's records are
+// cumulative: the last one of each flow_id in them holds its state then.
+std::vector<SegHeader> flow_segments(const CreateOptions& o, uint64_t from, uint64_t to) {
+  const std::string dir = o.data_dir + "/flows";
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return {};
+  auto pick = [&] {
+    std::vector<SegHeader> all;
+    for (const auto& s : shm::list_segments(dir)) {
+      SegHeader h;
+      if (read_header(s.path, s.seq, h) && overlaps(h, from, to == UINT64_MAX ? to : to + 1)) all.push_back(h);
+    }
+    return all;
+  };
+  auto chosen = pick();
+  std::vector<SegHeader> open_ones;
+  for (const auto& h : chosen)
+    if (!h.sealed) open_ones.push_back(h);
+  if (open_ones.empty()) return chosen;
+  seal_open(dir, open_ones, o.request_rotate, "flow segment");
+  auto again = pick();
+  std::erase_if(again, [](const SegHeader& h) { return !h.sealed; });  // opened by the rotation: after the window
+  return again;
+}
+
 }  // namespace
 
 Manifest create(const CreateOptions& o) {
@@ -454,9 +500,12 @@ Manifest create(const CreateOptions& o) {
   if (o.from_ns) win_from = std::max(win_from, o.from_ns);
   if (o.to_ns != UINT64_MAX) win_to = std::min(win_to, o.to_ns);
   std::vector<SegHeader> ident = identity_segments(o, win_from, win_to);
+  // 4b. The flow stream (docs/FLOWS.md): the flow segments overlapping the window.
+  std::vector<SegHeader> flow_segs = flow_segments(o, win_from, win_to);
   std::vector<std::pair<SegHeader, std::string>> files;
   for (const auto& h : kept) files.emplace_back(h, "segments/");
   for (const auto& h : ident) files.emplace_back(h, "identity/");
+  for (const auto& h : flow_segs) files.emplace_back(h, "flows/");
 
   // 5. The storage limit of all snapshots together.
   uint64_t need = 0;
@@ -485,6 +534,7 @@ Manifest create(const CreateOptions& o) {
   m.interfaces.assign(interfaces.begin(), interfaces.end());
   m.tapwire_version = TAPWIRE_VERSION;
   if (!ident.empty()) make_dirs(tmp.path + "/identity", 0750);
+  if (!flow_segs.empty()) make_dirs(tmp.path + "/flows", 0750);
   for (const auto& [h, sub] : files) {
     const std::string rel = sub + fs::path(h.path).filename().string();
     const std::string dst = tmp.path + "/" + rel;
@@ -586,7 +636,7 @@ std::vector<Problem> verify_dir(const std::string& dir, Manifest* manifest_out) 
     std::error_code ec2;
     if (it->is_directory(ec2) && !it->is_symlink(ec2)) {
       const std::string sub = fs::relative(it->path(), dir, ec2).string();
-      if (sub != "segments" && sub != "identity") {
+      if (!is_stream_dir(sub)) {
         problems.push_back({fs::relative(it->path(), dir, ec2).string(), "unexpected directory"});
         it.disable_recursion_pending();
       }
@@ -686,8 +736,11 @@ void pack(const std::string& data_dir, const std::string& name, const std::strin
     add_entry(w.a, name + "/", dir, true, out);
     add_entry(w.a, name + "/manifest.json", dir + "/manifest.json", false, out);
     add_entry(w.a, name + "/segments/", dir + "/segments", true, out);
-    if (std::any_of(m.files.begin(), m.files.end(), [](const FileEntry& f) { return f.name.rfind("identity/", 0) == 0; }))
-      add_entry(w.a, name + "/identity/", dir + "/identity", true, out);
+    for (const char* sub : {"identity", "flows"}) {
+      const std::string prefix = std::string(sub) + "/";
+      if (std::any_of(m.files.begin(), m.files.end(), [&](const FileEntry& f) { return f.name.rfind(prefix, 0) == 0; }))
+        add_entry(w.a, name + "/" + prefix, dir + "/" + sub, true, out);
+    }
     for (const auto& f : m.files) add_entry(w.a, name + "/" + f.name, dir + "/" + f.name, false, out);
     if (archive_write_close(w.a) != ARCHIVE_OK)
       throw SnapshotError("cannot write the pack", out, archive_error_string(w.a) ? archive_error_string(w.a) : "close failed");
@@ -757,16 +810,16 @@ std::string unpack(const std::string& file, const std::string& data_dir, const s
       throw SnapshotError("not a snapshot pack", file, "entries under both '" + src_name + "/' and '" + top + "/'");
     }
     if (type == AE_IFDIR) {
-      if (rel.empty() || rel == "segments" || rel == "identity") continue;
+      if (rel.empty() || is_stream_dir(rel)) continue;
       throw SnapshotError("unexpected directory in snapshot pack", file + ": '" + path + "'", not_pack_hint);
     }
     if (type != AE_IFREG || archive_entry_hardlink(e) || archive_entry_symlink(e))
       throw SnapshotError("unexpected entry in snapshot pack", file + ": '" + path + "'",
                           "only regular files are allowed; " + not_pack_hint);
-    if (rel != "manifest.json" && ((rel.rfind("segments/", 0) != 0 && rel.rfind("identity/", 0) != 0) ||
-                                   rel.find('/', 9) != std::string::npos))
+    if (rel != "manifest.json" && !stream_file(rel))
       throw SnapshotError("unexpected file in snapshot pack", file + ": '" + path + "'",
-                          "a pack holds NAME/manifest.json, NAME/segments/* and NAME/identity/*; " + not_pack_hint);
+                          "a pack holds NAME/manifest.json, NAME/segments/*, NAME/identity/* and NAME/flows/*; " +
+                              not_pack_hint);
     if (rel == "manifest.json") saw_manifest = true;
     const int64_t size = archive_entry_size(e);
     total += size > 0 ? static_cast<uint64_t>(size) : 0;
@@ -775,8 +828,11 @@ std::string unpack(const std::string& file, const std::string& data_dir, const s
                           "unpacking needs more than " + format_size(total) + ", " + format_size(used) + " of " +
                               format_size(storage_size) + " (tap.snapshots.storageSize) already used");
     const std::string dst = tmp->path + "/" + rel;
-    if (rel.rfind("identity/", 0) == 0 && ::mkdir((tmp->path + "/identity").c_str(), 0750) != 0 && errno != EEXIST)
-      throw SnapshotError("cannot create directory", tmp->path + "/identity", errno_str());
+    for (const char* sub : {"identity", "flows"}) {
+      const std::string prefix = std::string(sub) + "/";
+      if (rel.rfind(prefix, 0) == 0 && ::mkdir((tmp->path + "/" + sub).c_str(), 0750) != 0 && errno != EEXIST)
+        throw SnapshotError("cannot create directory", tmp->path + "/" + sub, errno_str());
+    }
     int fd = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
     if (fd < 0) {
       const int e2 = errno;
