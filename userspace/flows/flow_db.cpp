@@ -1,5 +1,7 @@
 #include "flow_db.hpp"
 
+#include "flow_sources.hpp"
+
 namespace tapwire::flows {
 
 dissect::CallDb::FlowRow flow_db_row(const Flow& f) {
@@ -44,6 +46,21 @@ void store_dns_call(dissect::CallDb* db, PassiveDns* dns, const dissect::Call& c
   for (auto& a : PassiveDns::answers_of(*m)) {
     if (db) db->add_dns_name(a.ip, a.name, ts, a.ttl);
     if (dns) dns->add(a.ip, a.name, ts, a.ttl);
+  }
+}
+
+size_t store_flow_dir(dissect::CallDb& db, const std::string& flow_dir, const std::string& identity_dir,
+                      const PassiveDns* dns) {
+  auto flows = annotate(read_flow_dir(flow_dir, 0, 0), identity_dir, dns);
+  for (auto& f : flows) store_flow(db, f);
+  db.commit();
+  return flows.size();
+}
+
+void load_dns_names(dissect::CallDb& db, PassiveDns& dns, uint64_t to_ns) {
+  for (auto& n : db.dns_names(0, to_ns)) {
+    dns.add(n.ip, n.name, n.first_seen, n.ttl);
+    if (n.last_seen != n.first_seen) dns.add(n.ip, n.name, n.last_seen, n.ttl);
   }
 }
 
