@@ -21,6 +21,8 @@ PACKAGES=(
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils iputils-ping
   tcpdump tshark prometheus
+  # tapwire map --format svg runs Graphviz's dot
+  graphviz
   # identity lab (tests/integration/identity_lab.py): pods' servers and clients, the test API server's TLS
   redis-server redis-tools openssl zstd
   # bodies (tests/integration/test_bodies.py): files served precompressed with br and zstd
