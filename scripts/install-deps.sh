@@ -23,6 +23,8 @@ PACKAGES=(
   tcpdump tshark prometheus
   # flow tests (tests/integration/test_flows.py): nft drops SYNs in the lab's server namespace
   nftables
+  # tapwire map --format svg runs Graphviz's dot
+  graphviz
   # identity lab (tests/integration/identity_lab.py): pods' servers and clients, the test API server's TLS
   redis-server redis-tools openssl zstd
   # bodies (tests/integration/test_bodies.py): files served precompressed with br and zstd

@@ -63,6 +63,10 @@ void register_export_jsonl(CLI::App& export_app, Action& action);
 void register_dissect(CLI::App& app, Action& action);
 // `tapwire workloads` (what the identity stream knew at a time)
 void register_workloads(CLI::App& app, Action& action);
+// `tapwire flows`, `tapwire map`, `tapwire packets` (docs/FLOWS.md)
+void register_flows(CLI::App& app, Action& action);
+void register_map(CLI::App& app, Action& action);
+void register_packets(CLI::App& app, Action& action);
 // `tapwire snapshot create|list|verify|delete|pack|unpack`
 void register_snapshot(CLI::App& app, Action& action);
 // The segment directory of --snapshot NAME|DIR: NAME is DATA_DIR/snapshots/NAME,

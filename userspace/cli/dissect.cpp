@@ -28,6 +28,8 @@
 #include "call_db.hpp"
 #include "call_identity.hpp"
 #include "commands.hpp"
+#include "flow_db.hpp"
+#include "flow_sources.hpp"
 #include "dissector.hpp"
 #include "flow_key.hpp"
 #include "grpc/proto_schema.hpp"
@@ -117,6 +119,7 @@ bool run_engine(const std::string& seg_dir, const std::string& db_path, const Di
     Dissector d(opts, [&](Call&& c) {
       identity.annotate(c);
       db.insert(c);
+      tapwire::flows::store_dns_call(&db, nullptr, c);
       slot.calls.fetch_add(1, std::memory_order_relaxed);
       if (!c.has_response()) slot.without_response.fetch_add(1, std::memory_order_relaxed);
     });
@@ -262,6 +265,9 @@ void merge(const std::string& target, const std::vector<std::string>& parts) {
     for (const auto& p : parts) {
       sql(db, "ATTACH DATABASE " + quote(p) + " AS part");
       sql(db, "INSERT INTO temp.merged SELECT * FROM part.calls");
+      sql(db, "INSERT INTO main.dns_names SELECT * FROM part.dns_names WHERE true ON CONFLICT(ip, name) DO UPDATE SET "
+              "first_seen=min(first_seen, excluded.first_seen), last_seen=max(last_seen, excluded.last_seen), "
+              "ttl=CASE WHEN excluded.last_seen >= last_seen THEN excluded.ttl ELSE ttl END");
       sql(db, "DETACH DATABASE part");
     }
     sql(db, "BEGIN; INSERT INTO main.calls SELECT * FROM temp.merged ORDER BY ts_ns, id; COMMIT; DROP TABLE temp.merged");
@@ -413,6 +419,22 @@ int run_dissect(const DissectOptions& o) {
       }
     }
   }
+  // The snapshot's flow records, named by its identity stream and the DNS
+  // answers just dissected.
+  size_t flows_stored = 0;
+  if (failure.empty() && !g_stop) {
+    const std::string flow_dir = tapwire::flows::flows_dir_for_segments(seg_dir);
+    if (is_dir(flow_dir)) {
+      try {
+        CallDb db(tmp, false, /*bulk=*/true);
+        tapwire::flows::PassiveDns dns;
+        tapwire::flows::load_dns_names(db, dns);
+        flows_stored = tapwire::flows::store_flow_dir(db, flow_dir, identity_dir_for_segments(seg_dir), &dns);
+      } catch (const std::exception& e) {
+        failure = std::string("cannot store the flows: ") + e.what();
+      }
+    }
+  }
   if (failure.empty() && g_stop) failure = "interrupted";
   if (failure.empty()) progress.complete(total, segments.size());
   progress.done();
@@ -443,6 +465,7 @@ int run_dissect(const DissectOptions& o) {
                  " dns, %" PRIu64 " without response) from %zu segments (%.1f MB) in %.2f s (%.1f MB/s, %u job%s) into %s\n",
                  seg_dir.c_str(), packets, calls, http, dns, nores, segments.size(), total / 1e6, secs,
                  secs > 0 ? total / 1e6 / secs : 0.0, jobs, jobs == 1 ? "" : "s", db_path.c_str());
+  if (!o.quiet && flows_stored) std::fprintf(stderr, "tapwire: %zu flows into %s\n", flows_stored, db_path.c_str());
   return 0;
 }
 

@@ -8,10 +8,14 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "commands.hpp"
+#include "flow_source.hpp"
+#include "flow_tracker.hpp"
 #include "output_file.hpp"
 #include "pcapng_writer.hpp"
 #include "segment.hpp"
@@ -28,6 +32,7 @@ struct ExportPcapOptions {
   std::string from;
   std::string to;
   std::string output;
+  std::string flow;  // only this flow's packets
 };
 
 uint64_t parse_time_option(const std::string& name, const std::string& text, uint64_t now_ns) {
@@ -50,6 +55,29 @@ int run_export_pcap(const ExportPcapOptions& o) {
   if (from > to)
     throw CliError("empty time window", "--from " + format_rfc3339_ns(from) + " is after --to " + format_rfc3339_ns(to),
                    "swap or correct the times");
+
+  // --flow: the flow's key and time range from its record, then only the
+  // packets of that key within it.
+  std::optional<tw_flow_key> flow_key;
+  uint64_t flow_from = from, flow_to = to;
+  if (!o.flow.empty()) {
+    if (o.flow.size() != 16 || o.flow.find_first_not_of("0123456789abcdef") != std::string::npos)
+      throw CliError("invalid flow id", o.flow, "a flow id is 16 lower-case hex digits (see 'tapwire flows')");
+    FlowSourceOptions fo;
+    fo.data_dir = o.data_dir;
+    fo.snapshot = o.snapshot;
+    fo.from = o.from;
+    fo.to = o.to;
+    LoadedFlows lf = load_flows(fo);
+    for (auto& r : lf.flows)
+      if (json_str(r.rec, "id") == o.flow && r.have_key) {
+        flow_key = r.raw.key;
+        flow_from = std::max(from, r.first_ns);
+        flow_to = std::min(to, r.last_ns);
+      }
+    if (!flow_key)
+      throw CliError("no flow with this id", o.flow, "in " + lf.source + " (see 'tapwire flows', mind --from/--to)");
+  }
 
   std::error_code ec;
   if (o.snapshot.empty() && !fs::is_directory(o.data_dir, ec))
@@ -86,7 +114,7 @@ int run_export_pcap(const ExportPcapOptions& o) {
       throw CliError("cannot read segment", e.what(), "move that file out of " + seg_dir + " and retry");
     }
     const tw_seg_header& h = reader->header();
-    if (h.record_count > 0 && (h.last_ts_ns < from || h.first_ts_ns > to)) {
+    if (h.record_count > 0 && (h.last_ts_ns < flow_from || h.first_ts_ns > flow_to)) {
       ++skipped;
       continue;
     }
@@ -98,7 +126,16 @@ int run_export_pcap(const ExportPcapOptions& o) {
         if (rec->body.size() >= sizeof(tw_pkt)) {
           uint64_t ts;
           std::memcpy(&ts, rec->body.data() + offsetof(tw_pkt, ts_ns), sizeof ts);
-          if (ts < from || ts > to) continue;
+          if (ts < flow_from || ts > flow_to) continue;
+          if (flow_key) {
+            tw_pkt m;
+            std::memcpy(&m, rec->body.data(), sizeof m);
+            tw_flow_key k;
+            uint8_t side;
+            if (!flows::flow_key_of(m, k, side) || std::memcmp(&k, &*flow_key, sizeof k) != 0) continue;
+          }
+        } else if (flow_key) {
+          continue;
         }
         writer.add_packet_record(rec->body);
       }
@@ -144,6 +181,8 @@ void register_export_pcap(CLI::App& export_app, Action& action) {
   sub->add_option("--from", opts->from,
                   "First packet time: RFC 3339 (2026-11-23T01:52:00Z), Unix seconds, or relative (-5m)");
   sub->add_option("--to", opts->to, "Last packet time, same forms as --from");
+  sub->add_option("--flow", opts->flow,
+                  "only the packets of this flow (its id from 'tapwire flows'; payload-less ACKs are not stored)");
   sub->add_option("-o,--output", opts->output, "pcapng file to write ('-' for standard output)")->required();
   sub->callback([opts, &action] { action = [opts] { return run_export_pcap(*opts); }; });
 }

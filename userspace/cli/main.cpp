@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
   register_dissect(app, action);
   register_snapshot(app, action);
   register_workloads(app, action);
+  register_flows(app, action);
+  register_map(app, action);
+  register_packets(app, action);
 
   try {
     app.parse(argc, argv);

@@ -103,6 +103,49 @@ CREATE INDEX IF NOT EXISTS calls_src_namespace ON calls(src_namespace) WHERE src
 CREATE INDEX IF NOT EXISTS calls_dst_namespace ON calls(dst_namespace) WHERE dst_namespace IS NOT NULL;
 )sql";
 
+// Flows and passive DNS (docs/DISSECTION_DB.md). Tables of their own, made
+// by any tapwire that writes the DB (CREATE ... IF NOT EXISTS): a DB of an
+// older tapwire gets them when opened for writing, without a schema bump.
+const char* kFlowTables = R"sql(
+CREATE TABLE IF NOT EXISTS flows (
+  id               TEXT PRIMARY KEY,  -- 16 hex digits, the flow record's id
+  first_ns         INTEGER NOT NULL,  -- first packet, ns since the epoch (UTC)
+  last_ns          INTEGER NOT NULL,  -- last packet
+  protocol         TEXT NOT NULL,     -- tcp, udp
+  ip_version       INTEGER NOT NULL,
+  client_ip        TEXT NOT NULL,
+  client_port      INTEGER NOT NULL,
+  server_ip        TEXT NOT NULL,
+  server_port      INTEGER NOT NULL,
+  client_namespace TEXT,
+  client_pod       TEXT,
+  client_workload  TEXT,
+  server_namespace TEXT,
+  server_pod       TEXT,
+  server_workload  TEXT,
+  state            TEXT NOT NULL,     -- docs/FLOWS.md
+  end_reason       TEXT,              -- the record's end; NULL while live
+  packets          INTEGER NOT NULL,  -- both directions
+  bytes            INTEGER NOT NULL,
+  retransmissions  INTEGER NOT NULL,
+  rtt_us           REAL,              -- handshake RTT; NULL when unknown
+  node             TEXT,
+  record           TEXT NOT NULL,     -- the whole flow record (JSON)
+  flow_key         BLOB               -- struct tw_flow_key (40 bytes): tapwire packets, export pcap --flow
+);
+CREATE INDEX IF NOT EXISTS flows_first ON flows(first_ns);
+CREATE INDEX IF NOT EXISTS flows_last ON flows(last_ns);
+CREATE TABLE IF NOT EXISTS dns_names (
+  ip         TEXT NOT NULL,
+  name       TEXT NOT NULL,     -- the name asked, or a CNAME on the way to the address
+  first_seen INTEGER NOT NULL,  -- first answer, ns since the epoch
+  last_seen  INTEGER NOT NULL,  -- last answer
+  ttl        INTEGER,           -- of the last answer
+  PRIMARY KEY (ip, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dns_names_last ON dns_names(last_seen);
+)sql";
+
 std::string column_names(const std::vector<std::string>& columns) {  // "node, src_pid, ..."
   std::string out;
   for (auto& c : columns) out += (out.empty() ? "" : ", ") + c.substr(0, c.find(' '));
@@ -254,6 +297,7 @@ CallDb::CallDb(const std::string& path, bool read_only, bool bulk) : regex_cache
       ends.erase(ends.begin());  // node is a common column
       prepare(&insert_[0], common, kInsertCommon);
       prepare(&insert_[1], common + ", " + column_names(ends), kInsertCommon + 2 * kEndColumnCount);
+      prepare_flow_statements();
     } else {
       sqlite3_stmt* st = nullptr;
       bool ok = sqlite3_prepare_v2(db_, "SELECT count(*) FROM calls", -1, &st, nullptr) == SQLITE_OK;
@@ -262,9 +306,12 @@ CallDb::CallDb(const std::string& path, bool read_only, bool bulk) : regex_cache
       identity_columns_ = has_column("calls", "node");
       body_columns_ = has_column("calls", "resp_body");
       record_columns_ = has_column("calls", "upgrade_id");
+      flow_tables_ = has_column("flows", "flow_key") && has_column("dns_names", "ttl");
     }
   } catch (...) {
     for (sqlite3_stmt* st : insert_) sqlite3_finalize(st);
+    sqlite3_finalize(flow_upsert_);
+    sqlite3_finalize(dns_upsert_);
     sqlite3_close(db_);
     db_ = nullptr;
     throw;
@@ -309,6 +356,7 @@ void CallDb::create_or_migrate(const std::string& path) {
                                ": use a new --db file");
     }
     exec(kIndexes);
+    exec(kFlowTables);
     if (v != current) set_meta("schema_version", current);
     exec("COMMIT");
   } catch (...) {
@@ -334,6 +382,8 @@ CallDb::~CallDb() {
   } catch (...) {
   }
   for (sqlite3_stmt* st : insert_) sqlite3_finalize(st);
+  sqlite3_finalize(flow_upsert_);
+  sqlite3_finalize(dns_upsert_);
   sqlite3_close(db_);
 }
 
@@ -399,32 +449,54 @@ CallDb::SizeStats CallDb::size_stats() {
     if (auto v = meta("calls_deleted")) calls_deleted_ = std::strtoull(v->c_str(), nullptr, 10);
   }
   s.calls_deleted = calls_deleted_;
+  s.flows_deleted = flows_deleted_;
   return s;
 }
 
 void CallDb::enforce_max_size() {
   SizeStats s = size_stats();
   if (s.bytes <= max_size_) return;
-  // Calls take about the same room each: delete the share of them that
-  // brings the pages in use to 90% of the bound, then check again (indexes
-  // and the meta table make the estimate approximate).
+  if (!flows_deleted_loaded_) {
+    flows_deleted_loaded_ = true;
+    if (auto v = meta("flows_deleted")) flows_deleted_ = std::strtoull(v->c_str(), nullptr, 10);
+  }
+  // Calls take about the same room each, and so do flows: delete the share
+  // of each that brings the pages in use to 90% of the bound, oldest first
+  // (calls in insertion order, flows by first packet), then check again
+  // (indexes and the meta table make the estimate approximate).
   for (int round = 0; round < 8 && s.bytes > max_size_ * 9 / 10; round++) {
-    const uint64_t rows = count();
+    const uint64_t calls = count();
+    const uint64_t flows = flow_count();
+    const uint64_t rows = calls + flows;
     if (rows == 0) break;
     const uint64_t target = max_size_ * 9 / 10;
-    uint64_t n = rows - rows * target / s.bytes;
-    n = std::clamp<uint64_t>(n + rows / 100, 1, rows);
-    sqlite3_stmt* st = nullptr;
-    const char* sql =
-        "DELETE FROM calls WHERE rowid <= (SELECT rowid FROM calls ORDER BY rowid LIMIT 1 OFFSET ?1)";
-    if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK)
-      throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
-    sqlite3_bind_int64(st, 1, static_cast<sqlite3_int64>(n - 1));
-    const int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
-    calls_deleted_ += static_cast<uint64_t>(sqlite3_changes(db_));
-    set_meta("calls_deleted", std::to_string(calls_deleted_));
+    auto share = [&](uint64_t n_rows) -> uint64_t {
+      if (!n_rows) return 0;
+      uint64_t n = n_rows - n_rows * target / s.bytes;
+      return std::clamp<uint64_t>(n + n_rows / 100, 1, n_rows);
+    };
+    auto run = [&](const char* sql, uint64_t n) -> uint64_t {
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK)
+        throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
+      sqlite3_bind_int64(st, 1, static_cast<sqlite3_int64>(n - 1));
+      const int rc = sqlite3_step(st);
+      sqlite3_finalize(st);
+      if (rc != SQLITE_DONE) throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
+      return static_cast<uint64_t>(sqlite3_changes(db_));
+    };
+    if (calls) {
+      calls_deleted_ += run("DELETE FROM calls WHERE rowid <= (SELECT rowid FROM calls ORDER BY rowid LIMIT 1 OFFSET ?1)",
+                            share(calls));
+      set_meta("calls_deleted", std::to_string(calls_deleted_));
+    }
+    if (flows) {
+      flows_deleted_ += run("DELETE FROM flows WHERE id IN (SELECT id FROM flows ORDER BY first_ns LIMIT ?1 + 1)",
+                            share(flows));
+      set_meta("flows_deleted", std::to_string(flows_deleted_));
+      // Names last answered before the oldest flow left name nothing any more.
+      exec("DELETE FROM dns_names WHERE last_seen < (SELECT coalesce(min(first_ns), 0) FROM flows)");
+    }
     s = size_stats();
   }
 }
@@ -769,6 +841,173 @@ int64_t CallDb::max_rowid() {
     n = sqlite3_column_int64(st, 0);
   sqlite3_finalize(st);
   return n;
+}
+
+void CallDb::prepare_flow_statements() {
+  const char* flow_sql =
+      "INSERT INTO flows (id, first_ns, last_ns, protocol, ip_version, client_ip, client_port, server_ip, server_port, "
+      "client_namespace, client_pod, client_workload, server_namespace, server_pod, server_workload, state, end_reason, "
+      "packets, bytes, retransmissions, rtt_us, node, record, flow_key) "
+      "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24) "
+      "ON CONFLICT(id) DO UPDATE SET first_ns=excluded.first_ns, last_ns=excluded.last_ns, "
+      "client_namespace=coalesce(excluded.client_namespace, client_namespace), "
+      "client_pod=coalesce(excluded.client_pod, client_pod), "
+      "client_workload=coalesce(excluded.client_workload, client_workload), "
+      "server_namespace=coalesce(excluded.server_namespace, server_namespace), "
+      "server_pod=coalesce(excluded.server_pod, server_pod), "
+      "server_workload=coalesce(excluded.server_workload, server_workload), state=excluded.state, "
+      "end_reason=excluded.end_reason, packets=excluded.packets, bytes=excluded.bytes, "
+      "retransmissions=excluded.retransmissions, rtt_us=excluded.rtt_us, node=coalesce(excluded.node, node), "
+      "record=excluded.record, flow_key=coalesce(excluded.flow_key, flow_key) "
+      "WHERE excluded.last_ns >= flows.last_ns OR excluded.end_reason IS NOT NULL";
+  if (sqlite3_prepare_v2(db_, flow_sql, -1, &flow_upsert_, nullptr) != SQLITE_OK)
+    throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
+  const char* dns_sql =
+      "INSERT INTO dns_names (ip, name, first_seen, last_seen, ttl) VALUES (?1, ?2, ?3, ?3, ?4) "
+      "ON CONFLICT(ip, name) DO UPDATE SET first_seen=min(first_seen, excluded.first_seen), "
+      "last_seen=max(last_seen, excluded.last_seen), "
+      "ttl=CASE WHEN excluded.last_seen >= last_seen THEN excluded.ttl ELSE ttl END";
+  if (sqlite3_prepare_v2(db_, dns_sql, -1, &dns_upsert_, nullptr) != SQLITE_OK)
+    throw std::runtime_error(std::string("dissection DB: ") + sqlite3_errmsg(db_));
+}
+
+void CallDb::upsert_flow(const FlowRow& f) {
+  if (!flow_upsert_) throw std::runtime_error("dissection DB: opened read-only");
+  begin();
+  sqlite3_stmt* st = flow_upsert_;
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  auto text = [&](int i, const std::string& v) {
+    if (!v.empty()) bind_static(st, i, v);
+  };
+  bind_static(st, 1, f.id);
+  sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(f.first_ns));
+  sqlite3_bind_int64(st, 3, static_cast<sqlite3_int64>(f.last_ns));
+  bind_static(st, 4, f.protocol);
+  sqlite3_bind_int(st, 5, f.ip_version);
+  bind_static(st, 6, f.client_ip);
+  sqlite3_bind_int(st, 7, f.client_port);
+  bind_static(st, 8, f.server_ip);
+  sqlite3_bind_int(st, 9, f.server_port);
+  text(10, f.client_namespace);
+  text(11, f.client_pod);
+  text(12, f.client_workload);
+  text(13, f.server_namespace);
+  text(14, f.server_pod);
+  text(15, f.server_workload);
+  bind_static(st, 16, f.state);
+  text(17, f.end);
+  sqlite3_bind_int64(st, 18, static_cast<sqlite3_int64>(f.packets));
+  sqlite3_bind_int64(st, 19, static_cast<sqlite3_int64>(f.bytes));
+  sqlite3_bind_int64(st, 20, static_cast<sqlite3_int64>(f.retransmissions));
+  if (f.rtt_us >= 0) sqlite3_bind_double(st, 21, f.rtt_us);
+  text(22, f.node);
+  bind_static(st, 23, f.record);
+  if (!f.key.empty()) sqlite3_bind_blob(st, 24, f.key.data(), static_cast<int>(f.key.size()), SQLITE_STATIC);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    throw std::runtime_error(std::string("dissection DB flow upsert: ") + sqlite3_errmsg(db_));
+  if (max_size_ && ++since_size_check_ >= 256) {
+    since_size_check_ = 0;
+    enforce_max_size();
+  }
+  if (++batch_ >= kBatch && auto_commit_) commit();
+}
+
+void CallDb::add_dns_name(const std::string& ip, const std::string& name, uint64_t ts_ns, uint32_t ttl) {
+  if (!dns_upsert_) throw std::runtime_error("dissection DB: opened read-only");
+  begin();
+  sqlite3_stmt* st = dns_upsert_;
+  sqlite3_reset(st);
+  bind_static(st, 1, ip);
+  bind_static(st, 2, name);
+  sqlite3_bind_int64(st, 3, static_cast<sqlite3_int64>(ts_ns));
+  sqlite3_bind_int64(st, 4, ttl);
+  if (sqlite3_step(st) != SQLITE_DONE)
+    throw std::runtime_error(std::string("dissection DB dns_names: ") + sqlite3_errmsg(db_));
+  if (++batch_ >= kBatch && auto_commit_) commit();
+}
+
+uint64_t CallDb::flow_count() {
+  sqlite3_stmt* st = nullptr;
+  uint64_t n = 0;
+  if (sqlite3_prepare_v2(db_, "SELECT count(*) FROM flows", -1, &st, nullptr) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    n = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
+  sqlite3_finalize(st);
+  return n;
+}
+
+std::vector<CallDb::FlowRow> CallDb::query_flows(uint64_t from_ns, uint64_t to_ns, const std::string& id) {
+  std::vector<FlowRow> out;
+  if (!flow_tables_) flow_tables_ = has_column("flows", "flow_key");
+  if (!flow_tables_) return out;
+  std::string sql = "SELECT record, first_ns, last_ns, flow_key FROM flows WHERE 1=1";
+  if (from_ns) sql += " AND last_ns >= ?1";
+  if (to_ns) sql += " AND first_ns <= ?2";
+  if (!id.empty()) sql += " AND id = ?3";
+  sql += " ORDER BY first_ns, id";
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
+    throw std::runtime_error(std::string("dissection DB query: ") + sqlite3_errmsg(db_));
+  if (from_ns) sqlite3_bind_int64(st, 1, static_cast<sqlite3_int64>(from_ns));
+  if (to_ns) sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(to_ns));
+  if (!id.empty()) bind_text(st, 3, id);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    FlowRow f;
+    f.record = column_string(st, 0);
+    f.first_ns = static_cast<uint64_t>(sqlite3_column_int64(st, 1));
+    f.last_ns = static_cast<uint64_t>(sqlite3_column_int64(st, 2));
+    if (sqlite3_column_type(st, 3) == SQLITE_BLOB)
+      f.key.assign(static_cast<const char*>(sqlite3_column_blob(st, 3)), static_cast<size_t>(sqlite3_column_bytes(st, 3)));
+    out.push_back(std::move(f));
+  }
+  std::string err = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db_);
+  sqlite3_finalize(st);
+  if (!err.empty()) throw std::runtime_error("dissection DB query: " + err);
+  return out;
+}
+
+std::vector<CallDb::DnsName> CallDb::dns_names(uint64_t from_ns, uint64_t to_ns) {
+  std::vector<DnsName> out;
+  if (!flow_tables_) flow_tables_ = has_column("dns_names", "ttl");
+  if (!flow_tables_) return out;
+  std::string sql = "SELECT ip, name, first_seen, last_seen, ttl FROM dns_names WHERE 1=1";
+  if (to_ns) sql += " AND first_seen <= ?1";
+  (void)from_ns;  // names learnt before the window still name its flows
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
+    throw std::runtime_error(std::string("dissection DB query: ") + sqlite3_errmsg(db_));
+  if (to_ns) sqlite3_bind_int64(st, 1, static_cast<sqlite3_int64>(to_ns));
+  while (sqlite3_step(st) == SQLITE_ROW)
+    out.push_back({column_string(st, 0), column_string(st, 1), static_cast<uint64_t>(sqlite3_column_int64(st, 2)),
+                   static_cast<uint64_t>(sqlite3_column_int64(st, 3)), static_cast<uint32_t>(sqlite3_column_int64(st, 4))});
+  sqlite3_finalize(st);
+  return out;
+}
+
+std::vector<CallDb::CallEdge> CallDb::call_edges(uint64_t from_ns, uint64_t to_ns) {
+  std::vector<CallEdge> out;
+  std::string sql =
+      "SELECT src_ip, dst_ip, dst_port, protocol, count(*), "
+      "sum(CASE WHEN protocol IN ('http', 'http2') THEN status >= 500 "
+      "ELSE coalesce(status, 0) != 0 END "
+      "OR ',' || flags || ',' LIKE '%,protocol_error,%' OR ',' || flags || ',' LIKE '%,reset,%' "
+      "OR ',' || flags || ',' LIKE '%,timeout,%') "
+      "FROM calls WHERE 1=1";
+  if (from_ns) sql += " AND ts_ns >= ?1";
+  if (to_ns) sql += " AND ts_ns <= ?2";
+  sql += " GROUP BY src_ip, dst_ip, dst_port, protocol";
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
+    throw std::runtime_error(std::string("dissection DB query: ") + sqlite3_errmsg(db_));
+  if (from_ns) sqlite3_bind_int64(st, 1, static_cast<sqlite3_int64>(from_ns));
+  if (to_ns) sqlite3_bind_int64(st, 2, static_cast<sqlite3_int64>(to_ns));
+  while (sqlite3_step(st) == SQLITE_ROW)
+    out.push_back({column_string(st, 0), column_string(st, 1), column_string(st, 3), sqlite3_column_int(st, 2),
+                   static_cast<uint64_t>(sqlite3_column_int64(st, 4)), static_cast<uint64_t>(sqlite3_column_int64(st, 5))});
+  sqlite3_finalize(st);
+  return out;
 }
 
 }  // namespace tapwire::dissect

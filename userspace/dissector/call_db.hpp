@@ -61,6 +61,7 @@ class CallDb {
     uint64_t file_bytes = 0;  // the file's pages, free ones included
     uint64_t max_bytes = 0;
     uint64_t calls_deleted = 0;  // to stay within max_bytes, over the DB's life
+    uint64_t flows_deleted = 0;
   };
   SizeStats size_stats();
 
@@ -102,17 +103,68 @@ class CallDb {
   uint64_t count();
   int64_t max_rowid();  // the last row added (0 if none)
 
+  // Flows (docs/FLOWS.md, docs/DISSECTION_DB.md): one row per flow id,
+  // replaced by each newer record of the flow (upsert by id). Deleted with
+  // the calls when the DB is bounded (set_max_size), oldest first_seen first.
+  struct FlowRow {
+    std::string id, protocol, state, end, node;
+    uint64_t first_ns = 0, last_ns = 0;
+    int ip_version = 4;
+    std::string client_ip, server_ip;
+    int client_port = 0, server_port = 0;
+    std::string client_namespace, client_pod, client_workload;
+    std::string server_namespace, server_pod, server_workload;
+    uint64_t packets = 0, bytes = 0, retransmissions = 0;
+    double rtt_us = -1;  // < 0: unknown
+    std::string record;  // the flow record, JSON text
+    std::string key;  // the flow's tw_flow_key, 40 bytes ("" if unknown)
+  };
+  void upsert_flow(const FlowRow& f);
+  // Flows active in [from_ns, to_ns] (0 = unbounded), by first_ns; only
+  // record, first_ns, last_ns and key are filled. Empty for a DB without the
+  // flows table (written before flows existed).
+  std::vector<FlowRow> query_flows(uint64_t from_ns, uint64_t to_ns, const std::string& id = "");
+  uint64_t flow_count();
+
+  // Passive DNS: one row per (ip, name), first and last answer time.
+  void add_dns_name(const std::string& ip, const std::string& name, uint64_t ts_ns, uint32_t ttl);
+  struct DnsName {
+    std::string ip, name;
+    uint64_t first_seen = 0, last_seen = 0;
+    uint32_t ttl = 0;
+  };
+  // Names whose answers overlap [from_ns, to_ns] (0 = unbounded), and those
+  // last answered before from_ns (a flow may use a name it learnt earlier).
+  std::vector<DnsName> dns_names(uint64_t from_ns, uint64_t to_ns);
+
+  // Calls between two ends, for the map: per (client ip, server ip, server
+  // port, protocol) the calls and the errors among them (HTTP status >= 500;
+  // any other protocol's status other than 0 (gRPC status, DNS rcode, ...);
+  // the flags protocol_error, reset, timeout).
+  struct CallEdge {
+    std::string client_ip, server_ip, protocol;
+    int server_port = 0;
+    uint64_t calls = 0, errors = 0;
+  };
+  std::vector<CallEdge> call_edges(uint64_t from_ns, uint64_t to_ns);
+
  private:
   sqlite3* db_ = nullptr;
   // Two insert statements: one for calls with endpoint identity, which
   // binds the identity columns, one without them (NULL by default), which
   // spares binding and clearing them. Index: 1 for identity.
   sqlite3_stmt* insert_[2] = {};
+  sqlite3_stmt* flow_upsert_ = nullptr;
+  sqlite3_stmt* dns_upsert_ = nullptr;
+  bool flow_tables_ = true;  // false for a DB read-only without them
+  void prepare_flow_statements();
   uint64_t max_size_ = 0;
   uint64_t calls_deleted_ = 0;
   uint32_t since_size_check_ = 0;
   uint64_t body_bytes_since_check_ = 0;
   bool calls_deleted_loaded_ = false;
+  uint64_t flows_deleted_ = 0;
+  bool flows_deleted_loaded_ = false;
   void enforce_max_size();
   int64_t pragma_int(const char* sql);
   bool in_tx_ = false;

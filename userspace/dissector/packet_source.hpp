@@ -25,6 +25,7 @@ struct Packet {
   tw_pkt meta{};  // ts_ns is CLOCK_REALTIME
   std::span<const uint8_t> payload;  // meta.cap_len bytes; valid until the next call to next()
   SourcePosition pos;  // where this packet's record is (segment sources)
+  uint32_t wire_len = 0;  // the frame's length on the wire (pcap's orig len); 0 when unknown (segments)
 };
 
 struct SourceStats {

@@ -231,6 +231,7 @@ class PcapSource final : public PacketSource {
     uint16_t proto = 0;
     tw_pkt& p = out.meta;
     p = tw_pkt{};
+    out.wire_len = h->len;
     p.ts_ns = static_cast<uint64_t>(h->ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(h->ts.tv_usec);
     switch (linktype_) {
       case DLT_EN10MB:

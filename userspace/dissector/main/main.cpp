@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -31,6 +32,8 @@
 #include "grpc/proto_schema.hpp"
 #include "http2/session.hpp"
 #include "packet_source.hpp"
+#include "flow_db.hpp"
+#include "flow_sources.hpp"
 
 using namespace tapwire::dissect;
 
@@ -49,9 +52,12 @@ struct Outputs {
   std::string pending;  // complete lines not yet written
   uint64_t calls = 0;
 
+  tapwire::flows::PassiveDns dns;  // names from the DNS calls, for the flows
+
   void add(Call&& c) {
     calls++;
     if (db) db->insert(c);
+    if (db && c.l4_proto != 0 && c.dns_response()) tapwire::flows::store_dns_call(db.get(), &dns, c);
     if (jsonl_fd >= 0) {
       // Names from the wire or /proc may be any bytes: never let one stop the output.
       write_record(c, pending);  // not-UTF-8 bytes become U+FFFD
@@ -271,6 +277,46 @@ int main(int argc, char** argv) {
     });
     if (have_checkpoint) d.suppress_through(done);
 
+    // Flows (docs/FLOWS.md) into the DB: live, the sensor's flow stream,
+    // followed like the segments; from a snapshot, its flows/; from a pcap,
+    // the userspace tracker over the same packets. Upserted by id, so a
+    // restarted dissector that reads the stream again changes nothing.
+    std::string flow_dir;
+    if (out.db && live) flow_dir = data_dir + "/flows";
+    if (out.db && !live && !snapshot.empty())
+      flow_dir = tapwire::flows::flows_dir_for_segments(is_dir(snapshot + "/segments") ? snapshot + "/segments" : snapshot);
+    std::optional<tapwire::flows::FlowStream> flow_stream;
+    std::optional<tapwire::flows::FlowTracker> tracker;
+    std::vector<tw_seg_flow> batch_flows;
+    if (out.db && live) flow_stream.emplace(flow_dir, true);
+    if (out.db && !pcap.empty())
+      tracker.emplace(tapwire::flows::TrackerOptions{}, [&](const tw_seg_flow& r) { batch_flows.push_back(r); });
+    uint64_t flows_stored = 0;
+    auto store_flow = [&](const tw_seg_flow& r) {
+      tapwire::flows::Flow f = tapwire::flows::flow_from_record(r);
+      Call c;
+      c.l4_proto = r.key.l4_proto;
+      c.ts_ns = r.st.first_ns;
+      c.src = f.client;
+      c.dst = f.server;
+      identity.annotate(c);
+      f.client.identity = c.src.identity;
+      f.server.identity = c.dst.identity;
+      f.node = c.node;
+      f.client.names = out.dns.names_at(f.client.ip(), r.st.first_ns);
+      f.server.names = out.dns.names_at(f.server.ip(), r.st.first_ns);
+      tapwire::flows::store_flow(*out.db, f);
+      flows_stored++;
+    };
+    auto follow_flows = [&]() {
+      if (!flow_stream) return;
+      for (int i = 0; i < 100000; i++) {
+        auto r = flow_stream->next();
+        if (!r) break;
+        store_flow(*r);
+      }
+    };
+
     Packet p;
     SourcePosition last = done;
     auto last_flush = std::chrono::steady_clock::now();
@@ -287,7 +333,8 @@ int main(int argc, char** argv) {
       if (out.db) {
         const auto ds = out.db->size_stats();
         j["db"] = {{"bytes", ds.bytes}, {"file_bytes", ds.file_bytes}, {"max_bytes", ds.max_bytes},
-                   {"calls_deleted", ds.calls_deleted}};
+                   {"calls_deleted", ds.calls_deleted}, {"flows_deleted", ds.flows_deleted},
+                   {"flows_stored", flows_stored}};
       }
       const auto& is = identity.table().stats();
       j["identity"] = {{"records", identity.feed().stats().records},
@@ -302,6 +349,7 @@ int main(int argc, char** argv) {
       std::rename(tmp.c_str(), stats_path.c_str());
     };
     auto checkpoint = [&]() {
+      follow_flows();
       write_metrics();
       bool save = live && !(have_checkpoint && last < done);
       std::string text = save ? checkpoint_text(d.resume_position(last), last) : std::string();
@@ -335,6 +383,7 @@ int main(int argc, char** argv) {
         if (live && identity_dir.size()) hold_for_identity(p.meta.ts_ns);
         identity.at(p.meta.ts_ns);
         d.packet(p);
+        if (tracker) tracker->packet(p.meta, p.wire_len);
         last = p.pos;
         if ((d.packets() & 4095) == 0 && std::chrono::steady_clock::now() - last_flush > std::chrono::milliseconds(500))
           checkpoint();
@@ -354,6 +403,23 @@ int main(int argc, char** argv) {
       checkpoint();  // a restart continues from here; pending calls are not closed
     } else {
       d.finish();
+      if (tracker) tracker->finish();
+      if (out.db && !flow_dir.empty() && is_dir(flow_dir)) {
+        try {
+          batch_flows = tapwire::flows::read_flow_dir(flow_dir, 0, 0);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "tapwire-dissector: %s\n", e.what());
+        }
+      }
+      if (out.db && !batch_flows.empty()) {
+        // In time order, so that identity resolves each at its first packet.
+        std::stable_sort(batch_flows.begin(), batch_flows.end(),
+                         [](const tw_seg_flow& a, const tw_seg_flow& b) { return a.st.first_ns < b.st.first_ns; });
+        for (auto& r : batch_flows) {
+          identity.at(r.st.first_ns);
+          store_flow(r);
+        }
+      }
       out.flush();
       write_metrics();
     }
@@ -366,12 +432,13 @@ int main(int argc, char** argv) {
         if (n && name != "http" && name != "dns") others += (others.empty() ? "; " : ", ") + std::to_string(n) + " " + name;
       std::fprintf(stderr,
                    "tapwire-dissector: %llu packets, %llu calls (%llu http, %llu dns), %llu without response, "
-                   "%llu gaps, %llu parse errors, %llu skipped%s%s\n",
+                   "%llu gaps, %llu parse errors, %llu skipped%s%s%s\n",
                    (unsigned long long)m.packets, (unsigned long long)out.calls,
                    (unsigned long long)m.calls_of("http"), (unsigned long long)m.calls_of("dns"),
                    (unsigned long long)m.calls_without_response, (unsigned long long)m.reassembly_gaps,
                    (unsigned long long)m.parse_errors_total(), (unsigned long long)ss.skipped, others.c_str(),
-                   d.suppressed() ? " (resumed)" : "");
+                   d.suppressed() ? " (resumed)" : "",
+                   flows_stored ? ("; " + std::to_string(flows_stored) + " flow records").c_str() : "");
     }
     if (!source->error().empty()) {
       std::fprintf(stderr, "tapwire-dissector: %s; the calls before it are kept\n", source->error().c_str());
