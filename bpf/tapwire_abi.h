@@ -146,7 +146,11 @@ enum tw_stat {
 	TW_STAT_FILTERED = 4, /* skipped by a capture filter (by design, not a drop) */
 	TW_STAT_NOT_TCP_UDP = 5, /* not IPv4/IPv6 TCP, UDP or ICMP (by design, not a drop) */
 	TW_STAT_TRUNCATED = 6, /* packets whose payload was cut (flagged) */
-	TW_STAT_EMPTY_ACK = 7, /* payload-less TCP segments without SYN/FIN/RST: not recorded, by design */
+	/* payload-less TCP segments without SYN/FIN/RST: not recorded, by design. With TCP flow
+	 * accounting on (TW_SET_FLOWS_TCP) they meet the filters, pod targeting and the duplicate
+	 * check first (and count as filtered, not_targeted or duplicate there), are accounted in
+	 * their flow, and only those are counted here; without it, all of them, before the filters. */
+	TW_STAT_EMPTY_ACK = 7,
 	TW_STAT_NOT_TARGETED = 8, /* neither address belongs to a targeted pod (by design, not a drop) */
 	TW_STAT_DUPLICATE = 9, /* already captured on another interface of this node (by design, not a drop) */
 	TW_STAT_IPSEC_ESP = 10, /* IPsec ESP: encrypted, no L4 header to read (by design, not a drop) */

@@ -124,7 +124,7 @@ class Privileges(unittest.TestCase):
             st = os.stat(data)
             self.assertEqual((st.st_uid, st.st_gid), (0, gid), "DATA_DIR owner and group")
             self.assertEqual(stat.S_IMODE(st.st_mode), 0o3770, "DATA_DIR mode (setgid, sticky, group-writable)")
-            for sub in ("segments", "identity"):
+            for sub in ("segments", "identity", "flows"):
                 sst = os.stat(data / sub)
                 self.assertEqual(sst.st_gid, gid, f"{sub}/ group")
                 self.assertEqual(stat.S_IMODE(sst.st_mode) & 0o7, 0, f"{sub}/ is not for others")

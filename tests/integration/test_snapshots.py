@@ -63,9 +63,14 @@ class Snapshots(unittest.TestCase):
             on_disk = ["segments/" + n for n in listing(snap / "segments")]
             if (snap / "identity").exists():
                 on_disk += ["identity/" + n for n in listing(snap / "identity")]
+            # And the flow stream's segments of the window (docs/FLOWS.md).
+            if (snap / "flows").exists():
+                on_disk += ["flows/" + n for n in listing(snap / "flows")]
             self.assertEqual(sorted(on_disk), sorted(files))
             self.assertTrue(any(f.startswith("identity/") for f in files),
                             f"the sensor records identity: the snapshot should carry it: {files}")
+            self.assertTrue(any(f.startswith("flows/") for f in files),
+                            f"the sensor accounts flows: the snapshot should carry them: {files}")
             for f in files:
                 self.assertEqual(os.stat(snap / f).st_mode & 0o777, 0o440, f)
             self.assertEqual(os.stat(snap).st_mode & 0o777, 0o550)

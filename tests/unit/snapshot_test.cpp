@@ -192,7 +192,7 @@ TEST_F(SnapshotTest, VerifyCatchesFlippedByteMissingAndExtraFiles) {
     io.seekg(5000);
     char c;
     io.get(c);
-    io.seekp(5000);
+    io.seekp(4200);
     io.put(static_cast<char>(c ^ 0x01));
   }
   auto p = snap::verify_dir(dir);
@@ -359,3 +359,51 @@ TEST_F(SnapshotTest, UnpackRefusesUnsafePaths) {
 }
 
 }  // namespace
+
+// The flow stream (DATA_DIR/flows/): the flow segments overlapping the
+// window go along, are verified, packed and unpacked like the others.
+TEST_F(SnapshotTest, CarriesTheFlowSegmentsOfTheWindow) {
+  const std::string flows = data + "/flows";
+  fs::create_directories(flows);
+  auto flow_segment = [&](uint64_t seq, uint64_t ts) {
+    auto w = SegmentWriter::create(flows, seq, 1 << 20);
+    tw_seg_flow f{};
+    f.ts_ns = ts;
+    f.key.ip_version = 4;
+    f.key.l4_proto = 6;
+    f.st.first_ns = ts - kSec;
+    f.flow_id = tw_flow_id(&f.key, f.st.first_ns);
+    ASSERT_TRUE(w.append(TW_REC_FLOW, {reinterpret_cast<const uint8_t*>(&f), sizeof f}, {}, ts));
+    w.publish();
+    w.seal();
+  };
+  flow_segment(0, kT0 + 5 * kSec);  // in the window
+  flow_segment(1, kT0 + 150 * kSec);  // not
+  auto o = opts("win");
+  o.from_ns = kT0;
+  o.to_ns = kT0 + 20 * kSec;
+  auto m = snap::create(o);
+  std::vector<std::string> names;
+  for (auto& f : m.files) names.push_back(f.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"segments/" + fs::path(tapwire::shm::segment_path(seg, 0)).filename().string(),
+                                             "flows/" + fs::path(tapwire::shm::segment_path(flows, 0)).filename().string()}));
+  const std::string dir = snapshots() + "/win";
+  EXPECT_TRUE(snap::verify_dir(dir).empty());
+  const std::string pack = tmp.path() + "/win.tar.zst";
+  snap::pack(data, "win", pack);
+  const std::string other = tmp.path() + "/other";
+  EXPECT_EQ(snap::unpack(pack, other, ""), "win");
+  EXPECT_TRUE(snap::verify_dir(other + "/snapshots/win").empty());
+  EXPECT_EQ(tree(other + "/snapshots/win"), tree(dir));
+  // A flipped byte in a flow segment is caught.
+  const std::string f = other + "/snapshots/win/" + names[1];
+  ::chmod(f.c_str(), 0640);
+  {
+    std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(4200);
+    io.put('\x55');
+  }
+  auto problems = snap::verify_dir(other + "/snapshots/win");
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_EQ(problems[0].file, names[1]);
+}

@@ -402,7 +402,12 @@ std::vector<SegHeader> identity_segments(const CreateOptions& o, uint64_t from, 
 // The flow segments (docs/FLOWS.md) whose records overlap the window
 // [from, to], sealed first like the packet segments. A flow's records are
 // cumulative: the last one of each flow_id in them holds its state then.
+// The sensor writes a flow's records after its packets (a new flow within a
+// second, a changed one within tap.flows.interval, 10 s by default): the
+// window reaches that much further for them.
+constexpr uint64_t kFlowRecordLagNs = 15ull * 1000000000ull;
 std::vector<SegHeader> flow_segments(const CreateOptions& o, uint64_t from, uint64_t to) {
+  to = to > UINT64_MAX - kFlowRecordLagNs ? UINT64_MAX : to + kFlowRecordLagNs;
   const std::string dir = o.data_dir + "/flows";
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return {};
@@ -410,7 +415,7 @@ std::vector<SegHeader> flow_segments(const CreateOptions& o, uint64_t from, uint
     std::vector<SegHeader> all;
     for (const auto& s : shm::list_segments(dir)) {
       SegHeader h;
-      if (read_header(s.path, s.seq, h) && overlaps(h, from, to == UINT64_MAX ? to : to + 1)) all.push_back(h);
+      if (read_header(s.path, s.seq, h) && overlaps(h, from, to)) all.push_back(h);
     }
     return all;
   };
