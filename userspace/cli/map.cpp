@@ -126,16 +126,16 @@ std::string to_dot(const std::map<std::string, MapNode>& nodes, const std::map<s
 }
 
 int run_map(const MapOptions& o) {
-  LoadedFlows lf = load_flows(o.src);
   std::map<std::string, MapNode> nodes;
   std::map<std::pair<std::string, std::string>, MapEdge> edges;
+  std::map<std::pair<std::string, std::string>, std::set<std::string>> l4_of;  // each edge's tcp/udp
   // (client ip, server ip, server port) -> the edge its flows went to, for the calls
   std::map<std::tuple<std::string, std::string, int>, std::pair<std::string, std::string>> tuple_edge;
-  for (auto& r : lf.flows) {
+  LoadedFlows lf = load_flows(o.src, [&](const FlowRow& r) {
     const json& f = r.rec;
     const std::string capture_node = json_str(f, "node");
     MapNode c = node_of(f["client"], o.level, capture_node), s = node_of(f["server"], o.level, capture_node);
-    if (!o.namespace_.empty() && c.namespace_ != o.namespace_ && s.namespace_ != o.namespace_) continue;
+    if (!o.namespace_.empty() && c.namespace_ != o.namespace_ && s.namespace_ != o.namespace_) return;
     nodes.emplace(c.id, c);
     nodes.emplace(s.id, s);
     MapEdge& e = edges[{c.id, s.id}];
@@ -143,12 +143,12 @@ int run_map(const MapOptions& o) {
     e.bytes += dir_num(f, "client_to_server", "bytes") + dir_num(f, "server_to_client", "bytes");
     e.packets += dir_num(f, "client_to_server", "packets") + dir_num(f, "server_to_client", "packets");
     tuple_edge[{json_str(f["client"], "ip"), json_str(f["server"], "ip"), f["server"].value("port", 0)}] = {c.id, s.id};
-    if (lf.db_path.empty()) e.protocols.insert(json_str(f, "protocol"));
-  }
+    l4_of[{c.id, s.id}].insert(json_str(f, "protocol"));
+  });
+  // L7 protocols and calls from the DB's calls between the same ends; edges
+  // without any keep their L4 protocols.
+  std::set<std::pair<std::string, std::string>> with_calls;
   if (!lf.db_path.empty()) {
-    // L7 protocols and calls from the DB's calls between the same ends;
-    // flows without any keep their L4 protocol.
-    std::set<std::pair<std::string, std::string>> with_calls;
     try {
       dissect::CallDb db(lf.db_path, true);
       for (auto& ce : db.call_edges(lf.from_ns, lf.to_ns)) {
@@ -163,12 +163,10 @@ int run_map(const MapOptions& o) {
     } catch (const std::exception& ex) {
       throw CliError("cannot read calls", lf.db_path, ex.what());
     }
-    for (auto& r : lf.flows) {
-      const json& f = r.rec;
-      auto it = tuple_edge.find({json_str(f["client"], "ip"), json_str(f["server"], "ip"), f["server"].value("port", 0)});
-      if (it != tuple_edge.end() && !with_calls.count(it->second)) edges[it->second].protocols.insert(json_str(f, "protocol"));
-    }
   }
+  for (auto& [k, e] : edges)
+    if (!with_calls.count(k))
+      for (auto& p : l4_of[k]) e.protocols.insert(p);
 
   std::string text;
   if (o.format == "json") {
