@@ -128,6 +128,13 @@ LoadedFlows load_flows(const FlowSourceOptions& o, const FlowVisitor& visit) {
       if (access((o.data_dir + "/dissection.db").c_str(), R_OK) == 0) out.db_path = o.data_dir + "/dissection.db";
     }
     const std::string flow_dir = flows::flows_dir_for_segments(seg_dir);
+    if (!is_dir(flow_dir) && o.snapshot.empty() && !out.db_path.empty()) {
+      // No flow stream (an older sensor, or one whose flows were cleared) but the DB has them.
+      FlowSourceOptions db_only = o;
+      db_only.db = out.db_path;
+      db_only.data_dir.clear();
+      return load_flows(db_only, visit);
+    }
     if (!is_dir(flow_dir))
       throw CliError("no flow records", flow_dir,
                      "this sensor has not written flows (tap.enabledDissectors without tcp and udp, or an older sensor); "

@@ -107,7 +107,6 @@ void print_flow(const json& f, bool as_json) {
 int run_flows(const FlowsOptions& o) {
   const bool by_first = o.sort == "first";
   size_t printed = 0, matched = 0;
-  if (!o.json && by_first) print_header();
   struct Kept {
     double key;
     uint64_t seq;  // ties: the earlier first
@@ -120,6 +119,7 @@ int run_flows(const FlowsOptions& o) {
     matched++;
     if (by_first) {
       if (o.limit && printed >= o.limit) return;
+      if (!o.json && printed == 0) print_header();
       print_flow(r.rec, o.json);
       printed++;
       return;
@@ -136,7 +136,7 @@ int run_flows(const FlowsOptions& o) {
   });
   if (!by_first) {
     std::sort(kept.begin(), kept.end(), better);
-    if (!o.json) print_header();
+    if (!o.json && !kept.empty()) print_header();
     for (auto& k : kept) {
       if (o.json)
         std::printf("%s\n", k.text.c_str());

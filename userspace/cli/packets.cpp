@@ -52,6 +52,8 @@ std::string addr_text(uint8_t v, const uint8_t* a) {
 constexpr const char* kPacketsHelp = R"(Columns (--json: one object per packet with the same fields):
   TIME     the packet's capture time (UTC)
   DIR      -> client to server, <- server to client (the flow's client: the sender of the first SYN)
+  SOURCE, DESTINATION   address:port of the sender and the receiver
+  PROTO    tcp or udp
   FLAGS    TCP flags
   SEQ/ACK  TCP sequence and acknowledgement numbers relative to each side's initial sequence number
            as Wireshark shows them (--absolute: as on the wire)
