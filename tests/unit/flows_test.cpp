@@ -204,6 +204,17 @@ TEST(Flows, LabIpv6ZeroWindows) {
   EXPECT_EQ(tw_flow_retransmissions(&fl[1].to_client()), 49u);
 }
 
+TEST(Flows, LabKeepAlives) {
+  auto fl = flows_of("lab_keepalive.pcap");
+  ASSERT_EQ(fl.size(), 2u);
+  expect_dir(fl[0].to_server(), {10, 673, 5}, "client");
+  expect_dir(fl[0].to_client(), {8, 538, 2}, "server");
+  EXPECT_EQ(fl[0].to_server().keep_alives, 4u);  // tcp.analysis.keep_alive
+  EXPECT_EQ(fl[0].to_client().dup_acks, 0u);  // the keep-alive ACKs are not duplicate ACKs
+  EXPECT_EQ(fl[0].retransmissions(), 0u);
+  expect_dir(fl[1].to_server(), {57, 3003770, 3000000}, "upload");
+}
+
 tw_pkt udp_pkt(uint32_t i, uint64_t ts) {
   tw_pkt p{};
   p.ts_ns = ts;
