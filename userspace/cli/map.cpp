@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <vector>
 #include <string>
 #include <sys/wait.h>
 
@@ -30,7 +31,10 @@ struct MapOptions {
 
 struct MapNode {
   std::string id, label, kind;  // kind: namespace, workload, pod, node, external
-  std::string namespace_;
+  std::string name, namespace_;  // the namespace's, workload's, pod's or node's name; external: first DNS name or IP
+  std::string workload_kind;
+  std::vector<std::string> names;  // external: its DNS names
+  std::string ip;  // external
   bool external = false;
 };
 
@@ -59,15 +63,18 @@ MapNode node_of(const json& e, const std::string& level, const std::string& capt
     if (level == "namespace") {
       n.kind = "namespace";
       n.id = "ns:" + ns;
-      n.label = ns;
+      n.label = n.name = ns;
     } else if (level == "workload" && !wn.empty() && wk != "Node") {
       n.kind = "workload";
       n.id = "wl:" + ns + "/" + wk + "/" + wn;
       n.label = ns + "/" + wn;
+      n.name = wn;
+      n.workload_kind = wk;
     } else {
       n.kind = "pod";
       n.id = "pod:" + ns + "/" + pod;
       n.label = ns + "/" + pod;
+      n.name = pod;
     }
     return n;
   }
@@ -78,19 +85,24 @@ MapNode node_of(const json& e, const std::string& level, const std::string& capt
     if (node.empty()) node = capture_node;
     n.kind = "node";
     n.id = "node:" + node;
+    n.name = node.empty() ? "node" : node;
     n.label = node.empty() ? "node" : "node " + node;
     return n;
   }
   n.kind = "external";
   n.external = true;
+  n.ip = json_str(e, "ip");
   auto names = e.find("names");
   if (names != e.end() && names->is_array() && !names->empty()) {
-    n.label = names->front().get<std::string>();
+    for (auto& x : *names)
+      if (x.is_string()) n.names.push_back(x.get<std::string>());
+    n.label = n.names.front();
     n.id = "dns:" + n.label;
   } else {
-    n.label = json_str(e, "ip");
+    n.label = n.ip;
     n.id = "ip:" + n.label;
   }
+  n.name = n.label;
   return n;
 }
 
@@ -171,10 +183,18 @@ int run_map(const MapOptions& o) {
   std::string text;
   if (o.format == "json") {
     json j = {{"level", o.level}, {"nodes", json::array()}, {"edges", json::array()}};
-    for (auto& [id, n] : nodes)
-      j["nodes"].push_back({{"id", id}, {"label", n.label}, {"kind", n.kind}, {"external", n.external}});
+    for (auto& [id, n] : nodes) {
+      json jn = {{"id", id}, {"kind", n.kind}, {"name", n.name}, {"label", n.label}, {"external", n.external}};
+      if (!n.namespace_.empty()) jn["namespace"] = n.namespace_;
+      if (!n.workload_kind.empty()) jn["workload_kind"] = n.workload_kind;
+      if (n.external) {
+        jn["names"] = n.names;
+        jn["ip"] = n.ip;
+      }
+      j["nodes"].push_back(std::move(jn));
+    }
     for (auto& [k, e] : edges)
-      j["edges"].push_back({{"from", k.first}, {"to", k.second}, {"protocols", e.protocols}, {"flows", e.flows},
+      j["edges"].push_back({{"source", k.first}, {"target", k.second}, {"protocols", e.protocols}, {"flows", e.flows},
                             {"calls", e.calls}, {"errors", e.errors}, {"bytes", e.bytes}, {"packets", e.packets}});
     text = j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   } else {
