@@ -215,6 +215,35 @@ TEST(Flows, LabKeepAlives) {
   expect_dir(fl[1].to_server(), {57, 3003770, 3000000}, "upload");
 }
 
+TEST(Flows, LabImpaired) {
+  // Drops, swaps and late segments through a TUN relay (tests/integration/flowlab.py).
+  std::map<std::pair<uint8_t, uint16_t>, const Flow*> by;
+  auto fl = flows_of("lab_impaired.pcap");
+  ASSERT_EQ(fl.size(), 5u);
+  for (auto& f : fl) by[{f.rec.key.ip_version, f.server.port}] = &f;
+  const Flow& fetch = *by.at({4, 9001});
+  expect_dir(fetch.to_server(), {469, 28856, 0}, "fetch client");
+  EXPECT_EQ(fetch.to_server().dup_acks, 105u);
+  expect_dir(fetch.to_client(), {752, 1122440, fetch.to_client().payload_bytes}, "fetch server");
+  EXPECT_EQ(tw_flow_retransmissions(&fetch.to_client()), 5u);
+  EXPECT_EQ(fetch.to_client().fast_retransmissions, 5u);
+  EXPECT_EQ(fetch.to_client().out_of_order, 19u);
+  const Flow& send = *by.at({4, 9002});
+  EXPECT_EQ(tw_flow_retransmissions(&send.to_server()), 19u);
+  EXPECT_EQ(send.to_server().fast_retransmissions, 18u);
+  EXPECT_EQ(send.to_server().spurious_retransmissions, 1u);
+  EXPECT_EQ(send.to_server().out_of_order, 23u);
+  EXPECT_EQ(send.to_server().lost_segments, 40u);
+  EXPECT_EQ(send.to_client().dup_acks, 191u);
+  const Flow& send6 = *by.at({6, 9002});
+  EXPECT_EQ(tw_flow_retransmissions(&send6.to_server()), 6u);
+  EXPECT_EQ(send6.to_server().spurious_retransmissions, 2u);
+  EXPECT_EQ(send6.to_server().lost_segments, 16u);
+  EXPECT_EQ(send6.to_client().dup_acks, 45u);
+  for (auto& f : fl)
+    if (f.tcp()) EXPECT_STREQ(f.state(), "closed");
+}
+
 tw_pkt udp_pkt(uint32_t i, uint64_t ts) {
   tw_pkt p{};
   p.ts_ns = ts;
