@@ -241,7 +241,9 @@ TEST(Flows, LabImpaired) {
   EXPECT_EQ(send6.to_server().lost_segments, 16u);
   EXPECT_EQ(send6.to_client().dup_acks, 45u);
   for (auto& f : fl)
-    if (f.tcp()) EXPECT_STREQ(f.state(), "closed");
+    if (f.tcp()) {
+      EXPECT_STREQ(f.state(), "closed");
+    }
 }
 
 tw_pkt udp_pkt(uint32_t i, uint64_t ts) {
