@@ -222,7 +222,7 @@ TEST(Flows, LabImpaired) {
   ASSERT_EQ(fl.size(), 5u);
   for (auto& f : fl) by[{f.rec.key.ip_version, f.server.port}] = &f;
   const Flow& fetch = *by.at({4, 9001});
-  expect_dir(fetch.to_server(), {469, 28856, 0}, "fetch client");
+  expect_dir(fetch.to_server(), {469, 28856, 8}, "fetch client");
   EXPECT_EQ(fetch.to_server().dup_acks, 105u);
   expect_dir(fetch.to_client(), {752, 1122440, fetch.to_client().payload_bytes}, "fetch server");
   EXPECT_EQ(tw_flow_retransmissions(&fetch.to_client()), 5u);
