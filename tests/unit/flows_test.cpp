@@ -204,6 +204,48 @@ TEST(Flows, LabIpv6ZeroWindows) {
   EXPECT_EQ(tw_flow_retransmissions(&fl[1].to_client()), 49u);
 }
 
+TEST(Flows, LabKeepAlives) {
+  auto fl = flows_of("lab_keepalive.pcap");
+  ASSERT_EQ(fl.size(), 2u);
+  expect_dir(fl[0].to_server(), {10, 673, 5}, "client");
+  expect_dir(fl[0].to_client(), {8, 538, 2}, "server");
+  EXPECT_EQ(fl[0].to_server().keep_alives, 4u);  // tcp.analysis.keep_alive
+  EXPECT_EQ(fl[0].to_client().dup_acks, 0u);  // the keep-alive ACKs are not duplicate ACKs
+  EXPECT_EQ(fl[0].retransmissions(), 0u);
+  expect_dir(fl[1].to_server(), {57, 3003770, 3000000}, "upload");
+}
+
+TEST(Flows, LabImpaired) {
+  // Drops, swaps and late segments through a TUN relay (tests/integration/flowlab.py).
+  std::map<std::pair<uint8_t, uint16_t>, const Flow*> by;
+  auto fl = flows_of("lab_impaired.pcap");
+  ASSERT_EQ(fl.size(), 5u);
+  for (auto& f : fl) by[{f.rec.key.ip_version, f.server.port}] = &f;
+  const Flow& fetch = *by.at({4, 9001});
+  expect_dir(fetch.to_server(), {469, 28856, 8}, "fetch client");
+  EXPECT_EQ(fetch.to_server().dup_acks, 105u);
+  expect_dir(fetch.to_client(), {752, 1122440, fetch.to_client().payload_bytes}, "fetch server");
+  EXPECT_EQ(tw_flow_retransmissions(&fetch.to_client()), 5u);
+  EXPECT_EQ(fetch.to_client().fast_retransmissions, 5u);
+  EXPECT_EQ(fetch.to_client().out_of_order, 19u);
+  const Flow& send = *by.at({4, 9002});
+  EXPECT_EQ(tw_flow_retransmissions(&send.to_server()), 19u);
+  EXPECT_EQ(send.to_server().fast_retransmissions, 18u);
+  EXPECT_EQ(send.to_server().spurious_retransmissions, 1u);
+  EXPECT_EQ(send.to_server().out_of_order, 23u);
+  EXPECT_EQ(send.to_server().lost_segments, 40u);
+  EXPECT_EQ(send.to_client().dup_acks, 191u);
+  const Flow& send6 = *by.at({6, 9002});
+  EXPECT_EQ(tw_flow_retransmissions(&send6.to_server()), 6u);
+  EXPECT_EQ(send6.to_server().spurious_retransmissions, 2u);
+  EXPECT_EQ(send6.to_server().lost_segments, 16u);
+  EXPECT_EQ(send6.to_client().dup_acks, 45u);
+  for (auto& f : fl)
+    if (f.tcp()) {
+      EXPECT_STREQ(f.state(), "closed");
+    }
+}
+
 tw_pkt udp_pkt(uint32_t i, uint64_t ts) {
   tw_pkt p{};
   p.ts_ns = ts;
@@ -392,6 +434,84 @@ TEST(FlowDb, UpsertByIdAndNames) {
   EXPECT_EQ(names[0].first_seen, 100u);
   EXPECT_EQ(names[0].last_seen, 900u);
   EXPECT_EQ(names[0].ttl, 60u);
+}
+
+}  // namespace
+}  // namespace tapwire::flows
+
+// Identity: a flow's ends are named at first_seen from the identity stream,
+// as a call's are; the DB row gets the identity columns.
+#include "flow_db.hpp"
+#include "identity_test_helpers.hpp"
+
+namespace tapwire::flows {
+namespace {
+
+TEST(FlowIdentity, EndsNamedFromTheIdentityStream) {
+  using namespace tapwire::identity::testing;
+  test_util::TempDir tmp("flowid");
+  const std::string dir = tmp.path() + "/identity";
+  std::filesystem::create_directories(dir);
+  {
+    auto w = shm::SegmentWriter::create(dir, 0, 1u << 20);
+    auto add = [&](const identity::IdentityRecord& r) {
+      auto [body, type] = identity::encode(r);
+      ASSERT_TRUE(w.append(type, body, {}, identity::record_ts(r)));
+    };
+    add(pod_up(at(-10), PodSpec{.uid = "u1", .ns = "shop", .name = "frontend-1", .ips = {"10.0.0.1"},
+                                .owner_kind = "Deployment", .owner_name = "frontend"}));
+    add(pod_up(at(-10), PodSpec{.uid = "u2", .ns = "data", .name = "db-0", .ips = {"10.0.0.2"}}));
+    w.seal();
+  }
+  auto recs = flows_from_pcap(fixture("handshake.pcap"), {}, nullptr);
+  ASSERT_EQ(recs.size(), 1u);
+  // Move the flow to the stream's time.
+  const uint64_t shift = at(1) - recs[0].st.first_ns;
+  recs[0].st.first_ns += shift;
+  recs[0].st.last_ns += shift;
+  FlowNamer namer(dir, nullptr);
+  Flow f = namer.name(recs[0]);
+  ASSERT_TRUE(f.client.identity);
+  ASSERT_TRUE(f.server.identity);
+  EXPECT_EQ(f.client.identity->pod, "frontend-1");
+  EXPECT_EQ(f.client.identity->namespace_, "shop");
+  EXPECT_EQ(f.server.identity->pod, "db-0");
+  auto j = flow_json(f);
+  EXPECT_EQ(j["client"]["namespace"], "shop");
+  EXPECT_EQ(j["server"]["pod"], "db-0");
+  auto row = flow_db_row(f);
+  EXPECT_EQ(row.client_namespace, "shop");
+  EXPECT_EQ(row.server_pod, "db-0");
+  EXPECT_EQ(row.state, "closed");
+  EXPECT_EQ(row.packets, 10u);
+  EXPECT_EQ(row.bytes, 840u);
+}
+
+TEST(FlowDb, BoundedWithTheCalls) {
+  test_util::TempDir tmp("flowdbmax");
+  dissect::CallDb db(tmp.path() + "/d.db");
+  db.set_max_size(256 * 1024);
+  auto fl = flows_of("handshake.pcap");
+  auto row = flow_db_row(fl[0]);
+  for (int i = 0; i < 4000; i++) {
+    char id[17];
+    std::snprintf(id, sizeof id, "%016x", i);
+    row.id = id;
+    row.first_ns = 1000 + static_cast<uint64_t>(i);
+    row.last_ns = row.first_ns + 10;
+    db.upsert_flow(row);
+    db.add_dns_name("10.0.0." + std::to_string(i % 250), "n" + std::to_string(i) + ".example", row.first_ns, 30);
+  }
+  db.commit();
+  auto s = db.size_stats();
+  EXPECT_LE(s.bytes, 256u * 1024);
+  EXPECT_GT(s.flows_deleted, 0u);
+  EXPECT_EQ(db.flow_count() + s.flows_deleted, 4000u);
+  // The oldest went first.
+  auto rows = db.query_flows(0, 0);
+  ASSERT_FALSE(rows.empty());
+  EXPECT_GT(rows.front().first_ns, 1000u);
+  EXPECT_EQ(rows.back().first_ns, 1000u + 3999);
 }
 
 }  // namespace

@@ -68,13 +68,13 @@ int run_export_pcap(const ExportPcapOptions& o) {
     fo.snapshot = o.snapshot;
     fo.from = o.from;
     fo.to = o.to;
-    LoadedFlows lf = load_flows(fo);
-    for (auto& r : lf.flows)
-      if (json_str(r.rec, "id") == o.flow && r.have_key) {
+    LoadedFlows lf = load_flows(fo, [&](const FlowRow& r) {
+      if (r.have_key && json_str(r.rec, "id") == o.flow) {
         flow_key = r.raw.key;
         flow_from = std::max(from, r.first_ns);
         flow_to = std::min(to, r.last_ns);
       }
+    });
     if (!flow_key)
       throw CliError("no flow with this id", o.flow, "in " + lf.source + " (see 'tapwire flows', mind --from/--to)");
   }

@@ -80,7 +80,7 @@ void parse_window(const FlowSourceOptions& o, uint64_t& from_ns, uint64_t& to_ns
     throw CliError("empty time window", "--from " + o.from + " is after --to " + o.to, "swap or correct the times");
 }
 
-LoadedFlows load_flows(const FlowSourceOptions& o) {
+LoadedFlows load_flows(const FlowSourceOptions& o, const FlowVisitor& visit) {
   LoadedFlows out;
   parse_window(o, out.from_ns, out.to_ns);
   const int sources = !o.snapshot.empty() + !o.db.empty() + !o.pcap.empty();
@@ -111,7 +111,8 @@ LoadedFlows load_flows(const FlowSourceOptions& o) {
         row.raw.st.first_ns = r.first_ns;
         row.raw.st.last_ns = r.last_ns;
       }
-      out.flows.push_back(std::move(row));
+      visit(row);
+      out.flows++;
     }
     out.db_path = o.db;
     out.source = o.db;
@@ -127,6 +128,13 @@ LoadedFlows load_flows(const FlowSourceOptions& o) {
       if (access((o.data_dir + "/dissection.db").c_str(), R_OK) == 0) out.db_path = o.data_dir + "/dissection.db";
     }
     const std::string flow_dir = flows::flows_dir_for_segments(seg_dir);
+    if (!is_dir(flow_dir) && o.snapshot.empty() && !out.db_path.empty()) {
+      // No flow stream (an older sensor, or one whose flows were cleared) but the DB has them.
+      FlowSourceOptions db_only = o;
+      db_only.db = out.db_path;
+      db_only.data_dir.clear();
+      return load_flows(db_only, visit);
+    }
     if (!is_dir(flow_dir))
       throw CliError("no flow records", flow_dir,
                      "this sensor has not written flows (tap.enabledDissectors without tcp and udp, or an older sensor); "
@@ -156,15 +164,19 @@ LoadedFlows load_flows(const FlowSourceOptions& o) {
     }
   }
   if (!warning.empty()) std::fprintf(stderr, "tapwire: warning: %s\n", warning.c_str());
-  for (auto& f : flows::annotate(recs, identity_dir, &dns)) {
-    if (!flows::in_window(f.rec, out.from_ns, out.to_ns)) continue;
-    FlowRow row;
+  flows::sort_by_first_seen(recs);
+  flows::FlowNamer namer(identity_dir, &dns);
+  FlowRow row;
+  for (auto& r : recs) {
+    if (!flows::in_window(r, out.from_ns, out.to_ns)) continue;
+    flows::Flow f = namer.name(r);
     row.rec = flows::flow_json(f);
-    row.first_ns = f.rec.st.first_ns;
-    row.last_ns = f.rec.st.last_ns;
+    row.first_ns = r.st.first_ns;
+    row.last_ns = r.st.last_ns;
     row.have_key = true;
-    row.raw = f.rec;
-    out.flows.push_back(std::move(row));
+    row.raw = r;
+    visit(row);
+    out.flows++;
   }
   return out;
 }

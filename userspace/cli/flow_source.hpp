@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,15 +32,20 @@ struct FlowRow {
 };
 
 struct LoadedFlows {
-  std::vector<FlowRow> flows;  // by first_seen
+  size_t flows = 0;  // flows visited
   std::string db_path;  // a dissection DB to read calls from ("" if none)
   std::string segments_dir;  // the packets' segments ("" for a pcap or a DB)
   std::string source;  // for messages: "DATA_DIR/flows", "FILE.pcap", ...
   uint64_t from_ns = 0, to_ns = 0;  // the window (0 = unbounded)
 };
 
-// Throws CliError for a missing or unreadable source or bad times.
-LoadedFlows load_flows(const FlowSourceOptions& o);
+// Calls `visit` with each flow active in the window, in first_seen order,
+// one at a time (the row is reused: keep what you need). What the source
+// holds meanwhile is each flow's last record (360 bytes); the JSON of one
+// flow at a time. Throws CliError for a missing or unreadable source or bad
+// times.
+using FlowVisitor = std::function<void(const FlowRow&)>;
+LoadedFlows load_flows(const FlowSourceOptions& o, const FlowVisitor& visit);
 // --from/--to as ns (0 = unbounded); throws CliError.
 void parse_window(const FlowSourceOptions& o, uint64_t& from_ns, uint64_t& to_ns);
 

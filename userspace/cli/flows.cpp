@@ -58,55 +58,93 @@ constexpr const char* kFlowsHelp = R"(Columns of the table (--json writes the re
 Sources (one; default the live data directory's flows): --data-dir, --snapshot, --db, --pcap.
 With --pcap the flows are computed from the capture as the sensor accounts them and end at its end.)";
 
-int run_flows(const FlowsOptions& o) {
-  LoadedFlows lf = load_flows(o.src);
-  std::vector<const FlowRow*> rows;
-  for (auto& r : lf.flows)
-    if (o.filter.matches(r.rec)) rows.push_back(&r);
-  auto total = [](const json& f, const char* k) { return dir_num(f, "client_to_server", k) + dir_num(f, "server_to_client", k); };
-  auto rtt = [](const json& f) {
-    auto it = f.find("handshake_rtt_us");
-    return it != f.end() && it->is_number() ? it->get<double>() : -1.0;
-  };
-  if (o.sort == "bytes")
-    std::stable_sort(rows.begin(), rows.end(), [&](auto a, auto b) { return total(a->rec, "bytes") > total(b->rec, "bytes"); });
-  else if (o.sort == "packets")
-    std::stable_sort(rows.begin(), rows.end(), [&](auto a, auto b) { return total(a->rec, "packets") > total(b->rec, "packets"); });
-  else if (o.sort == "rtt")
-    std::stable_sort(rows.begin(), rows.end(), [&](auto a, auto b) { return rtt(a->rec) > rtt(b->rec); });
-  else if (o.sort == "retransmissions")
-    std::stable_sort(rows.begin(), rows.end(),
-                     [&](auto a, auto b) { return total(a->rec, "retransmissions") > total(b->rec, "retransmissions"); });
-  else
-    std::stable_sort(rows.begin(), rows.end(), [](auto a, auto b) { return a->first_ns < b->first_ns; });
-  if (o.limit && rows.size() > o.limit) rows.resize(o.limit);
+uint64_t total(const json& f, const char* k) { return dir_num(f, "client_to_server", k) + dir_num(f, "server_to_client", k); }
 
-  if (o.json) {
-    for (auto* r : rows) std::printf("%s\n", r->rec.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
-    return 0;
-  }
+double rtt_of(const json& f) {
+  auto it = f.find("handshake_rtt_us");
+  return it != f.end() && it->is_number() ? it->get<double>() : -1.0;
+}
+
+// The sort key, larger first.
+double sort_key(const json& f, const std::string& sort) {
+  if (sort == "bytes") return static_cast<double>(total(f, "bytes"));
+  if (sort == "packets") return static_cast<double>(total(f, "packets"));
+  if (sort == "rtt") return rtt_of(f);
+  return static_cast<double>(total(f, "retransmissions"));
+}
+
+void print_header() {
   std::printf("%-16s  %-58s %-5s %-12s %15s %19s %10s %7s\n", "ID", "CLIENT -> SERVER", "PROTO", "STATE", "PKTS >/<",
               "BYTES >/<", "RTT", "RETRANS");
-  for (auto* r : rows) {
-    const json& f = r->rec;
-    std::string ends = flow_end_label(f["client"]) + " -> " + flow_end_label(f["server"]);
-    std::string pkts = std::to_string(dir_num(f, "client_to_server", "packets")) + "/" +
-                       std::to_string(dir_num(f, "server_to_client", "packets"));
-    std::string bytes = human_bytes(dir_num(f, "client_to_server", "bytes")) + "/" +
-                        human_bytes(dir_num(f, "server_to_client", "bytes"));
-    char rtts[32] = "-";
-    if (double v = rtt(f); v >= 0) {
-      if (v < 1000)
-        std::snprintf(rtts, sizeof rtts, "%.0fus", v);
-      else
-        std::snprintf(rtts, sizeof rtts, "%.1fms", v / 1000.0);
-    }
-    std::string retrans = json_str(f, "protocol") == "tcp" ? std::to_string(total(f, "retransmissions")) : "-";
-    std::printf("%-16s  %-58s %-5s %-12s %15s %19s %10s %7s\n", json_str(f, "id").c_str(), ends.c_str(),
-                json_str(f, "protocol").c_str(), json_str(f, "state").c_str(), pkts.c_str(), bytes.c_str(), rtts,
-                retrans.c_str());
+}
+
+void print_flow(const json& f, bool as_json) {
+  if (as_json) {
+    std::printf("%s\n", f.dump(-1, ' ', false, json::error_handler_t::replace).c_str());
+    return;
   }
-  if (rows.empty()) std::fprintf(stderr, "tapwire: no flows in %s match\n", lf.source.c_str());
+  std::string ends = flow_end_label(f["client"]) + " -> " + flow_end_label(f["server"]);
+  std::string pkts = std::to_string(dir_num(f, "client_to_server", "packets")) + "/" +
+                     std::to_string(dir_num(f, "server_to_client", "packets"));
+  std::string bytes = human_bytes(dir_num(f, "client_to_server", "bytes")) + "/" +
+                      human_bytes(dir_num(f, "server_to_client", "bytes"));
+  char rtts[32] = "-";
+  if (double v = rtt_of(f); v >= 0) {
+    if (v < 1000)
+      std::snprintf(rtts, sizeof rtts, "%.0fus", v);
+    else
+      std::snprintf(rtts, sizeof rtts, "%.1fms", v / 1000.0);
+  }
+  std::string retrans = json_str(f, "protocol") == "tcp" ? std::to_string(total(f, "retransmissions")) : "-";
+  std::printf("%-16s  %-58s %-5s %-12s %15s %19s %10s %7s\n", json_str(f, "id").c_str(), ends.c_str(),
+              json_str(f, "protocol").c_str(), json_str(f, "state").c_str(), pkts.c_str(), bytes.c_str(), rtts,
+              retrans.c_str());
+}
+
+// Flows are read in first_seen order and printed as they come for the
+// default order; sorted otherwise, keeping with --limit only the N best (a
+// bounded heap), without it every match as compact JSON text.
+int run_flows(const FlowsOptions& o) {
+  const bool by_first = o.sort == "first";
+  size_t printed = 0, matched = 0;
+  struct Kept {
+    double key;
+    uint64_t seq;  // ties: the earlier first
+    std::string text;
+  };
+  auto better = [](const Kept& a, const Kept& b) { return a.key != b.key ? a.key > b.key : a.seq < b.seq; };
+  std::vector<Kept> kept;  // with a limit: a heap whose top is the worst kept
+  LoadedFlows lf = load_flows(o.src, [&](const FlowRow& r) {
+    if (!o.filter.matches(r.rec)) return;
+    matched++;
+    if (by_first) {
+      if (o.limit && printed >= o.limit) return;
+      if (!o.json && printed == 0) print_header();
+      print_flow(r.rec, o.json);
+      printed++;
+      return;
+    }
+    Kept k{sort_key(r.rec, o.sort), matched, {}};
+    if (o.limit && kept.size() >= o.limit) {
+      if (!better(k, kept.front())) return;
+      std::pop_heap(kept.begin(), kept.end(), better);
+      kept.pop_back();
+    }
+    k.text = r.rec.dump(-1, ' ', false, json::error_handler_t::replace);
+    kept.push_back(std::move(k));
+    if (o.limit) std::push_heap(kept.begin(), kept.end(), better);
+  });
+  if (!by_first) {
+    std::sort(kept.begin(), kept.end(), better);
+    if (!o.json && !kept.empty()) print_header();
+    for (auto& k : kept) {
+      if (o.json)
+        std::printf("%s\n", k.text.c_str());
+      else
+        print_flow(json::parse(k.text), false);
+    }
+  }
+  if (!matched) std::fprintf(stderr, "tapwire: no flows in %s match\n", lf.source.c_str());
   return 0;
 }
 

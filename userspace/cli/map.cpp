@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <vector>
 #include <string>
 #include <sys/wait.h>
 
@@ -30,7 +31,10 @@ struct MapOptions {
 
 struct MapNode {
   std::string id, label, kind;  // kind: namespace, workload, pod, node, external
-  std::string namespace_;
+  std::string name, namespace_;  // the namespace's, workload's, pod's or node's name; external: first DNS name or IP
+  std::string workload_kind;
+  std::vector<std::string> names;  // external: its DNS names
+  std::string ip;  // external
   bool external = false;
 };
 
@@ -59,15 +63,18 @@ MapNode node_of(const json& e, const std::string& level, const std::string& capt
     if (level == "namespace") {
       n.kind = "namespace";
       n.id = "ns:" + ns;
-      n.label = ns;
+      n.label = n.name = ns;
     } else if (level == "workload" && !wn.empty() && wk != "Node") {
       n.kind = "workload";
       n.id = "wl:" + ns + "/" + wk + "/" + wn;
       n.label = ns + "/" + wn;
+      n.name = wn;
+      n.workload_kind = wk;
     } else {
       n.kind = "pod";
       n.id = "pod:" + ns + "/" + pod;
       n.label = ns + "/" + pod;
+      n.name = pod;
     }
     return n;
   }
@@ -78,19 +85,24 @@ MapNode node_of(const json& e, const std::string& level, const std::string& capt
     if (node.empty()) node = capture_node;
     n.kind = "node";
     n.id = "node:" + node;
+    n.name = node.empty() ? "node" : node;
     n.label = node.empty() ? "node" : "node " + node;
     return n;
   }
   n.kind = "external";
   n.external = true;
+  n.ip = json_str(e, "ip");
   auto names = e.find("names");
   if (names != e.end() && names->is_array() && !names->empty()) {
-    n.label = names->front().get<std::string>();
+    for (auto& x : *names)
+      if (x.is_string()) n.names.push_back(x.get<std::string>());
+    n.label = n.names.front();
     n.id = "dns:" + n.label;
   } else {
-    n.label = json_str(e, "ip");
+    n.label = n.ip;
     n.id = "ip:" + n.label;
   }
+  n.name = n.label;
   return n;
 }
 
@@ -126,16 +138,16 @@ std::string to_dot(const std::map<std::string, MapNode>& nodes, const std::map<s
 }
 
 int run_map(const MapOptions& o) {
-  LoadedFlows lf = load_flows(o.src);
   std::map<std::string, MapNode> nodes;
   std::map<std::pair<std::string, std::string>, MapEdge> edges;
+  std::map<std::pair<std::string, std::string>, std::set<std::string>> l4_of;  // each edge's tcp/udp
   // (client ip, server ip, server port) -> the edge its flows went to, for the calls
   std::map<std::tuple<std::string, std::string, int>, std::pair<std::string, std::string>> tuple_edge;
-  for (auto& r : lf.flows) {
+  LoadedFlows lf = load_flows(o.src, [&](const FlowRow& r) {
     const json& f = r.rec;
     const std::string capture_node = json_str(f, "node");
     MapNode c = node_of(f["client"], o.level, capture_node), s = node_of(f["server"], o.level, capture_node);
-    if (!o.namespace_.empty() && c.namespace_ != o.namespace_ && s.namespace_ != o.namespace_) continue;
+    if (!o.namespace_.empty() && c.namespace_ != o.namespace_ && s.namespace_ != o.namespace_) return;
     nodes.emplace(c.id, c);
     nodes.emplace(s.id, s);
     MapEdge& e = edges[{c.id, s.id}];
@@ -143,12 +155,12 @@ int run_map(const MapOptions& o) {
     e.bytes += dir_num(f, "client_to_server", "bytes") + dir_num(f, "server_to_client", "bytes");
     e.packets += dir_num(f, "client_to_server", "packets") + dir_num(f, "server_to_client", "packets");
     tuple_edge[{json_str(f["client"], "ip"), json_str(f["server"], "ip"), f["server"].value("port", 0)}] = {c.id, s.id};
-    if (lf.db_path.empty()) e.protocols.insert(json_str(f, "protocol"));
-  }
+    l4_of[{c.id, s.id}].insert(json_str(f, "protocol"));
+  });
+  // L7 protocols and calls from the DB's calls between the same ends; edges
+  // without any keep their L4 protocols.
+  std::set<std::pair<std::string, std::string>> with_calls;
   if (!lf.db_path.empty()) {
-    // L7 protocols and calls from the DB's calls between the same ends;
-    // flows without any keep their L4 protocol.
-    std::set<std::pair<std::string, std::string>> with_calls;
     try {
       dissect::CallDb db(lf.db_path, true);
       for (auto& ce : db.call_edges(lf.from_ns, lf.to_ns)) {
@@ -163,20 +175,26 @@ int run_map(const MapOptions& o) {
     } catch (const std::exception& ex) {
       throw CliError("cannot read calls", lf.db_path, ex.what());
     }
-    for (auto& r : lf.flows) {
-      const json& f = r.rec;
-      auto it = tuple_edge.find({json_str(f["client"], "ip"), json_str(f["server"], "ip"), f["server"].value("port", 0)});
-      if (it != tuple_edge.end() && !with_calls.count(it->second)) edges[it->second].protocols.insert(json_str(f, "protocol"));
-    }
   }
+  for (auto& [k, e] : edges)
+    if (!with_calls.count(k))
+      for (auto& p : l4_of[k]) e.protocols.insert(p);
 
   std::string text;
   if (o.format == "json") {
     json j = {{"level", o.level}, {"nodes", json::array()}, {"edges", json::array()}};
-    for (auto& [id, n] : nodes)
-      j["nodes"].push_back({{"id", id}, {"label", n.label}, {"kind", n.kind}, {"external", n.external}});
+    for (auto& [id, n] : nodes) {
+      json jn = {{"id", id}, {"kind", n.kind}, {"name", n.name}, {"label", n.label}, {"external", n.external}};
+      if (!n.namespace_.empty()) jn["namespace"] = n.namespace_;
+      if (!n.workload_kind.empty()) jn["workload_kind"] = n.workload_kind;
+      if (n.external) {
+        jn["names"] = n.names;
+        jn["ip"] = n.ip;
+      }
+      j["nodes"].push_back(std::move(jn));
+    }
     for (auto& [k, e] : edges)
-      j["edges"].push_back({{"from", k.first}, {"to", k.second}, {"protocols", e.protocols}, {"flows", e.flows},
+      j["edges"].push_back({{"source", k.first}, {"target", k.second}, {"protocols", e.protocols}, {"flows", e.flows},
                             {"calls", e.calls}, {"errors", e.errors}, {"bytes", e.bytes}, {"packets", e.packets}});
     text = j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   } else {

@@ -52,6 +52,8 @@ std::string addr_text(uint8_t v, const uint8_t* a) {
 constexpr const char* kPacketsHelp = R"(Columns (--json: one object per packet with the same fields):
   TIME     the packet's capture time (UTC)
   DIR      -> client to server, <- server to client (the flow's client: the sender of the first SYN)
+  SOURCE, DESTINATION   address:port of the sender and the receiver
+  PROTO    tcp or udp
   FLAGS    TCP flags
   SEQ/ACK  TCP sequence and acknowledgement numbers relative to each side's initial sequence number
            as Wireshark shows them (--absolute: as on the wire)
@@ -66,18 +68,17 @@ int run_packets(const PacketsOptions& o) {
   uint64_t from_ns, to_ns;
   parse_window(o.src, from_ns, to_ns);
   std::string seg_dir;
-  std::map<tw_flow_key, const FlowRow*, KeyLess> wanted;  // --flow: its key
-  LoadedFlows lf;
+  std::map<tw_flow_key, FlowRow, KeyLess> wanted;  // --flow: its key
   if (!o.flow.empty()) {
     if (o.flow.size() != 16 || o.flow.find_first_not_of("0123456789abcdef") != std::string::npos)
       throw CliError("invalid flow id", o.flow, "a flow id is 16 lower-case hex digits (see 'tapwire flows')");
-    lf = load_flows(o.src);
-    for (auto& r : lf.flows)
-      if (json_str(r.rec, "id") == o.flow && r.have_key) wanted[r.raw.key] = &r;
+    LoadedFlows lf = load_flows(o.src, [&](const FlowRow& r) {
+      if (r.have_key && json_str(r.rec, "id") == o.flow) wanted[r.raw.key] = r;
+    });
     if (wanted.empty())
       throw CliError("no flow with this id", o.flow, "in " + lf.source + " (see 'tapwire flows', mind --from/--to)");
-    from_ns = wanted.begin()->second->first_ns;
-    to_ns = wanted.begin()->second->last_ns;
+    from_ns = wanted.begin()->second.first_ns;
+    to_ns = wanted.begin()->second.last_ns;
   }
   std::unique_ptr<dissect::PacketSource> src;
   try {
@@ -105,10 +106,10 @@ int run_packets(const PacketsOptions& o) {
   std::map<tw_flow_key, Bases, KeyLess> bases;
   for (auto& [k, r] : wanted) {
     Bases& b = bases[k];
-    b.client = (r->raw.st.bits & TW_FLOW_B_CLIENT_B) ? TW_SIDE_B : TW_SIDE_A;
+    b.client = (r.raw.st.bits & TW_FLOW_B_CLIENT_B) ? TW_SIDE_B : TW_SIDE_A;
     b.client_known = true;
-    if (r->raw.st.dir[0].seen & TW_FD_BASE_SEQ_SET) b.base[0] = r->raw.st.dir[0].base_seq, b.set[0] = true;
-    if (r->raw.st.dir[1].seen & TW_FD_BASE_SEQ_SET) b.base[1] = r->raw.st.dir[1].base_seq, b.set[1] = true;
+    if (r.raw.st.dir[0].seen & TW_FD_BASE_SEQ_SET) b.base[0] = r.raw.st.dir[0].base_seq, b.set[0] = true;
+    if (r.raw.st.dir[1].seen & TW_FD_BASE_SEQ_SET) b.base[1] = r.raw.st.dir[1].base_seq, b.set[1] = true;
   }
   if (!o.json)
     std::printf("%-30s %-2s %-45s %-45s %-5s %-15s %10s %10s %6s %6s\n", "TIME", "", "SOURCE", "DESTINATION", "PROTO",

@@ -51,10 +51,12 @@ void store_dns_call(dissect::CallDb* db, PassiveDns* dns, const dissect::Call& c
 
 size_t store_flow_dir(dissect::CallDb& db, const std::string& flow_dir, const std::string& identity_dir,
                       const PassiveDns* dns) {
-  auto flows = annotate(read_flow_dir(flow_dir, 0, 0), identity_dir, dns);
-  for (auto& f : flows) store_flow(db, f);
+  auto recs = read_flow_dir(flow_dir, 0, 0);
+  sort_by_first_seen(recs);
+  FlowNamer namer(identity_dir, dns);
+  for (auto& r : recs) store_flow(db, namer.name(r));
   db.commit();
-  return flows.size();
+  return recs.size();
 }
 
 void load_dns_names(dissect::CallDb& db, PassiveDns& dns, uint64_t to_ns) {

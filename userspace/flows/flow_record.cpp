@@ -27,7 +27,8 @@ const char* Flow::end() const { return flow_end_name(rec.end); }
 // TCP states from the bits and the counts (docs/FLOWS.md):
 //   refused      the server answered the client's SYN with RST
 //   syn_sent     a SYN and nothing from the server; unanswered once the record is final
-//   closed       FIN both ways;  reset: an RST;  closing: one FIN
+//   reset        an RST either way (after FINs too: tshark's view of how it ended)
+//   closed       FIN both ways;  closing: one FIN
 //   established  the handshake completed, or a flow joined mid-stream
 //   syn_received a SYN-ACK, the handshake not completed
 const char* Flow::state() const {
@@ -37,8 +38,8 @@ const char* Flow::state() const {
   const tw_flow_dir &c = to_server(), &v = to_client();
   const bool answered = (s.bits & (TW_FLOW_B_SYNACK | TW_FLOW_B_MID_STREAM | TW_FLOW_B_ESTABLISHED)) || v.packets;
   if (!answered) return rec.end ? "unanswered" : "syn_sent";
-  if (c.fins && v.fins) return "closed";
   if (c.resets || v.resets) return "reset";
+  if (c.fins && v.fins) return "closed";
   if (c.fins || v.fins) return "closing";
   if (s.bits & (TW_FLOW_B_ESTABLISHED | TW_FLOW_B_MID_STREAM)) return "established";
   if (s.bits & TW_FLOW_B_SYNACK) return "syn_received";

@@ -158,33 +158,53 @@ void scan_segments_dns(const std::string& seg_dir, uint64_t from_ns, uint64_t to
   }
 }
 
-std::vector<Flow> annotate(const std::vector<tw_seg_flow>& recs, const std::string& identity_dir, const PassiveDns* dns) {
-  std::vector<Flow> out;
-  out.reserve(recs.size());
-  for (auto& r : recs) out.push_back(flow_from_record(r));
-  std::stable_sort(out.begin(), out.end(), [](const Flow& a, const Flow& b) { return a.rec.st.first_ns < b.rec.st.first_ns; });
-  struct stat st {};
-  const bool have_identity = !identity_dir.empty() && stat(identity_dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+struct FlowNamer::Impl {
   std::optional<dissect::CallIdentity> ident;
-  if (have_identity) ident.emplace(identity_dir, false);
-  for (auto& f : out) {
-    if (ident) {
-      dissect::Call c;
-      c.l4_proto = f.rec.key.l4_proto;
-      c.ts_ns = f.rec.st.first_ns;
-      static_cast<dissect::Endpoint&>(c.src) = static_cast<const dissect::Endpoint&>(f.client);
-      static_cast<dissect::Endpoint&>(c.dst) = static_cast<const dissect::Endpoint&>(f.server);
-      ident->at(c.ts_ns);
-      ident->annotate(c);
-      f.client.identity = c.src.identity;
-      f.server.identity = c.dst.identity;
-      f.node = c.node;
-    }
-    if (dns) {
-      f.client.names = dns->names_at(f.client.ip(), f.rec.st.first_ns);
-      f.server.names = dns->names_at(f.server.ip(), f.rec.st.first_ns);
-    }
+  const PassiveDns* dns = nullptr;
+};
+
+FlowNamer::FlowNamer(const std::string& identity_dir, const PassiveDns* dns) : impl_(std::make_unique<Impl>()) {
+  struct stat st {};
+  if (!identity_dir.empty() && stat(identity_dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    impl_->ident.emplace(identity_dir, false);
+  impl_->dns = dns;
+}
+
+FlowNamer::~FlowNamer() = default;
+
+Flow FlowNamer::name(const tw_seg_flow& r) {
+  Flow f = flow_from_record(r);
+  if (impl_->ident) {
+    dissect::Call c;
+    c.l4_proto = r.key.l4_proto;
+    c.ts_ns = r.st.first_ns;
+    c.src = f.client;
+    c.dst = f.server;
+    impl_->ident->at(c.ts_ns);
+    impl_->ident->annotate(c);
+    f.client.identity = c.src.identity;
+    f.server.identity = c.dst.identity;
+    f.node = c.node;
   }
+  if (impl_->dns) {
+    f.client.names = impl_->dns->names_at(f.client.ip(), r.st.first_ns);
+    f.server.names = impl_->dns->names_at(f.server.ip(), r.st.first_ns);
+  }
+  return f;
+}
+
+void sort_by_first_seen(std::vector<tw_seg_flow>& recs) {
+  std::stable_sort(recs.begin(), recs.end(),
+                   [](const tw_seg_flow& a, const tw_seg_flow& b) { return a.st.first_ns < b.st.first_ns; });
+}
+
+std::vector<Flow> annotate(const std::vector<tw_seg_flow>& recs, const std::string& identity_dir, const PassiveDns* dns) {
+  std::vector<tw_seg_flow> sorted = recs;
+  sort_by_first_seen(sorted);
+  FlowNamer namer(identity_dir, dns);
+  std::vector<Flow> out;
+  out.reserve(sorted.size());
+  for (auto& r : sorted) out.push_back(namer.name(r));
   return out;
 }
 

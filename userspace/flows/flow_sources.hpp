@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,9 +62,25 @@ void scan_segments_dns(const std::string& seg_dir, uint64_t from_ns, uint64_t to
 // Whether a flow was active in [from_ns, to_ns] (0 = unbounded).
 bool in_window(const tw_seg_flow& r, uint64_t from_ns, uint64_t to_ns);
 
-// Flows with both ends named: identity at first_seen from `identity_dir`
-// (the same resolution calls get; "" = none), names from `dns` (may be
-// null). Sorted by first_seen.
+// Names both ends of flows: identity at first_seen from `identity_dir` (the
+// same resolution calls get; "" or missing = none), names from `dns` (may
+// be null). Give it flows in first_seen order (the identity stream is read
+// forward in time).
+class FlowNamer {
+ public:
+  FlowNamer(const std::string& identity_dir, const PassiveDns* dns);
+  ~FlowNamer();
+  Flow name(const tw_seg_flow& r);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Sorts records by first_seen (stable).
+void sort_by_first_seen(std::vector<tw_seg_flow>& recs);
+
+// Flows with both ends named (FlowNamer), sorted by first_seen.
 std::vector<Flow> annotate(const std::vector<tw_seg_flow>& recs, const std::string& identity_dir, const PassiveDns* dns);
 
 }  // namespace tapwire::flows

@@ -24,8 +24,8 @@ bool flow_key_of(const tw_pkt& p, tw_flow_key& key, uint8_t& side) {
 uint8_t end_at_stop(const tw_flow_key& key, const tw_flow_state& st) {
   if (key.l4_proto != 6) return TW_FLOW_END_STOPPED;
   const tw_flow_dir &a = st.dir[0], &b = st.dir[1];
-  if (a.fins && b.fins) return TW_FLOW_END_FIN;
   if (a.resets || b.resets) return TW_FLOW_END_RST;
+  if (a.fins && b.fins) return TW_FLOW_END_FIN;
   const unsigned server = (st.bits & TW_FLOW_B_CLIENT_B) ? TW_SIDE_A : TW_SIDE_B;
   if (!(st.bits & (TW_FLOW_B_SYNACK | TW_FLOW_B_MID_STREAM)) && st.dir[server].packets == 0)
     return TW_FLOW_END_TIMEOUT;  // an unanswered SYN

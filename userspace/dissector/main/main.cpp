@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -289,8 +290,9 @@ int main(int argc, char** argv) {
     std::optional<tapwire::flows::FlowTracker> tracker;
     std::vector<tw_seg_flow> batch_flows;
     if (out.db && live) flow_stream.emplace(flow_dir, true);
+    std::function<void(const tw_seg_flow&)> on_flow_end;  // a pcap's flows go to the DB as they end
     if (out.db && !pcap.empty())
-      tracker.emplace(tapwire::flows::TrackerOptions{}, [&](const tw_seg_flow& r) { batch_flows.push_back(r); });
+      tracker.emplace(tapwire::flows::TrackerOptions{}, [&](const tw_seg_flow& r) { on_flow_end(r); });
     uint64_t flows_stored = 0;
     auto store_flow = [&](const tw_seg_flow& r) {
       tapwire::flows::Flow f = tapwire::flows::flow_from_record(r);
@@ -308,6 +310,7 @@ int main(int argc, char** argv) {
       tapwire::flows::store_flow(*out.db, f);
       flows_stored++;
     };
+    on_flow_end = store_flow;
     auto follow_flows = [&]() {
       if (!flow_stream) return;
       for (int i = 0; i < 100000; i++) {
