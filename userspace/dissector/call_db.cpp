@@ -580,15 +580,17 @@ std::optional<std::string> CallDb::meta(const std::string& key) {
   return out;
 }
 
-uint64_t CallDb::count() {
+uint64_t CallDb::count_rows(const char* table) {
   sqlite3_stmt* st = nullptr;
   uint64_t n = 0;
-  if (sqlite3_prepare_v2(db_, "SELECT count(*) FROM calls", -1, &st, nullptr) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
+  const std::string sql = std::string("SELECT count(*) FROM ") + table;
+  if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
     n = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
   sqlite3_finalize(st);
   return n;
 }
+
+uint64_t CallDb::count() { return count_rows("calls"); }
 
 namespace {
 
@@ -927,15 +929,7 @@ void CallDb::add_dns_name(const std::string& ip, const std::string& name, uint64
   if (++batch_ >= kBatch && auto_commit_) commit();
 }
 
-uint64_t CallDb::flow_count() {
-  sqlite3_stmt* st = nullptr;
-  uint64_t n = 0;
-  if (sqlite3_prepare_v2(db_, "SELECT count(*) FROM flows", -1, &st, nullptr) == SQLITE_OK &&
-      sqlite3_step(st) == SQLITE_ROW)
-    n = static_cast<uint64_t>(sqlite3_column_int64(st, 0));
-  sqlite3_finalize(st);
-  return n;
-}
+uint64_t CallDb::flow_count() { return count_rows("flows"); }
 
 std::vector<CallDb::FlowRow> CallDb::query_flows(uint64_t from_ns, uint64_t to_ns, const std::string& id) {
   std::vector<FlowRow> out;

@@ -149,6 +149,7 @@ class CallDb {
   std::vector<CallEdge> call_edges(uint64_t from_ns, uint64_t to_ns);
 
  private:
+  uint64_t count_rows(const char* table);  // a table of this DB's own schema
   sqlite3* db_ = nullptr;
   // Two insert statements: one for calls with endpoint identity, which
   // binds the identity columns, one without them (NULL by default), which

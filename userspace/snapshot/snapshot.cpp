@@ -370,6 +370,23 @@ void seal_open(const std::string& dir, const std::vector<SegHeader>& open_ones,
   }
 }
 
+// The segments pick() chooses in a side stream of `dir` (identity, flows),
+// sealed: the open ones are sealed (seal_open) and the choice made again,
+// without a segment the rotation opened (it starts after the window).
+template <class Pick>
+std::vector<SegHeader> pick_sealed(const std::string& dir, const Pick& pick, const CreateOptions& o,
+                                   const std::string& what) {
+  auto chosen = pick();
+  std::vector<SegHeader> open_ones;
+  for (const auto& h : chosen)
+    if (!h.sealed) open_ones.push_back(h);
+  if (open_ones.empty()) return chosen;
+  seal_open(dir, open_ones, o.request_rotate, what);
+  auto again = pick();
+  std::erase_if(again, [](const SegHeader& h) { return !h.sealed; });
+  return again;
+}
+
 // The identity segments a window [from, to] needs, sealed: the newest one
 // created at or before `from` (its dump tells the state then; the oldest
 // there is when none is that old) and every later one created before `to`.
@@ -388,15 +405,7 @@ std::vector<SegHeader> identity_segments(const CreateOptions& o, uint64_t from, 
       if (all[i].created_ns <= from) start = i;
     return std::vector<SegHeader>(all.begin() + static_cast<std::ptrdiff_t>(start), all.end());
   };
-  auto chosen = pick();
-  std::vector<SegHeader> open_ones;
-  for (const auto& h : chosen)
-    if (!h.sealed) open_ones.push_back(h);
-  if (open_ones.empty()) return chosen;
-  seal_open(dir, open_ones, o.request_rotate, "identity segment");
-  auto again = pick();
-  std::erase_if(again, [](const SegHeader& h) { return !h.sealed; });  // opened by the rotation: after the window
-  return again;
+  return pick_sealed(dir, pick, o, "identity segment");
 }
 
 // The flow segments (docs/FLOWS.md) whose records overlap the window
@@ -419,15 +428,7 @@ std::vector<SegHeader> flow_segments(const CreateOptions& o, uint64_t from, uint
     }
     return all;
   };
-  auto chosen = pick();
-  std::vector<SegHeader> open_ones;
-  for (const auto& h : chosen)
-    if (!h.sealed) open_ones.push_back(h);
-  if (open_ones.empty()) return chosen;
-  seal_open(dir, open_ones, o.request_rotate, "flow segment");
-  auto again = pick();
-  std::erase_if(again, [](const SegHeader& h) { return !h.sealed; });  // opened by the rotation: after the window
-  return again;
+  return pick_sealed(dir, pick, o, "flow segment");
 }
 
 }  // namespace
