@@ -147,17 +147,18 @@ LoadedFlows load_flows(const FlowSourceOptions& o, const FlowVisitor& visit) {
     identity_dir = dissect::identity_dir_for_segments(seg_dir);
     out.segments_dir = seg_dir;
     out.source = flow_dir;
-    // Passive DNS: the DB's names when there is one, else the segments' answers.
-    bool from_db = false;
+    // Passive DNS: the DB's names (answers over TCP too) and the segments'
+    // answers over UDP: a live DB runs behind the wire, so an answer the
+    // dissector has not reached yet still names the flows after it (the
+    // same answer from both counts once).
     if (!out.db_path.empty()) {
       try {
         dissect::CallDb db(out.db_path, true);
         load_db_names(db, out.from_ns, out.to_ns, dns);
-        from_db = true;
       } catch (const std::exception&) {
       }
     }
-    if (!from_db && is_dir(seg_dir)) {
+    if (is_dir(seg_dir)) {
       // Answers from a little before the window still name its flows.
       const uint64_t back = 600ull * 1000000000ull;
       flows::scan_segments_dns(seg_dir, out.from_ns > back ? out.from_ns - back : 0, out.to_ns, dns);
