@@ -4,7 +4,7 @@
  * links, or cls_bpf filters on a clsact qdisc). They parse Ethernet (802.1Q
  * and 802.1ad tags included), IPv4/IPv6 (extension headers, AH) and TCP/UDP,
  * apply the capture filters, and copy each packet's metadata and L4 payload
- * into this CPU's ring buffer, split into records of at most TW_CHUNK_MAX
+ * into this CPU's capture ring, split into records of at most TW_CHUNK_MAX
  * payload bytes. Every packet not captured is counted under a reason
  * (tapwire_abi.h). They never change or drop traffic: every path returns
  * TC_ACT_UNSPEC (TCX_NEXT), so the packet goes on to the next program or
@@ -50,27 +50,34 @@ const volatile __u64 tw_wakeup_bytes = 1u << 20; /* wake userspace once this muc
  * .bss; each packet reads it once. */
 __u32 tw_active_gen = 0;
 
-/* One ring buffer per CPU; userspace creates them and fills this array. */
-struct tw_ring {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096); /* template only: userspace creates the real rings */
-};
+/* The capture rings: one per CPU (tapwire_abi.h, struct tw_cring_hdr).
+ * No BTF value type: the sensor sets the value size before load
+ * (TW_CRING_HDR + tw_cring_bytes + TW_CRING_SLACK). */
+const volatile __u64 tw_cring_bytes = 1u << 20; /* the data area of each ring: a power of two */
 
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1); /* set to the number of possible CPUs before load */
-	__type(key, __u32);
-	__array(values, struct tw_ring);
-} tw_rings SEC(".maps");
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, TW_CRING_HDR + (1u << 20) + TW_CRING_SLACK); /* set before load */
+} tw_crings SEC(".maps");
 
+/* The doorbell: a CPU whose ring fills past tw_wakeup_bytes puts its number
+ * here once (when it crosses), which wakes the sensor; below that the
+ * sensor's timer drains the rings. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} tw_doorbell SEC(".maps");
+
+/* Where a record's header is assembled before it is copied into the ring.
+ * TC programs do not nest on one CPU (softirq, or process context with BH
+ * off), so one buffer per CPU suffices. */
 struct tw_scratch {
 	struct tw_pkt hdr;
-	__u8 data[TW_CHUNK_MAX];
 };
 
-/* Where a record is assembled before bpf_ringbuf_output copies it (exact
- * size) into the ring. TC programs do not nest on one CPU (softirq, or
- * process context with BH off), so one buffer per CPU suffices. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -355,11 +362,59 @@ static __always_inline int seen_elsewhere(struct tw_pkt *p, __u32 extra, __u64 n
 
 _Static_assert(TW_CHUNK_MAX == 0x4000, "emit_chunk's mask assumes 16 KiB chunks");
 
+/* Appends one record to this CPU's capture ring: p, then n payload bytes
+ * read from the packet at payload_off (none if n is 0). The record is
+ * written in place and published with one store of prod: no lock, no copy
+ * but the packet's. Returns 0, or -1 with the drop counted. */
+static __always_inline int cring_put(struct __sk_buff *skb, __u8 *ring, const struct tw_pkt *p, __u32 payload_off,
+				     __u64 n, struct tw_counters *cnt)
+{
+	struct tw_cring_hdr *h = (struct tw_cring_hdr *)ring;
+	__u8 *data = ring + TW_CRING_HDR;
+	const __u64 bytes = tw_cring_bytes, mask = tw_cring_bytes - 1;
+	__u64 prod = h->prod, cons = *(volatile __u64 *)&h->cons;
+	__u64 size = (sizeof(struct tw_cring_rec) + sizeof(struct tw_pkt) + n + 7) & ~7ull;
+	__u64 off = prod & mask, skip = 0, next;
+	struct tw_cring_rec *rec;
+
+	if (off + size > bytes)
+		skip = bytes - off;
+	next = prod + skip + size;
+	if (next - cons > bytes) {
+		count_drop(cnt, TW_DROP_RINGBUF_FULL);
+		return -1;
+	}
+	if (skip) {
+		rec = (struct tw_cring_rec *)(data + (off & mask & ~7ull));
+		rec->len = (__u32)(skip - sizeof(*rec)) | TW_CRING_SKIP;
+		rec->reserved = 0;
+		off = 0;
+	}
+	rec = (struct tw_cring_rec *)(data + (off & mask & ~7ull));
+	rec->len = (__u32)(sizeof(struct tw_pkt) + n);
+	rec->reserved = 0;
+	__builtin_memcpy(rec + 1, p, sizeof(*p));
+	if (n && load(skb, payload_off, (__u8 *)(rec + 1) + sizeof(*p), n) < 0) {
+		count_drop(cnt, TW_DROP_LOAD_FAILED);
+		return -1;
+	}
+	/* Publish: the record's bytes before prod (a fully ordered atomic, so
+	 * also on weakly ordered CPUs); the sensor loads prod with acquire. */
+	__sync_fetch_and_add(&h->prod, next - prod);
+	/* Ring the doorbell when this record took the ring past the threshold. */
+	if (next - cons >= tw_wakeup_bytes && prod - cons < tw_wakeup_bytes) {
+		__u32 cpu = bpf_get_smp_processor_id();
+
+		bpf_ringbuf_output(&tw_doorbell, &cpu, sizeof(cpu), BPF_RB_FORCE_WAKEUP);
+	}
+	return 0;
+}
+
 struct chunk_ctx {
 	struct __sk_buff *skb;
-	struct tw_scratch *s;
+	struct tw_pkt *p;
 	struct tw_counters *cnt;
-	void *ring;
+	__u8 *ring;
 	__u32 payload_off;
 	__u32 cap_total;
 	__u32 failed;
@@ -369,10 +424,10 @@ struct chunk_ctx {
  * so the verifier checks it once instead of once per possible chunk. */
 static long emit_chunk(__u64 i, struct chunk_ctx *c)
 {
-	struct tw_pkt *p = &c->s->hdr;
+	struct tw_pkt *p = c->p;
 	__u32 off = (__u32)i * TW_CHUNK_MAX;
 	__u32 len;
-	__u64 n, wake;
+	__u64 n;
 
 	if (i >= TW_MAX_CHUNKS || off >= c->cap_total)
 		return 1;
@@ -393,17 +448,7 @@ static long emit_chunk(__u64 i, struct chunk_ctx *c)
 	 * on the register the helpers get. */
 	n = len;
 	asm volatile("%[n] += -1\n\t%[n] &= 0x3fff\n\t%[n] += 1" : [n] "+r"(n));
-	if (load(c->skb, c->payload_off + off, c->s->data, n) < 0) {
-		count_drop(c->cnt, TW_DROP_LOAD_FAILED);
-		c->failed = 1;
-		return 1;
-	}
-	/* Batched notifications: wake the sensor only once enough is queued;
-	 * its timer drains the rest. */
-	wake = bpf_ringbuf_query(c->ring, BPF_RB_AVAIL_DATA) >= tw_wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-										    : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(c->ring, c->s, sizeof(struct tw_pkt) + n, wake) < 0) {
-		count_drop(c->cnt, TW_DROP_RINGBUF_FULL);
+	if (cring_put(c->skb, c->ring, p, c->payload_off + off, n, c->cnt) < 0) {
 		c->failed = 1;
 		return 1;
 	}
@@ -909,7 +954,7 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 	}
 
 	__u32 cpu = bpf_get_smp_processor_id();
-	void *ring = bpf_map_lookup_elem(&tw_rings, &cpu);
+	__u8 *ring = bpf_map_lookup_elem(&tw_crings, &cpu);
 
 	if (!ring) {
 		count_drop(cnt, TW_DROP_NO_RING);
@@ -918,14 +963,12 @@ static __always_inline int capture(struct __sk_buff *skb, __u8 direction)
 
 	if (cap_total == 0) {
 		/* SYN/FIN/RST or an empty datagram: metadata only */
-		if (bpf_ringbuf_output(ring, p, sizeof(*p), BPF_RB_NO_WAKEUP) < 0) {
-			count_drop(cnt, TW_DROP_RINGBUF_FULL);
+		if (cring_put(skb, ring, p, 0, 0, cnt) < 0)
 			return TC_ACT_UNSPEC;
-		}
 		cnt->stat[TW_STAT_RECORDS]++;
 	} else {
 		struct chunk_ctx c = {
-			.skb = skb, .s = s, .cnt = cnt, .ring = ring,
+			.skb = skb, .p = p, .cnt = cnt, .ring = ring,
 			.payload_off = payload_off, .cap_total = cap_total,
 		};
 

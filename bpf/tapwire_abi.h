@@ -34,6 +34,31 @@
 /* Records per packet at most: 16 x 16 KiB = 256 KiB, above the 64 KiB GSO
  * default and BIG TCP's common sizes. What lies beyond is cut and flagged. */
 #define TW_MAX_CHUNKS 16u
+/* The capture rings (map tw_crings): one per CPU, with one producer (the
+ * capture programs on that CPU, which never run nested there: softirq, or
+ * process context with bottom halves off) and one consumer (the sensor), so
+ * neither side takes a lock. Each ring is one value of an mmap'able array
+ * (index = CPU): a TW_CRING_HDR-byte header page, the data area
+ * (tw_cring_bytes, a power of two), then TW_CRING_SLACK bytes that are never
+ * written; they only let the verifier see that a record starting below the
+ * data area's end stays inside the value. */
+#define TW_CRING_HDR 4096u
+#define TW_CRING_SLACK (32u << 10)
+struct tw_cring_hdr {
+	__u64 prod; /* bytes ever produced: stored (release) after the records below it are written */
+	__u8 pad0[56]; /* prod and cons on cache lines of their own */
+	__u64 cons; /* bytes ever consumed: stored (release) by the consumer once it is done with them */
+	__u8 pad1[56];
+};
+/* A record in the data area, at a multiple of 8: header, body, zero to 7
+ * bytes of padding. A record never wraps: one that would not fit before the
+ * end is preceded by a skip record covering the rest of the data area. */
+struct tw_cring_rec {
+	__u32 len; /* body bytes; with TW_CRING_SKIP, bytes to skip after this header */
+	__u32 reserved; /* 0 */
+};
+#define TW_CRING_SKIP 0x80000000u
+
 /* Stacked VLAN tags the programs walk in the packet (802.1ad + 802.1Q, QinQ),
  * besides a tag the driver took off into the skb's metadata. Deeper stacks
  * are counted (TW_DROP_VLAN_LIMIT). */
@@ -113,8 +138,8 @@ struct tw_pkt {
  * Counted per CPU in the tw_counters map. Append only.
  */
 enum tw_drop_reason {
-	TW_DROP_RINGBUF_FULL = 0, /* bpf_ringbuf_output found no room */
-	TW_DROP_NO_RING = 1, /* no ring buffer for this CPU */
+	TW_DROP_RINGBUF_FULL = 0, /* the CPU's capture ring had no room (the sensor is behind) */
+	TW_DROP_NO_RING = 1, /* no capture ring for this CPU */
 	TW_DROP_LOAD_FAILED = 2, /* bpf_skb_load_bytes failed on the payload */
 	TW_DROP_IP_FRAGMENT = 3, /* non-first IP fragment: no L4 header to file it under */
 	/* retired: malformed headers are counted by layer since the reasons
@@ -363,6 +388,7 @@ TW_STATIC_ASSERT(sizeof(struct tw_exec_event) == 304, "tw_exec_event layout: bum
 TW_STATIC_ASSERT(sizeof(struct tw_ip_key) == 20, "tw_ip_key layout");
 TW_STATIC_ASSERT(sizeof(struct tw_flow_key) == 40, "tw_flow_key layout");
 TW_STATIC_ASSERT(sizeof(struct tw_flow_state) == 296, "tw_flow_state layout");
+TW_STATIC_ASSERT(sizeof(struct tw_cring_hdr) == 128 && sizeof(struct tw_cring_rec) == 8, "tw_cring layout");
 TW_STATIC_ASSERT(sizeof(struct tw_flow_value) == 304, "tw_flow_value layout: the lock, then the state 8-aligned");
 TW_STATIC_ASSERT(offsetof(struct tw_flow_value, st) == 8, "tw_flow_value layout");
 TW_STATIC_ASSERT(sizeof(struct tw_flow_end_rec) == 336, "tw_flow_end_rec layout");

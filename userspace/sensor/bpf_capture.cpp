@@ -1,6 +1,7 @@
 #include "bpf_capture.hpp"
 
 #include <arpa/inet.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -79,33 +80,28 @@ BpfCapture::BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes, FlowA
   skel_ = capture_bpf::open();
   if (!skel_) fail("cannot open the capture BPF object", errno);
   skel_->rodata->tw_wakeup_bytes = wakeup_bytes;
-  bpf_map__set_max_entries(skel_->maps.tw_rings, static_cast<uint32_t>(ncpu));
+  skel_->rodata->tw_cring_bytes = ring_bytes_;
+  ring_count_ = static_cast<uint32_t>(ncpu);
+  bpf_map__set_max_entries(skel_->maps.tw_crings, ring_count_);
+  bpf_map__set_value_size(skel_->maps.tw_crings, static_cast<uint32_t>(ring_stride()));
   bpf_map__set_max_entries(skel_->maps.tw_flows, flows_.max_flows);
-  // The inner map template's size does not matter: the kernel does not
-  // compare max_entries of ring buffers put into the array.
   if (int err = capture_bpf::load(skel_); err) {
     capture_bpf::destroy(skel_);
     skel_ = nullptr;
     fail("cannot load the capture BPF programs", err);
   }
-  int outer = bpf_map__fd(skel_->maps.tw_rings);
-  for (int cpu = 0; cpu < ncpu; cpu++) {
-    char name[16];
-    std::snprintf(name, sizeof name, "tw_ring%u", static_cast<unsigned>(cpu) % 100000u);
-    int fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, name, 0, 0, ring_bytes_, nullptr);
-    if (fd < 0) {
-      int err = errno;
-      release();
-      fail("cannot create a " + std::to_string(ring_bytes_) + "-byte ring buffer", err);
-    }
-    ring_fds_.push_back(fd);
-    uint32_t key = static_cast<uint32_t>(cpu);
-    if (bpf_map_update_elem(outer, &key, &fd, BPF_ANY) != 0) {
-      int err = errno;
-      release();
-      fail("cannot install ring buffer " + std::to_string(cpu), err);
-    }
+  // The rings: one mapping of the whole array, each value a ring (the
+  // stride is a multiple of the page size, so every ring is page-aligned).
+  void* m = mmap(nullptr, ring_stride() * ring_count_, PROT_READ | PROT_WRITE, MAP_SHARED,
+                 bpf_map__fd(skel_->maps.tw_crings), 0);
+  if (m == MAP_FAILED) {
+    int err = errno;
+    release();
+    fail("cannot map the " + std::to_string(ring_count_) + " capture rings of " + std::to_string(ring_bytes_) +
+             " bytes",
+         err);
   }
+  rings_ = static_cast<uint8_t*>(m);
   if (!skel_->bss) {
     release();
     throw std::runtime_error("cannot map the capture programs' global data: this kernel lacks BPF_F_MMAPABLE "
@@ -120,11 +116,13 @@ BpfCapture::BpfCapture(uint32_t ring_bytes_per_cpu, uint64_t wakeup_bytes, FlowA
 BpfCapture::~BpfCapture() { release(); }
 
 void BpfCapture::release() {
-  for (int fd : ring_fds_) close(fd);
-  ring_fds_.clear();
+  if (rings_) munmap(rings_, ring_stride() * ring_count_);
+  rings_ = nullptr;
   if (skel_) capture_bpf::destroy(skel_);
   skel_ = nullptr;
 }
+
+int BpfCapture::doorbell_fd() const { return bpf_map__fd(skel_->maps.tw_doorbell); }
 
 int BpfCapture::ingress_prog_fd() const { return bpf_program__fd(skel_->progs.tw_ingress); }
 int BpfCapture::egress_prog_fd() const { return bpf_program__fd(skel_->progs.tw_egress); }

@@ -1,6 +1,6 @@
 // Loads the capture BPF programs (bpf/capture.bpf.c) through the bpftool
-// skeleton, creates one ring buffer per CPU, and gives userspace its handles
-// on the maps: rings to drain, counters to read, filters to set.
+// skeleton, sizes and maps the per-CPU capture rings, and gives userspace
+// its handles on the maps: rings to drain, counters to read, filters to set.
 //
 // The rule set (filters, snap length, interface set, pod targeting on/off)
 // lives in two generations (tapwire_abi.h, TW_RULE_GENERATIONS). A change
@@ -46,9 +46,14 @@ class BpfCapture {
 
   int ingress_prog_fd() const;
   int egress_prog_fd() const;
-  // One ring buffer map fd per possible CPU (index = CPU id).
-  const std::vector<int>& ring_fds() const { return ring_fds_; }
-  uint32_t ring_bytes() const { return ring_bytes_; }
+  // The capture rings (tapwire_abi.h, struct tw_cring_hdr), one per
+  // possible CPU: ring(cpu) is its header page, its data area follows.
+  uint32_t ring_count() const { return ring_count_; }
+  uint8_t* ring(uint32_t cpu) const { return rings_ + static_cast<size_t>(cpu) * ring_stride(); }
+  uint32_t ring_bytes() const { return ring_bytes_; }  // each ring's data area
+  // A BPF ring buffer of CPU numbers: a ring that fills past wakeup_bytes
+  // puts its CPU here once, which makes this fd readable.
+  int doorbell_fd() const;
 
   // Replaces the filters and the snap length in one step. With keep_ifaces,
   // the interface set shrinks to those ifindexes in the same step (a reload
@@ -94,8 +99,10 @@ class BpfCapture {
     uint32_t snaplen = 0;
   };
   capture_bpf* skel_ = nullptr;
-  std::vector<int> ring_fds_;
+  uint8_t* rings_ = nullptr;  // the tw_crings array, mmap'd
+  uint32_t ring_count_ = 0;
   uint32_t ring_bytes_;
+  size_t ring_stride() const { return TW_CRING_HDR + size_t{ring_bytes_} + TW_CRING_SLACK; }
   Rules rules_;
   std::map<uint32_t, uint32_t> ifaces_;  // ifindex -> TW_IF_* (the set in force)
   bool targeting_ = false;

@@ -14,6 +14,7 @@ constexpr uint64_t kMaxRecordsPerDrain = 1u << 16;
 // before it get there first (the time between stamping and committing a
 // record is microseconds; softirq processing can stretch it).
 constexpr uint64_t kHoldbackNs = 2'000'000;
+constexpr uint32_t kDoorbellBytes = 4096;  // tw_doorbell's size (capture.bpf.c)
 
 tw_seg_iface iface_record(const Interface& i) {
   tw_seg_iface rec{};
@@ -25,8 +26,14 @@ tw_seg_iface iface_record(const Interface& i) {
 
 }  // namespace
 
-CaptureDrain::CaptureDrain(shm::SegmentStore& store, const BpfCapture& bpf) : store_(store), bpf_(bpf) {
-  for (int fd : bpf.ring_fds()) rings_.emplace_back(fd, bpf.ring_bytes());
+CaptureDrain::CaptureDrain(shm::SegmentStore& store, const BpfCapture& bpf)
+    : store_(store), bpf_(bpf), doorbell_(bpf.doorbell_fd(), kDoorbellBytes) {
+  for (uint32_t cpu = 0; cpu < bpf.ring_count(); cpu++) rings_.emplace_back(bpf.ring(cpu), bpf.ring_bytes());
+}
+
+void CaptureDrain::ack_doorbell() {
+  while (!doorbell_.peek().empty()) doorbell_.advance();
+  doorbell_.release();
 }
 
 void CaptureDrain::on_record(std::span<const uint8_t> rec) {
@@ -85,6 +92,12 @@ bool CaptureDrain::drain_all(bool everything) {
       for (auto& r : rings_) r.release();
   }
   for (auto& r : rings_) r.release();
+  uint64_t corrupt = 0;
+  for (auto& r : rings_) corrupt += r.corrupt_bytes();
+  if (corrupt != corrupt_seen_) {  // a broken ring was skipped: one invalid "record" each time
+    user_drops_[kRecordInvalid]++;
+    corrupt_seen_ = corrupt;
+  }
   store_.publish();
   return more;
 }

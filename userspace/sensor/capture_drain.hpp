@@ -36,8 +36,12 @@ class CaptureDrain {
   CaptureDrain(const CaptureDrain&) = delete;
   CaptureDrain& operator=(const CaptureDrain&) = delete;
 
-  // Index = CPU id: the fds to poll, and what each holds.
-  const std::vector<BpfRingReader>& rings() const { return rings_; }
+  // Index = CPU id: what each ring holds.
+  const std::vector<CaptureRingReader>& rings() const { return rings_; }
+  // The doorbell's fd (readable when a ring filled past the wakeup
+  // threshold), and taking what rang it.
+  int doorbell_fd() const { return doorbell_.fd(); }
+  void ack_doorbell();
 
   // CLOCK_REALTIME - CLOCK_MONOTONIC: the programs stamp records with the
   // monotonic clock, segments hold real time. Set at start and every tick.
@@ -66,7 +70,8 @@ class CaptureDrain {
  private:
   shm::SegmentStore& store_;
   const BpfCapture& bpf_;
-  std::vector<BpfRingReader> rings_;
+  std::vector<CaptureRingReader> rings_;
+  BpfRingReader doorbell_;
   uint64_t mono_to_real_ = 0;
   std::function<void(const tw_pkt&)> on_packet_;
   std::array<uint64_t, kUserDropMax> user_drops_{};
@@ -74,6 +79,7 @@ class CaptureDrain {
   std::map<uint32_t, IfaceCounters> per_iface_;  // node-based: pointers stay valid
   IfaceCounters* last_counters_ = nullptr;
   uint32_t last_ifindex_ = 0;
+  uint64_t corrupt_seen_ = 0;
 
   void on_record(std::span<const uint8_t> rec);
 };

@@ -74,4 +74,42 @@ void BpfRingReader::advance() { cons_ = head_next_; }
 
 void BpfRingReader::release() { __atomic_store_n(consumer_pos(), cons_, __ATOMIC_RELEASE); }
 
+CaptureRingReader::CaptureRingReader(uint8_t* ring, uint32_t ring_bytes)
+    : hdr_(reinterpret_cast<tw_cring_hdr*>(ring)), data_(ring + TW_CRING_HDR), bytes_(ring_bytes) {
+  cons_ = head_next_ = __atomic_load_n(&hdr_->cons, __ATOMIC_ACQUIRE);
+}
+
+uint64_t CaptureRingReader::pending() const {
+  return __atomic_load_n(&hdr_->prod, __ATOMIC_ACQUIRE) - __atomic_load_n(&hdr_->cons, __ATOMIC_ACQUIRE);
+}
+
+std::span<const uint8_t> CaptureRingReader::peek() {
+  for (;;) {
+    if (cons_ >= prod_) {
+      prod_ = __atomic_load_n(&hdr_->prod, __ATOMIC_ACQUIRE);
+      if (cons_ >= prod_) return {};
+    }
+    const uint64_t off = cons_ & (bytes_ - 1);
+    tw_cring_rec rec;
+    std::memcpy(&rec, data_ + off, sizeof rec);
+    const uint64_t body = rec.len & ~TW_CRING_SKIP;
+    const uint64_t next = cons_ + ((sizeof rec + body + 7) & ~uint64_t{7});
+    // The programs never write a record past the data area's end, nor past
+    // what they published: anything else is a broken ring.
+    if (off + sizeof rec + body > bytes_ || next > prod_) {
+      corrupt_bytes_ += prod_ - cons_;
+      cons_ = head_next_ = prod_;
+      return {};
+    }
+    if (rec.len & TW_CRING_SKIP) {
+      cons_ = next;
+      continue;
+    }
+    head_next_ = next;
+    return {data_ + off + sizeof rec, static_cast<size_t>(body)};
+  }
+}
+
+void CaptureRingReader::release() { __atomic_store_n(&hdr_->cons, cons_, __ATOMIC_RELEASE); }
+
 }  // namespace tapwire::sensor

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <span>
 
+#include "tapwire_abi.h"
+
 // Records are read in place; the caller stores a record before advance()
 // and release() hand its space back to the kernel.
 
@@ -44,6 +46,31 @@ class BpfRingReader {
   uint64_t cons_ = 0;  // our consumer position, ahead of the published one
   uint64_t prod_ = 0;  // last producer position seen
   uint64_t head_next_ = 0;  // consumer position after the peeked record
+};
+
+// Reads one capture ring (tapwire_abi.h, struct tw_cring_hdr) in place,
+// with the same interface: records are views into the ring, and their space
+// goes back to the programs on release(). A ring whose header says something
+// impossible (a record longer than the ring) is given up: everything in it
+// is skipped and counted in corrupt_bytes().
+class CaptureRingReader {
+ public:
+  CaptureRingReader(uint8_t* ring, uint32_t ring_bytes);
+
+  uint64_t pending() const;
+  std::span<const uint8_t> peek();
+  void advance() { cons_ = head_next_; }
+  void release();
+  uint64_t corrupt_bytes() const { return corrupt_bytes_; }
+
+ private:
+  tw_cring_hdr* hdr_;
+  const uint8_t* data_;
+  uint64_t bytes_;
+  uint64_t cons_ = 0;
+  uint64_t prod_ = 0;
+  uint64_t head_next_ = 0;
+  uint64_t corrupt_bytes_ = 0;
 };
 
 // Kernel ring buffer record header: length with two flag bits, page offset.

@@ -774,7 +774,7 @@ struct Sensor::Impl final : ControlTarget {
   // ----------------------------------------------------------------- loop --
 
   int run() {
-    for (uint32_t i = 0; i < drain->rings().size(); i++) arm_poll(drain->rings()[i].fd(), tag(kEvRing, i), true);
+    arm_poll(drain->doorbell_fd(), tag(kEvRing), true);
     arm_poll(sigfd, tag(kEvSignal), false);
     arm_poll(links->fd(), tag(kEvNetlink), false);
     arm_poll(control->listen_fd(), tag(kEvControl), false);
@@ -803,9 +803,9 @@ struct Sensor::Impl final : ControlTarget {
         uint64_t data = io_uring_cqe_get_data64(cqe);
         auto ev = static_cast<Event>(data >> 32);
         switch (ev) {
-          case kEvRing:
-            if (!(cqe->flags & IORING_CQE_F_MORE))
-              arm_poll(drain->rings()[data & 0xffffffff].fd(), data, true);
+          case kEvRing:  // a ring filled past the wakeup threshold: drained below
+            drain->ack_doorbell();
+            if (!(cqe->flags & IORING_CQE_F_MORE)) arm_poll(drain->doorbell_fd(), data, true);
             break;
           case kEvSignal:
             handle_signals();
