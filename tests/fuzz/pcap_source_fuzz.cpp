@@ -58,7 +58,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (src->next(p) != PacketSource::Next::Packet) break;
     const tw_pkt& m = p.meta;
     FUZZ_CHECK(m.ip_version == 4 || m.ip_version == 6);
-    FUZZ_CHECK(m.l4_proto == IPPROTO_TCP || m.l4_proto == IPPROTO_UDP);
+    FUZZ_CHECK(m.l4_proto == IPPROTO_TCP || m.l4_proto == IPPROTO_UDP || m.l4_proto == IPPROTO_ICMP ||
+               m.l4_proto == IPPROTO_ICMPV6);  // ICMP: the whole message is the payload
     FUZZ_CHECK(p.payload.size() == m.cap_len);
     FUZZ_CHECK(m.cap_len <= m.payload_len);
     FUZZ_CHECK(!(m.flags & TW_PKT_F_TRUNCATED) == (m.cap_len == m.payload_len));
