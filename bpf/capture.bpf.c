@@ -201,7 +201,7 @@ struct {
 } tw_seen SEC(".maps");
 
 /* Flow accounting (docs/FLOWS.md, tapwire_abi.h): one entry per TCP/UDP
- * flow, updated under its spin lock; the sensor reads, writes and deletes
+ * flow, updated under its own lock (flow_lock); the sensor reads, writes and deletes
  * the entries. max_entries is set by the sensor before load
  * (tap.flows.maxFlows). Preallocated: an insert never allocates. */
 struct {
@@ -217,19 +217,13 @@ struct {
 	__uint(max_entries, TW_FLOW_ENDS_RING_BYTES);
 } tw_flow_ends SEC(".maps");
 
-/* Per-CPU room for the flow update: the key, a new flow's first state
- * (built here, then inserted whole), and a reused flow's last state. The
- * init part has tw_flow_value's layout (the lock word unused: a per-CPU
- * array cannot hold a bpf_spin_lock, and the map update skips it). */
+/* Per-CPU room for the flow update: the key, a new flow's first value
+ * (built here, then inserted whole), and a reused flow's last state. */
 struct tw_flow_scratch {
 	struct tw_flow_end_rec end; /* end.key: the packet's flow key */
-	__u64 init_lock; /* tw_flow_value.lock + pad */
-	struct tw_flow_state init;
+	struct tw_flow_value init;
 	struct tw_flow_pkt pkt;
 };
-_Static_assert(__builtin_offsetof(struct tw_flow_scratch, init) - __builtin_offsetof(struct tw_flow_scratch, init_lock) ==
-		       __builtin_offsetof(struct tw_flow_value, st),
-	       "the scratch's init part has tw_flow_value's layout");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -597,6 +591,38 @@ static __always_inline int addr_lt(const __u8 *a, const __u8 *b, int *eq)
 	return a0 < b0 || (a0 == b0 && a1 < b1);
 }
 
+/* The flow entry's lock (tapwire_abi.h, struct tw_flow_value): seq odd
+ * while held, taken with a compare-and-swap, given back with an atomic add;
+ * both are fully ordered, so the entry's stores stay inside. Held for the
+ * few hundred instructions of one update, so another CPU seldom waits; one
+ * that cannot take it in TW_FLOW_LOCK_TRIES leaves its packet unaccounted
+ * (TW_STAT_FLOW_UNTRACKED) rather than spin. */
+#define TW_FLOW_LOCK_TRIES 64
+
+static __always_inline int flow_lock(struct tw_flow_value *v, __u32 *held)
+{
+#pragma nounroll
+	for (int i = 0; i < TW_FLOW_LOCK_TRIES; i++) {
+		__u32 s = *(volatile __u32 *)&v->seq;
+
+		if (!(s & 1) && __sync_val_compare_and_swap(&v->seq, s, s + 1) == s) {
+			*(volatile __u32 *)&v->seq_end = s + 1;
+			*held = s + 1;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static __always_inline void flow_unlock(struct tw_flow_value *v, __u32 held)
+{
+	__u32 old;
+
+	*(volatile __u32 *)&v->seq_end = held + 1;
+	old = __sync_fetch_and_add(&v->seq, 1);
+	asm volatile("" : : "r"(old)); /* used: the fetching (fully ordered) form of the add */
+}
+
 /*
  * Accounts one TCP or UDP packet in its flow (tw_flows): one lookup and the
  * entry's lock in the common case; a new flow is built on the per-CPU
@@ -616,6 +642,7 @@ __noinline int tw_flow_account(struct tw_pkt *p, struct tw_counters *cnt, __u32 
 	struct tw_flow_value *v;
 	__u8 l4 = p->l4_proto;
 	int eq, src_a, rc, reused = 0, is_new = 0;
+	__u32 held = 0;
 	long err;
 
 	if (!sc)
@@ -658,9 +685,8 @@ __noinline int tw_flow_account(struct tw_pkt *p, struct tw_counters *cnt, __u32 
 		 * whole; then counted under the lock like any other packet (a
 		 * packet of another CPU may come first: both are counted). */
 		__builtin_memset(&sc->init, 0, sizeof(sc->init));
-		sc->init_lock = 0;
-		tw_flow_init(&sc->init, fp, l4);
-		err = bpf_map_update_elem(&tw_flows, k, &sc->init_lock, BPF_NOEXIST);
+		tw_flow_init(&sc->init.st, fp, l4);
+		err = bpf_map_update_elem(&tw_flows, k, &sc->init, BPF_NOEXIST);
 		if (err == 0)
 			cnt->stat[TW_STAT_FLOWS_CREATED]++;
 		else if (err != -17 /* EEXIST: another CPU inserted it first */)
@@ -671,7 +697,8 @@ __noinline int tw_flow_account(struct tw_pkt *p, struct tw_counters *cnt, __u32 
 			goto untracked;
 	}
 
-	bpf_spin_lock(&v->lock);
+	if (flow_lock(v, &held) < 0)
+		goto untracked;
 	if (l4 == IPPROTO_TCP) {
 		/* At most twice: a SYN with a new ISN (TW_FLOW_REUSE) ends the
 		 * old flow, and the packet starts the new one in the same entry. */
@@ -689,7 +716,7 @@ __noinline int tw_flow_account(struct tw_pkt *p, struct tw_counters *cnt, __u32 
 	} else {
 		tw_flow_udp_update(&v->st, fp);
 	}
-	bpf_spin_unlock(&v->lock);
+	flow_unlock(v, held);
 	if (reused) {
 		cnt->stat[TW_STAT_FLOWS_CREATED]++;
 		if (bpf_ringbuf_output(&tw_flow_ends, &sc->end, sizeof(sc->end), 0) < 0)

@@ -335,9 +335,11 @@ struct tw_ident_counters {
  * Flow accounting (docs/FLOWS.md): the capture programs count every TCP and
  * UDP packet that passes the filters, pod targeting and the duplicate check
  * in the tw_flows hash map (key struct tw_flow_key, bpf/tapwire_flow.h), one
- * entry per flow, updated under the entry's spin lock. The sensor reads and
- * deletes entries (tw_flows is a plain hash: an LRU map cannot hold a
- * bpf_spin_lock, so nothing is ever evicted behind the sensor's back).
+ * entry per flow, updated under the entry's own lock: a sequence word taken
+ * with a compare-and-swap, not a bpf_spin_lock, whose helpers turn
+ * interrupts off and on for every packet (costly on virtual machines). The
+ * sensor reads and deletes entries (tw_flows is a plain hash: nothing is
+ * ever evicted behind the sensor's back).
  */
 #define TW_FLOWS_DEFAULT_MAX 65536u
 #define TW_FLOW_ENDS_RING_BYTES (256u * 1024u)
@@ -345,15 +347,15 @@ struct tw_ident_counters {
 #ifdef TW_ABI_HAVE_FLOWS
 
 struct tw_flow_value {
-#ifdef __BPF__
-	struct bpf_spin_lock lock; /* held while the programs update st (the program includes linux/bpf.h) */
-#else
-	/* struct bpf_spin_lock (one __u32) in the kernel; linux/bpf.h is not
-	 * included here: it clashes with libpcap's classic struct bpf_insn */
-	__u32 lock;
-#endif
+	__u32 seq; /* even: free; odd: a program holds the entry and is updating st */
 	__u32 pad;
 	struct tw_flow_state st; /* times CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	/* seq's value, stored right after the entry is taken (before st
+	 * changes) and again before it is given back: a copy of the entry
+	 * (read forward) whose seq and seq_end are equal and even is
+	 * consistent. */
+	__u32 seq_end;
+	__u32 pad_end;
 };
 
 /* A flow the programs ended themselves (a SYN with a new ISN on the same
@@ -389,7 +391,7 @@ TW_STATIC_ASSERT(sizeof(struct tw_ip_key) == 20, "tw_ip_key layout");
 TW_STATIC_ASSERT(sizeof(struct tw_flow_key) == 40, "tw_flow_key layout");
 TW_STATIC_ASSERT(sizeof(struct tw_flow_state) == 296, "tw_flow_state layout");
 TW_STATIC_ASSERT(sizeof(struct tw_cring_hdr) == 128 && sizeof(struct tw_cring_rec) == 8, "tw_cring layout");
-TW_STATIC_ASSERT(sizeof(struct tw_flow_value) == 304, "tw_flow_value layout: the lock, then the state 8-aligned");
+TW_STATIC_ASSERT(sizeof(struct tw_flow_value) == 312, "tw_flow_value layout: seq, the state 8-aligned, seq_end");
 TW_STATIC_ASSERT(offsetof(struct tw_flow_value, st) == 8, "tw_flow_value layout");
 TW_STATIC_ASSERT(sizeof(struct tw_flow_end_rec) == 336, "tw_flow_end_rec layout");
 TW_STATIC_ASSERT(TW_IDENT_EXIT < TW_IDENT_TYPE_SLOTS, "tw_ident_counters.emitted: one slot per event type");

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Flow accounting, shared by the capture program (bpf/capture.bpf.c, in the
- * kernel, under the flow's spin lock) and userspace (flows from a pcap, unit
+ * kernel, holding the flow entry's lock) and userspace (flows from a pcap, unit
  * tests): the flow table's key and value, and the per-packet update.
  *
  * The TCP analysis is Wireshark 4.0's (epan/dissectors/packet-tcp.c,
@@ -13,7 +13,7 @@
  * in flight) is not counted here.
  *
  * Pure arithmetic on the value: no helper calls (the kernel runs it holding
- * a bpf_spin_lock), no loops, fixed-width types only.
+ * the entry's lock), no loops, fixed-width types only.
  */
 #ifndef TAPWIRE_FLOW_H
 #define TAPWIRE_FLOW_H

@@ -47,6 +47,18 @@ def attached_prog_ids(L: lab.Lab) -> set[int]:
     return ids
 
 
+def sensor_prog_ids(prefix: str = "tw_") -> set[int]:
+    """IDs of the loaded tw_* TC programs (one sensor runs at a time here):
+    when `bpftool net show` lists no IDs for tcx links."""
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=30)
+    try:
+        progs = json.loads(r.stdout or "[]")
+    except ValueError:
+        return set()
+    return {int(p["id"]) for p in progs
+            if p.get("name", "").startswith(prefix) and p.get("type") in ("sched_cls", "tcx") and "id" in p}
+
+
 def bpf_prog_stats(ids: set[int]) -> tuple[int, int, list[str]]:
     """(run_time_ns, run_cnt, names) summed over the programs with these IDs."""
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=30)
@@ -119,7 +131,7 @@ def run_one(L: lab.Lab, config: str, path: str, rnd: int) -> dict:
         s = L.start_sensor(data, extra=["--storage-size", "2GiB"])
         try:
             cpu0 = lab.proc_cpu_seconds(s.pid)
-            ids = attached_prog_ids(L)
+            ids = attached_prog_ids(L) or sensor_prog_ids()
             bpf0, cnt0, _ = bpf_prog_stats(ids)
             st0 = s.status() or {}
             w = L.wrk(f"/f/{path}", threads=1, conns=CONNS, duration=SECONDS)

@@ -183,11 +183,29 @@ void FlowHarvester::write(const tw_flow_key& k, const tw_flow_state& st, Tracked
   if (end < 8) st_.ended[end] += end ? 1 : 0;
 }
 
+namespace {
+
+// A copy taken while no program held the entry, nor took it during the copy
+// (tapwire_abi.h, struct tw_flow_value).
+bool consistent(const tw_flow_value& v) { return v.seq == v.seq_end && !(v.seq & 1); }
+
+}  // namespace
+
+// Reads one entry again until the copy is consistent (a few tries: an
+// update holds the entry for well under a microsecond); false if it is gone.
+bool FlowHarvester::read_one(const tw_flow_key& k, tw_flow_value& v) {
+  for (int i = 0; i < 16; i++) {
+    if (bpf_map_lookup_elem(flows_fd_, &k, &v) != 0) return false;
+    if (consistent(v)) return true;
+  }
+  st_.torn_reads++;  // busy all along: this copy now, the next harvest has the rest
+  return true;
+}
+
 bool FlowHarvester::read_all(std::vector<std::pair<tw_flow_key, tw_flow_state>>& out) {
   out.clear();
   bpf_map_batch_opts o{};
   o.sz = sizeof o;
-  o.elem_flags = BPF_F_LOCK;
   uint32_t in = 0, next = 0;
   bool first = true;
   for (;;) {
@@ -201,6 +219,7 @@ bool FlowHarvester::read_all(std::vector<std::pair<tw_flow_key, tw_flow_state>>&
       tw_flow_value v;
       std::memcpy(&k, batch_keys_.data() + i * sizeof k, sizeof k);
       std::memcpy(&v, batch_values_.data() + i * sizeof v, sizeof v);
+      if (!consistent(v) && !read_one(k, v)) continue;  // deleted since
       out.emplace_back(k, v.st);
     }
     if (err == ENOENT) return true;
@@ -214,7 +233,7 @@ bool FlowHarvester::read_all(std::vector<std::pair<tw_flow_key, tw_flow_state>>&
   void* prev = nullptr;
   while (bpf_map_get_next_key(flows_fd_, prev, &nk) == 0 && out.size() <= max_flows_) {
     tw_flow_value v{};
-    if (bpf_map_lookup_elem_flags(flows_fd_, &nk, &v, BPF_F_LOCK) == 0) out.emplace_back(nk, v.st);
+    if (read_one(nk, v)) out.emplace_back(nk, v.st);
     k = nk;
     prev = &k;
   }
@@ -224,7 +243,7 @@ bool FlowHarvester::read_all(std::vector<std::pair<tw_flow_key, tw_flow_state>>&
 // Deletes a flow unless a packet came since it was read (then it lives on).
 bool FlowHarvester::remove(const tw_flow_key& k, const tw_flow_state& seen) {
   tw_flow_value v{};
-  if (bpf_map_lookup_elem_flags(flows_fd_, &k, &v, BPF_F_LOCK) != 0) return true;  // gone already
+  if (!read_one(k, v)) return true;  // gone already
   if (v.st.first_ns != seen.first_ns || packets(v.st) != packets(seen)) return false;
   if (bpf_map_delete_elem(flows_fd_, &k) != 0 && errno != ENOENT) {
     st_.delete_failures++;

@@ -1,6 +1,7 @@
 // Harvests the kernel's flow table (bpf/capture.bpf.c, tw_flows) into the
 // flow stream (DATA_DIR/flows/, docs/FLOWS.md, shm/FORMAT.md TW_REC_FLOW):
-// every second it reads every flow (a consistent copy of each: BPF_F_LOCK),
+// every second it reads every flow (a consistent copy of each: the entry's
+// sequence word, tapwire_abi.h struct tw_flow_value),
 // writes a record for each flow that is new, or that changed and whose last
 // record is older than the interval, writes the final record of the flows
 // that ended (and deletes them from the table), evicts when the table is
@@ -69,6 +70,7 @@ struct FlowHarvesterStats {
   uint64_t records = 0;  // TW_REC_FLOW written
   uint64_t write_failures = 0;  // records that could not be stored
   uint64_t delete_failures = 0;
+  uint64_t torn_reads = 0;  // entries still being updated after every re-read (taken as read)
   uint64_t harvests = 0;
   uint64_t last_harvest_us = 0;  // how long the last harvest took
   uint64_t pairs_folded = 0;  // metric deltas that went to the _other series
@@ -141,6 +143,7 @@ class FlowHarvester {
              uint64_t mono_to_real);
   void account_metrics(const tw_flow_key& k, const tw_flow_state& st, Tracked& t, bool is_new);
   bool read_all(std::vector<std::pair<tw_flow_key, tw_flow_state>>& out);
+  bool read_one(const tw_flow_key& k, tw_flow_value& v);
   bool remove(const tw_flow_key& k, const tw_flow_state& seen);
 };
 
