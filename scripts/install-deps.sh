@@ -20,7 +20,7 @@ PACKAGES=(
   libclang-rt-14-dev
   # test lab and references
   python3 iproute2 procps psmisc nginx-light dnsmasq-base curl wrk dnsutils iputils-ping
-  tcpdump tshark prometheus
+  tcpdump tshark prometheus iperf3
   # flow tests (tests/integration/test_flows.py): nft drops SYNs in the lab's server namespace
   nftables
   # tapwire map --format svg runs Graphviz's dot
