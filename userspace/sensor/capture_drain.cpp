@@ -86,6 +86,7 @@ bool CaptureDrain::drain_all(bool everything) {
       break;
     }
     on_record(heads[best]);
+    records_taken_++;
     rings_[best].advance();
     heads[best] = rings_[best].peek();
     if ((done & 255) == 0)

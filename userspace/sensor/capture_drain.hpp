@@ -64,6 +64,14 @@ class CaptureDrain {
   void write_loss_records(uint64_t now_real);
 
   const std::array<uint64_t, kUserDropMax>& user_drops() const { return user_drops_; }
+  // Records taken from the rings since start.
+  uint64_t records_taken() const { return records_taken_; }
+  // Nothing waits in any ring.
+  bool empty() const {
+    for (const auto& r : rings_)
+      if (r.pending()) return false;
+    return true;
+  }
   // By ifindex: what was stored from each interface since start.
   const std::map<uint32_t, IfaceCounters>& per_iface() const { return per_iface_; }
 
@@ -80,6 +88,7 @@ class CaptureDrain {
   IfaceCounters* last_counters_ = nullptr;
   uint32_t last_ifindex_ = 0;
   uint64_t corrupt_seen_ = 0;
+  uint64_t records_taken_ = 0;
 
   void on_record(std::span<const uint8_t> rec);
 };
