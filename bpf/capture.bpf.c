@@ -68,7 +68,7 @@ struct {
  * sensor's timer drains the rings. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096);
+	__uint(max_entries, TW_DOORBELL_BYTES);
 } tw_doorbell SEC(".maps");
 
 /* Where a record's header is assembled before it is copied into the ring.

@@ -58,6 +58,8 @@ struct tw_cring_rec {
 	__u32 reserved; /* 0 */
 };
 #define TW_CRING_SKIP 0x80000000u
+/* The doorbell (tw_doorbell): a BPF ring buffer of CPU numbers. */
+#define TW_DOORBELL_BYTES 4096u
 
 /* Stacked VLAN tags the programs walk in the packet (802.1ad + 802.1Q, QinQ),
  * besides a tag the driver took off into the skb's metadata. Deeper stacks

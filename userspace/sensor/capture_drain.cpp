@@ -14,7 +14,6 @@ constexpr uint64_t kMaxRecordsPerDrain = 1u << 16;
 // before it get there first (the time between stamping and committing a
 // record is microseconds; softirq processing can stretch it).
 constexpr uint64_t kHoldbackNs = 2'000'000;
-constexpr uint32_t kDoorbellBytes = 4096;  // tw_doorbell's size (capture.bpf.c)
 
 tw_seg_iface iface_record(const Interface& i) {
   tw_seg_iface rec{};
@@ -27,7 +26,7 @@ tw_seg_iface iface_record(const Interface& i) {
 }  // namespace
 
 CaptureDrain::CaptureDrain(shm::SegmentStore& store, const BpfCapture& bpf)
-    : store_(store), bpf_(bpf), doorbell_(bpf.doorbell_fd(), kDoorbellBytes) {
+    : store_(store), bpf_(bpf), doorbell_(bpf.doorbell_fd(), TW_DOORBELL_BYTES) {
   for (uint32_t cpu = 0; cpu < bpf.ring_count(); cpu++) rings_.emplace_back(bpf.ring(cpu), bpf.ring_bytes());
 }
 
