@@ -358,7 +358,7 @@ _Static_assert(TW_CHUNK_MAX == 0x4000, "emit_chunk's mask assumes 16 KiB chunks"
 
 /* Appends one record to this CPU's capture ring: p, then n payload bytes
  * read from the packet at payload_off (none if n is 0). The record is
- * written in place and published with one store of prod: no lock, no copy
+ * written in place and published with one atomic add to prod: no lock, no copy
  * but the packet's. Returns 0, or -1 with the drop counted. */
 static __always_inline int cring_put(struct __sk_buff *skb, __u8 *ring, const struct tw_pkt *p, __u32 payload_off,
 				     __u64 n, struct tw_counters *cnt)
@@ -368,7 +368,7 @@ static __always_inline int cring_put(struct __sk_buff *skb, __u8 *ring, const st
 	const __u64 bytes = tw_cring_bytes, mask = tw_cring_bytes - 1;
 	__u64 prod = h->prod, cons = *(volatile __u64 *)&h->cons;
 	__u64 size = (sizeof(struct tw_cring_rec) + sizeof(struct tw_pkt) + n + 7) & ~7ull;
-	__u64 off = prod & mask, skip = 0, next;
+	__u64 off = prod & mask, skip = 0, next, published;
 	struct tw_cring_rec *rec;
 
 	if (off + size > bytes)
@@ -394,7 +394,8 @@ static __always_inline int cring_put(struct __sk_buff *skb, __u8 *ring, const st
 	}
 	/* Publish: the record's bytes before prod (a fully ordered atomic, so
 	 * also on weakly ordered CPUs); the sensor loads prod with acquire. */
-	__sync_fetch_and_add(&h->prod, next - prod);
+	published = __sync_fetch_and_add(&h->prod, next - prod);
+	asm volatile("" : : "r"(published)); /* used: the fetching (fully ordered) form of the add */
 	/* Ring the doorbell when this record took the ring past the threshold. */
 	if (next - cons >= tw_wakeup_bytes && prod - cons < tw_wakeup_bytes) {
 		__u32 cpu = bpf_get_smp_processor_id();
