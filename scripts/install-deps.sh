@@ -16,6 +16,8 @@ PACKAGES=(
   libprotobuf-dev libprotoc-dev
   # MongoDB (userspace/protocols/mongodb/): BSON through libbson, OP_COMPRESSED's snappy
   libbson-dev libsnappy-dev
+  # the query language's `matches` (userspace/serve/query.cpp): PCRE2
+  libpcre2-dev
   # fuzzing (make fuzz): libFuzzer and the sanitizers' runtime for clang
   libclang-rt-14-dev
   # test lab and references

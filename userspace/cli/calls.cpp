@@ -17,6 +17,7 @@
 #include "call_db.hpp"
 #include "protocol.hpp"
 #include "commands.hpp"
+#include "query.hpp"
 #include "timefmt.hpp"
 
 namespace tapwire::cli {
@@ -337,6 +338,7 @@ struct CallsOptions {
   std::string from, to;
   std::string namespace_, pod, service, process, node;
   std::string id;
+  std::string filter;  // the query language (docs/QUERY.md)
   size_t limit = 0;
   bool json = false;
 };
@@ -392,9 +394,47 @@ int run_calls(const CallsOptions& o) {
       throw CliError("bad --id", printable(o.id), "give a call id: 16 hex digits, as `tapwire calls --json` shows");
     q.id = id;
   }
+  auto bad_filter = [&](const serve::QueryError& e) {
+    return CliError("bad --filter", printable(o.filter), std::string(e.what()) + " (docs/QUERY.md)");
+  };
+  serve::ExprPtr filter;
+  if (!o.filter.empty()) {
+    try {
+      filter = serve::parse(o.filter);
+    } catch (const serve::QueryError& e) {
+      throw bad_filter(e);
+    }
+  }
   auto db = open_call_db(o.db);
+  if (filter) {
+    // Compiled for this DB's schema (an older one lacks columns), with the
+    // parameters after those query() binds; tw_regexp for `matches`.
+    serve::CompileOptions co;
+    serve::detect_columns(db->handle(), co);
+    co.first_param = dissect::CallDb::kFirstExtraParam;
+    auto compiled = std::make_shared<serve::CompiledQuery>();
+    try {
+      *compiled = serve::compile(*filter, co);
+    } catch (const serve::QueryError& e) {
+      throw bad_filter(e);
+    }
+    if (serve::register_functions(db->handle()) != 0)
+      throw CliError("cannot query the dissection DB", o.db, "SQLite refused the regex function");
+    q.extra_where = compiled->where;
+    q.bind_extra = [compiled](sqlite3_stmt* st) {
+      if (serve::bind(st, *compiled) != 0) throw std::runtime_error("cannot bind the filter's values");
+    };
+  }
   std::vector<dissect::CallDb::Summary> sums;
-  const auto calls = db->query(q, nullptr, &sums);
+  std::vector<json> calls;
+  try {
+    calls = db->query(q, nullptr, &sums);
+  } catch (const std::runtime_error& e) {
+    // What a filter can still fail on as it runs: a regex that backtracks
+    // past its limit on some value.
+    if (o.filter.empty()) throw;
+    throw CliError("--filter failed", printable(o.filter), e.what());
+  }
   if (!o.id.empty()) {
     if (calls.empty()) throw CliError("no call with this id", q.id, "in " + o.db + " (with the filters given)");
     std::string sep;
@@ -508,6 +548,10 @@ void register_calls(CLI::App& app, Action& action) {
                   "print this call whole: start lines, headers, bodies, timing, both ends, flags "
                   "(with --json: its call record)")
       ->type_name("ID");
+  sub->add_option("--filter", o->filter,
+                  "only calls matching this expression, e.g. 'http and response.status >= 500 and "
+                  "dst.namespace == \"shop\"' (the query language: docs/QUERY.md)")
+      ->type_name("EXPR");
   sub->add_option("--limit", o->limit, "at most this many calls");
   sub->add_flag("--json", o->json, "one call record (JSON) per line");
   sub->callback([o, &action] { action = [o] { return run_calls(*o); }; });

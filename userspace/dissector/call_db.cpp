@@ -799,6 +799,7 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid, s
   if (!q.id.empty()) sql += " AND id = ?12";
   if (!q.method.empty()) sql += " AND method = ?13 COLLATE NOCASE";
   if (!q.path_regex.empty()) sql += " AND path REGEXP ?14";
+  if (!q.extra_where.empty()) sql += " AND (" + q.extra_where + ")";
   sql += q.after_rowid || q.by_rowid ? " ORDER BY rowid" : " ORDER BY ts_ns, rowid";
   if (q.limit) sql += " LIMIT " + std::to_string(q.limit);
   sqlite3_stmt* st = nullptr;
@@ -820,6 +821,14 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid, s
   if (!q.id.empty()) bind_text(st, 12, q.id);
   if (!q.method.empty()) bind_text(st, 13, q.method);
   if (!q.path_regex.empty()) bind_text(st, 14, q.path_regex);
+  if (!q.extra_where.empty() && q.bind_extra) {
+    try {
+      q.bind_extra(st);
+    } catch (...) {
+      sqlite3_finalize(st);
+      throw;
+    }
+  }
   std::vector<nlohmann::json> out;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -87,7 +88,16 @@ class CallDb {
     std::string process;  // exact process name (comm)
     std::string node;  // exact node name: the capturing node or either end's
     std::string id;  // exact call id (16 hex digits), "" = any (a scan: the id is not indexed)
+    // A condition of the caller's own, ANDed with the others: SQL over the
+    // calls columns (tapwire calls --filter: the query language,
+    // userspace/serve/query.hpp), whose parameters are ?kFirstExtraParam
+    // on, bound by bind_extra.
+    std::string extra_where;
+    std::function<void(sqlite3_stmt*)> bind_extra;
   };
+  // The first parameter number extra_where may use: query() binds those
+  // below it.
+  static constexpr int kFirstExtraParam = 101;
   // Calls as call-record JSON objects, oldest first; `last_rowid`, if given,
   // gets the rowid of the last one returned. Throws std::invalid_argument if
   // q.pod_regex does not compile.
@@ -102,6 +112,9 @@ class CallDb {
   static std::string regex_error(const std::string& pattern);
   uint64_t count();
   int64_t max_rowid();  // the last row added (0 if none)
+  // The connection, for a caller that adds SQL functions its extra_where
+  // uses (serve::register_functions) or looks at the schema.
+  sqlite3* handle() { return db_; }
 
   // Flows (docs/FLOWS.md, docs/DISSECTION_DB.md): one row per flow id,
   // replaced by each newer record of the flow (upsert by id). Deleted with
