@@ -381,13 +381,18 @@ static __always_inline int cring_put(struct __sk_buff *skb, __u8 *ring, const st
 	if (skip) {
 		rec = (struct tw_cring_rec *)(data + (off & mask & ~7ull));
 		rec->len = (__u32)(skip - sizeof(*rec)) | TW_CRING_SKIP;
-		rec->reserved = 0;
+		rec->type = 0;
+		rec->flags = 0;
 		off = 0;
 	}
 	rec = (struct tw_cring_rec *)(data + (off & mask & ~7ull));
 	rec->len = (__u32)(sizeof(struct tw_pkt) + n);
-	rec->reserved = 0;
+	rec->type = 1; /* TW_REC_PACKET */
+	rec->flags = 0;
 	__builtin_memcpy(rec + 1, p, sizeof(*p));
+	/* Real time in the ring (the segments hold it); the programs keep the
+	 * monotonic clock for their own use (duplicates, flows). */
+	((struct tw_pkt *)(rec + 1))->ts_ns = p->ts_ns + h->real_off;
 	if (n && load(skb, payload_off, (__u8 *)(rec + 1) + sizeof(*p), n) < 0) {
 		count_drop(cnt, TW_DROP_LOAD_FAILED);
 		return -1;

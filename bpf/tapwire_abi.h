@@ -48,14 +48,22 @@ struct tw_cring_hdr {
 	__u64 prod; /* bytes ever produced: stored (release) after the records below it are written */
 	__u8 pad0[56]; /* prod and cons on cache lines of their own */
 	__u64 cons; /* bytes ever consumed: stored (release) by the consumer once it is done with them */
-	__u8 pad1[56];
+	/* CLOCK_REALTIME - CLOCK_MONOTONIC, set by the consumer (at start and
+	 * every second): records are stamped with real time, so that the ring's
+	 * bytes are written to the segment files as they are. */
+	__u64 real_off;
+	__u8 pad1[48];
 };
 /* A record in the data area, at a multiple of 8: header, body, zero to 7
  * bytes of padding. A record never wraps: one that would not fit before the
- * end is preceded by a skip record covering the rest of the data area. */
+ * end is preceded by a skip record covering the rest of the data area. The
+ * header is the record header of the segment files' per-CPU streams
+ * (struct tw_seg_rec8, shm/FORMAT.md): the sensor writes spans of the ring
+ * to disk as they are. */
 struct tw_cring_rec {
 	__u32 len; /* body bytes; with TW_CRING_SKIP, bytes to skip after this header */
-	__u32 reserved; /* 0 */
+	__u16 type; /* segment record type: 1 = TW_REC_PACKET */
+	__u16 flags; /* 0 */
 };
 #define TW_CRING_SKIP 0x80000000u
 /* The doorbell (tw_doorbell): a BPF ring buffer of CPU numbers. */

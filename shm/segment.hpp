@@ -65,6 +65,69 @@ class SegmentWriter {
   Impl* impl_ = nullptr;
 };
 
+// One segment of version 2 (FORMAT.md, "Version 2: per-CPU streams"): a
+// region per stream, each filled with spans of that stream's memory (a
+// capture ring) written as they are, with O_DIRECT where the file system
+// takes it. A stream's bytes are addressed by their position in the stream
+// (the ring's monotonic byte count); a region starts at a stream position and
+// holds the stream's bytes from there on. Not thread-safe; single writer.
+struct StreamSpec {
+  uint32_t stream;  // CPU number, or TW_SEG_STREAM_CONTROL
+  uint64_t capacity;  // bytes, rounded down to TW_SEG_BLOCK
+  uint64_t start_pos;  // stream position of the region's first record
+};
+
+// A stream's memory: `bytes` (a power of two, a multiple of TW_SEG_BLOCK)
+// at `data` (TW_SEG_BLOCK-aligned); position p lives at data + (p & (bytes - 1)).
+struct StreamMemory {
+  const uint8_t* data;
+  uint64_t bytes;
+};
+
+class StreamSegmentWriter {
+ public:
+  // Creates DIR/<seq>.twseg, fully allocated. Throws SegmentError.
+  static StreamSegmentWriter create(const std::string& dir, uint64_t seq, std::span<const StreamSpec> regions);
+  StreamSegmentWriter(StreamSegmentWriter&&) noexcept;
+  StreamSegmentWriter& operator=(StreamSegmentWriter&&) noexcept;
+  StreamSegmentWriter(const StreamSegmentWriter&) = delete;
+  StreamSegmentWriter& operator=(const StreamSegmentWriter&) = delete;
+  ~StreamSegmentWriter();  // publishes; does not seal
+
+  size_t regions() const;
+  // Stream position past the last byte written to region i.
+  uint64_t position(size_t i) const;
+  // The highest stream position region i can take: a span ending at or below
+  // it fits.
+  uint64_t limit(size_t i) const;
+  // Writes the stream's bytes [position(i), end) into region i (whole
+  // blocks: the block holding position(i) is written again, so the stream's
+  // memory must still hold it), then their block checksums. `records`,
+  // `first_ts`, `last_ts` describe the records in the span (the caller walked
+  // them). Invisible to readers until publish(). False if the span does not
+  // fit or the write failed (nothing of it is published then).
+  bool write(size_t i, StreamMemory mem, uint64_t end, uint64_t records, uint64_t first_ts, uint64_t last_ts);
+  // Makes what was written visible: the regions' committed offsets, then the
+  // watermark (every record at or below it is in), with release order.
+  void publish(uint64_t watermark_ns);
+  // Publishes, waits for the disk, marks the segment sealed and gives the
+  // regions' unused space back to the file system.
+  void seal();
+
+  bool direct() const;  // writes go through O_DIRECT
+  uint64_t seq() const;
+  uint64_t created_ns() const;
+  uint64_t record_count() const;
+  uint64_t bytes_written() const;  // stream bytes written (whole blocks counted once)
+  uint64_t file_size() const;
+  const std::string& path() const;
+
+ private:
+  StreamSegmentWriter() = default;
+  struct Impl;
+  Impl* impl_ = nullptr;
+};
+
 // Makes a segment left open by a writer that died consistent: keeps the
 // longest valid prefix of its published records (framing and CRC checked),
 // then seals it. Returns the number of records kept. Throws SegmentError if
@@ -130,8 +193,17 @@ class SegmentStore {
 struct Record {
   uint16_t type;
   std::span<const uint8_t> body;  // valid while the reader that returned it lives
-  uint64_t offset;  // of the record header within the record area
+  // Version 1: of the record header within the record area. Version 2: the
+  // sum of record_size() of the records returned before it (the segment's
+  // records in time order); either way, the next record's offset is at least
+  // offset + SegmentWriter::record_size(body.size()).
+  uint64_t offset;
 };
+
+// The timestamp a record carries in its body (packet, interface, loss and
+// the identity and flow records), 0 for types that carry none or a body too
+// short for it.
+uint64_t record_timestamp(uint16_t type, std::span<const uint8_t> body);
 
 // One segment file, mapped read-only. Follows a writer in another process:
 // next() returns records as they are published.
@@ -158,9 +230,12 @@ class SegmentReader {
   const tw_seg_header& header() const;  // fields may change while open
   uint64_t seq() const;
   const std::string& path() const;
+  int version() const;  // TW_SEG_VERSION or TW_SEG_VERSION_STREAMS
 
  private:
   SegmentReader() = default;
+  static SegmentReader open_streams(const std::string& path, int fd, const tw_seg_header& h, uint64_t size);
+  std::optional<Record> next_streams();
   struct Impl;
   Impl* impl_ = nullptr;
 };

@@ -21,6 +21,14 @@
 #define TW_SEG_HEADER_SIZE 4096u /* the record area starts here */
 #define TW_SEG_ALIGN 8u /* every record starts 8-byte aligned */
 #define TW_SEG_FILE_SUFFIX ".twseg"
+/* Version 2: per-CPU streams (the capture directory). Version 1 (one stream
+ * of CRC'd records) stays in use for the identity and flow streams and is
+ * still read in the capture directory. */
+#define TW_SEG_VERSION_STREAMS 2u
+#define TW_SEG_BLOCK 4096u /* version 2: unit of the writes and of the block checksums */
+#define TW_SEG_MAX_REGIONS 4096u /* version 2: regions a reader accepts */
+#define TW_SEG_STREAM_CONTROL 0xffffffffu /* version 2: the region of the sensor's own records */
+#define TW_SEG_REC8_SKIP 0x80000000u /* version 2: tw_seg_rec8.len flag */
 
 enum tw_seg_state {
 	TW_SEG_OPEN = 1, /* the writer may still append */
@@ -48,6 +56,50 @@ struct tw_seg_header {
 	uint64_t last_ts_ns; /* largest record timestamp, 0 if none */
 	uint32_t abi_version; /* TW_ABI_VERSION of the tw_pkt bodies */
 	uint32_t reserved0;
+};
+
+/* Version 2, right after struct tw_seg_header (offset 96). */
+struct tw_seg_streams {
+	/* Every record with a timestamp at or below this is published: a reader
+	 * merging the regions by time takes no record above it from an open
+	 * segment. Release-stored after the regions' `committed`. */
+	uint64_t watermark_ns;
+	uint32_t regions; /* entries of the region table at offset 128 */
+	uint32_t block_size; /* TW_SEG_BLOCK */
+	uint64_t reserved[2];
+};
+
+/* Version 2: the region table, at offset 128, 64 bytes per region. A region
+ * is one stream's bytes (one CPU's capture ring, or the control stream),
+ * written as they were in memory. */
+struct tw_seg_region {
+	uint64_t file_off; /* of the region's first byte; a multiple of block_size, >= header_size */
+	uint64_t capacity; /* bytes; a multiple of block_size */
+	uint64_t crc_off; /* file offset of its block table (capacity / block_size struct tw_seg_block), in the header */
+	uint64_t start; /* offset in the region of its first record (< block_size) */
+	uint64_t committed; /* offset in the region past the last published record (>= start) */
+	uint64_t records; /* records in [start, committed), skip records excluded */
+	uint32_t stream; /* the CPU, or TW_SEG_STREAM_CONTROL */
+	uint32_t reserved0;
+	uint64_t reserved1;
+};
+
+/* Version 2: the checksum of one block of a region: CRC-32C of its first
+ * `len` bytes (the whole block once full). Stored as one 8-byte word after
+ * the block's bytes were written and before `committed` covers them. */
+struct tw_seg_block {
+	uint32_t crc32c;
+	uint32_t len;
+};
+
+/* Version 2: the record header in a region (8-byte aligned, body, zero to 7
+ * bytes of padding). With TW_SEG_REC8_SKIP in len, the low 31 bits are bytes
+ * to skip after this header (the end of a capture ring, a record the sensor
+ * found invalid). The same layout as the capture rings' struct tw_cring_rec. */
+struct tw_seg_rec8 {
+	uint32_t len;
+	uint16_t type; /* enum tw_seg_rec_type; 0 only in skip records */
+	uint16_t flags; /* 0 */
 };
 
 /* Every record: this header, then `len` body bytes, then zero padding to
@@ -193,6 +245,10 @@ static_assert(sizeof(struct tw_seg_flow) == 360, "tw_seg_flow layout");
 static_assert(sizeof(struct tw_seg_header) == 96, "tw_seg_header layout changed: bump TW_SEG_VERSION");
 static_assert(offsetof(struct tw_seg_header, committed) == 56, "tw_seg_header layout");
 static_assert(sizeof(struct tw_seg_rec_hdr) == 16, "tw_seg_rec_hdr layout");
+static_assert(sizeof(struct tw_seg_streams) == 32, "tw_seg_streams layout");
+static_assert(sizeof(struct tw_seg_region) == 64, "tw_seg_region layout");
+static_assert(sizeof(struct tw_seg_block) == 8, "tw_seg_block layout");
+static_assert(sizeof(struct tw_seg_rec8) == 8, "tw_seg_rec8 layout");
 static_assert(sizeof(struct tw_seg_iface) == 32, "tw_seg_iface layout");
 static_assert(sizeof(struct tw_seg_loss) == 24, "tw_seg_loss layout");
 static_assert(sizeof(struct tw_seg_process) == 48, "tw_seg_process layout");

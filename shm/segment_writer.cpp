@@ -56,27 +56,6 @@ std::string errstr(int err) { return std::strerror(err); }
 // rounded up to a page so that the mapping of the last page stays valid.
 uint64_t sealed_file_size(uint64_t committed) { return kHeader + round_up(committed, page_size()); }
 
-// Timestamp of a record for the header's first/last_ts, for the record types
-// whose body carries one (recovery recomputes them from the records).
-uint64_t record_ts(const Record& r) {
-  uint64_t ts = 0;
-  switch (r.type) {
-    case TW_REC_PACKET:
-      if (r.body.size() >= sizeof(tw_pkt)) std::memcpy(&ts, r.body.data() + offsetof(tw_pkt, ts_ns), 8);
-      break;
-    case TW_REC_IFACE:
-      if (r.body.size() >= sizeof(tw_seg_iface))
-        std::memcpy(&ts, r.body.data() + offsetof(tw_seg_iface, ts_ns), 8);
-      break;
-    case TW_REC_LOSS:
-      if (r.body.size() >= sizeof(tw_seg_loss)) std::memcpy(&ts, r.body.data() + offsetof(tw_seg_loss, ts_ns), 8);
-      break;
-    default:
-      break;
-  }
-  return ts;
-}
-
 template <class T>
 std::atomic_ref<T> aref(T& v) {
   return std::atomic_ref<T>(v);
@@ -336,16 +315,19 @@ uint64_t SegmentWriter::record_count() const { return impl_->count; }
 uint64_t SegmentWriter::created_ns() const { return impl_->created_ns; }
 const std::string& SegmentWriter::path() const { return impl_->path; }
 
+uint64_t recover_stream_segment(const std::string& path);  // stream_writer.cpp
+
 uint64_t recover_segment(const std::string& path) {
   uint64_t end = 0, count = 0, first = 0, last = 0;
   bool was_sealed = false, corrupt = false;
   {
     SegmentReader r = SegmentReader::open(path);  // throws if not a segment
+    if (r.version() == TW_SEG_VERSION_STREAMS) return recover_stream_segment(path);
     was_sealed = r.sealed();
     while (auto rec = r.next()) {
       end = rec->offset + SegmentWriter::record_size(rec->body.size());
       count++;
-      if (uint64_t ts = record_ts(*rec)) {
+      if (uint64_t ts = record_timestamp(rec->type, rec->body)) {
         if (!first || ts < first) first = ts;
         if (ts > last) last = ts;
       }

@@ -9,6 +9,7 @@
 
 #include "bpf_capture.hpp"
 #include "capture_drain.hpp"
+#include "capture_store.hpp"
 #include "segment.hpp"
 #include "tapwire_abi.hpp"
 #include "units.hpp"
@@ -54,7 +55,7 @@ void ActivityPrinter::packet(const tw_pkt& p) {
               p.l4_proto == 6 ? "]" : "", p.payload_len, (p.flags & TW_PKT_F_TRUNCATED) ? " (truncated)" : "");
 }
 
-void ActivityPrinter::summary(const BpfCapture& bpf, const CaptureDrain& drain, const shm::SegmentStore& store) {
+void ActivityPrinter::summary(const BpfCapture& bpf, const CaptureDrain& drain, const shm::CaptureStore& store) {
   auto per_cpu = bpf.read_counters();
   uint64_t pk = 0, by = 0, dr = 0;
   for (auto& c : per_cpu) {

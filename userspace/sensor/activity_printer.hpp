@@ -9,7 +9,7 @@
 #include "tapwire_abi.h"
 
 namespace tapwire::shm {
-class SegmentStore;
+class CaptureStore;
 }
 
 namespace tapwire::sensor {
@@ -25,7 +25,7 @@ class ActivityPrinter {
 
   void packet(const tw_pkt& p);
   // Rates since the last summary, totals since start.
-  void summary(const BpfCapture& bpf, const CaptureDrain& drain, const shm::SegmentStore& store);
+  void summary(const BpfCapture& bpf, const CaptureDrain& drain, const shm::CaptureStore& store);
 
  private:
   const std::map<uint32_t, Interface>& attached_;

@@ -63,9 +63,21 @@ class CaptureRingReader {
   void release();
   uint64_t corrupt_bytes() const { return corrupt_bytes_; }
 
+  // The ring as the segment writer sees it: its data area (mapped writable:
+  // the drain turns an invalid record into a skip record in place), the
+  // producer's position, and giving space back up to a position.
+  uint8_t* data() const { return data_; }
+  uint64_t bytes() const { return bytes_; }
+  uint64_t producer() const { return __atomic_load_n(&hdr_->prod, __ATOMIC_ACQUIRE); }
+  uint64_t consumer() const { return __atomic_load_n(&hdr_->cons, __ATOMIC_ACQUIRE); }
+  void release_to(uint64_t pos) { __atomic_store_n(&hdr_->cons, pos, __ATOMIC_RELEASE); }
+  // CLOCK_REALTIME - CLOCK_MONOTONIC for the programs' timestamps.
+  void set_real_offset(uint64_t off) { __atomic_store_n(&hdr_->real_off, off, __ATOMIC_RELAXED); }
+  void add_corrupt(uint64_t n) { corrupt_bytes_ += n; }
+
  private:
   tw_cring_hdr* hdr_;
-  const uint8_t* data_;
+  uint8_t* data_;
   uint64_t bytes_;
   uint64_t cons_ = 0;
   uint64_t prod_ = 0;

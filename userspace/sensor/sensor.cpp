@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <bpf/libbpf.h>
 #include <sys/fsuid.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -40,6 +41,7 @@
 #include "identity_recorder.hpp"
 #include "interfaces.hpp"
 #include "kube_watcher.hpp"
+#include "capture_store.hpp"
 #include "segment.hpp"
 #include "sensor_status.hpp"
 #include "socket_owner.hpp"
@@ -201,7 +203,7 @@ std::vector<identity::IpKey> local_addresses() {
 struct Sensor::Impl final : ControlTarget {
   SensorOptions opts;
   std::optional<InterfaceSelector> selector;
-  std::unique_ptr<shm::SegmentStore> store;
+  std::unique_ptr<shm::CaptureStore> store;
   std::unique_ptr<BpfCapture> bpf;
   std::unique_ptr<CaptureDrain> drain;  // bpf's rings into the store
   std::unique_ptr<TcAttacher> tc;
@@ -256,7 +258,9 @@ struct Sensor::Impl final : ControlTarget {
     so.segment_size = opts.segment_size;
     so.max_segment_age_ns = opts.segment_max_age_s * 1000000000ull;
     try {
-      store = std::make_unique<shm::SegmentStore>(so);
+      const int ncpu = libbpf_num_possible_cpus();
+      if (ncpu <= 0) throw std::runtime_error("cannot count CPUs");
+      store = std::make_unique<shm::CaptureStore>(so, static_cast<uint32_t>(ncpu));
     } catch (const shm::SegmentError& e) {
       std::string what = e.what();
       if (what.find(TW_SEG_FILE_SUFFIX ":") != std::string::npos)  // about one file in the ring
@@ -266,7 +270,11 @@ struct Sensor::Impl final : ControlTarget {
     for (const auto& why : store->damaged())
       std::fprintf(stderr, "tapwire-sensor: set aside a damaged segment (%s) in %s/damaged/\n", why.c_str(),
                    so.dir.c_str());
-    store->on_open([this](shm::SegmentWriter& w) { write_iface_records(w, attached); });
+    // Each segment names its interfaces first: at the watermark, before every
+    // packet still to come.
+    store->on_open([this](shm::CaptureStore& st) {
+      write_iface_records(st, attached, drain && drain->watermark() ? drain->watermark() : clock_ns(CLOCK_REALTIME));
+    });
 
     bpf = std::make_unique<BpfCapture>(opts.ring_bytes, opts.ring_bytes / 8, opts.flow_accounting);
     bpf->set_filters(opts.filters);
@@ -547,7 +555,7 @@ struct Sensor::Impl final : ControlTarget {
     bpf->set_interface(i.ifindex, i.has_l2);
     tc->attach(i.ifindex, i.name);
     attached[i.ifindex] = i;
-    if (store) append_iface_record(*store, i);
+    if (store) append_iface_record(*store, i, drain && drain->watermark() ? drain->watermark() : clock_ns(CLOCK_REALTIME));
     std::fprintf(stderr, "tapwire-sensor: capturing on %s (ifindex %u, %s)\n", i.name.c_str(), i.ifindex,
                  tc->mode() == AttachMode::kTcx ? "tcx link" : "TC filter");
   }

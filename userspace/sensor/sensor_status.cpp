@@ -19,6 +19,7 @@
 #include "kube_watcher.hpp"
 #include "metrics_exporter.hpp"
 #include "pod_targets.hpp"
+#include "capture_store.hpp"
 #include "segment.hpp"
 #include "socket_owner.hpp"
 #include "status_file.hpp"

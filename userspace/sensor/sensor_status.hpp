@@ -16,7 +16,7 @@
 namespace tapwire {
 class MetricsExporter;
 namespace shm {
-class SegmentStore;
+class CaptureStore;
 }
 }  // namespace tapwire
 
@@ -61,7 +61,7 @@ nlohmann::json identity_status_json(const IdentityStatusSources& s);
 struct CaptureStatusSources {
   const BpfCapture& bpf;
   const CaptureDrain& drain;
-  const shm::SegmentStore& store;
+  const shm::CaptureStore& store;
   const std::map<uint32_t, Interface>& attached;
   const TcAttacher* tc;
   const DissectorSupervisor* supervisor;
