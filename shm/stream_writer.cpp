@@ -260,8 +260,11 @@ bool StreamSegmentWriter::write(size_t i, StreamMemory mem, uint64_t end, uint64
   if (end > r.base_pos + r.capacity || end - r.pos > mem.bytes) return false;
   const uint64_t mask = mem.bytes - 1;
   const uint64_t from = r.pos / kBlock * kBlock, to = round_up(end, kBlock);
+  // At most half the ring per write, so that a write's memory is at most two
+  // pieces, the end of the ring and its start.
+  const uint64_t most = std::max(kBlock, std::min(kMaxWrite, mem.bytes / 2 / kBlock * kBlock));
   for (uint64_t p = from; p < to;) {
-    const uint64_t n = std::min(kMaxWrite, to - p);
+    const uint64_t n = std::min(most, to - p);
     const uint64_t off = p & mask;
     const uint64_t first = std::min(n, mem.bytes - off);
     iovec iov[2] = {{const_cast<uint8_t*>(mem.data + off), first}, {const_cast<uint8_t*>(mem.data), n - first}};

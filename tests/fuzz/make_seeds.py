@@ -88,6 +88,52 @@ def segment(records, seq=0, sealed=True, capacity=None, committed=None):
     return hdr + b"\0" * (4096 - len(hdr)) + area
 
 
+def rec8(rtype, body, skip=False):
+    """A version-2 record (tw_seg_rec8): the capture rings' format."""
+    pad = (-len(body)) % 8
+    if skip:
+        return struct.pack("<IHH", len(body) | 0x80000000, 0, 0) + body
+    return struct.pack("<IHH", len(body), rtype, 0) + body + b"\0" * pad
+
+
+def pkt(ts, ifindex, payload, seq=0):
+    """A TW_REC_PACKET body: struct tw_pkt (80 bytes) and the payload."""
+    return struct.pack("<QIIIIII16s16sHHHHHBBBBBB", ts, ifindex, len(payload), 0, len(payload), seq, 0,
+                       bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), 40000, 80, 512, 0, 0, 1, 4, 6, 0x18, 64,
+                       0xff) + payload
+
+
+def stream_segment(regions, seq=0, sealed=True, watermark=None, block=4096):
+    """A version-2 segment: `regions` is a list of (stream id, capacity, record bytes); each
+    region's records start at its offset 0, with block checksums over what is committed."""
+    table_off = 128 + 64 * len(regions)
+    crc_offs, off = [], table_off
+    for _, cap, _ in regions:
+        crc_offs.append(off)
+        off += cap // block * 8
+    header_size = (off + block - 1) // block * block
+    file_offs, end = [], header_size
+    for _, cap, _ in regions:
+        file_offs.append(end)
+        end += cap
+    total = sum(len(r) for _, _, r in regions)
+    n = sum(1 for _ in regions)
+    hdr = struct.pack("<8sIIQQQQIIQQQQII", SEG_MAGIC, 2, header_size, end - header_size, seq, T0,
+                      T0 + 10**9 if sealed else 0, 2 if sealed else 1, 4242, total, 0, T0, T0 + 10**9, 1, 0)
+    hdr += struct.pack("<QII16s", watermark if watermark is not None else T0 + 10**9, n, block, b"")
+    head = bytearray(header_size)
+    head[:len(hdr)] = hdr
+    body = bytearray()
+    for i, (stream, cap, recs) in enumerate(regions):
+        struct.pack_into("<QQQQQQIIQ", head, 128 + 64 * i, file_offs[i], cap, crc_offs[i], 0, len(recs), 0,
+                         stream, 0, 0)
+        for b in range(0, len(recs), block):
+            chunk = recs[b:b + block]
+            struct.pack_into("<II", head, crc_offs[i] + b // block * 8, crc32c(chunk), len(chunk))
+        body += recs + b"\0" * (cap - len(recs))
+    return bytes(head) + bytes(body)
+
+
 def sock_event(ts, cookie, cgroup, tgid, typ, l4, laddr, lport, raddr, rport, comm, flags=0):
     def a(ip):
         return bytes(ip) + b"\0" * (16 - len(ip))
@@ -292,6 +338,18 @@ def segment_reader():
     write(d, "identity-open.twseg", bytes(seg) + b"\0" * 512)
     # A truncated copy: committed says more than the file holds.
     write(d, "identity-truncated.twseg", segment(recs)[:4096 + 300])
+    # Version 2 (per-CPU streams): two CPUs' regions with interleaved packet times, a skip record
+    # (the end of a ring), the control region with an interface and a loss record; sealed and open.
+    http = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    cpu0 = rec8(1, pkt(T0 + 10, 2, http, 1)) + rec8(0, b"\0" * 40, skip=True) + rec8(1, pkt(T0 + 30, 2, b"", 2))
+    cpu1 = rec8(1, pkt(T0 + 20, 2, resp, 9)) + rec8(1, pkt(T0 + 25, 2, b"x" * 300, 10))
+    iface = struct.pack("<II16sQ", 2, 0, b"veth0", T0)
+    loss = struct.pack("<QIIQ", T0 + 40, 1, 0, 3)
+    ctl = rec8(2, iface) + rec8(3, loss)
+    regions = [(0, 16384, cpu0), (1, 16384, cpu1), (0xffffffff, 16384, ctl)]
+    write(d, "streams-sealed.twseg", stream_segment(regions))
+    write(d, "streams-open.twseg", stream_segment(regions, sealed=False, watermark=T0 + 22))
 
 
 def config():
@@ -871,8 +929,6 @@ def main():
     for f in (http1, dns, tcp_reassembly, dissector, pcap_source, segment_reader, config, control_request,
               identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, amqp, postgres, mysql,
               mongodb, kafka, redis):
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, kafka):
-              identity_records, workload_object, kube_api, cgroup_path, kube_frame, websocket, http2, redis):
         f()
     total = sum(os.path.getsize(f) for f in glob.glob(os.path.join(CORPUS, "*", "*")))
     print(f"corpus: {total} bytes")

@@ -285,11 +285,16 @@ class DissectSnapshot(unittest.TestCase):
                 else:
                     os.link(f, bad / f.name)
             with open(bad / big.name, "r+b") as fh:
-                hdr = fh.read(96)
-                header_size = struct.unpack_from("<I", hdr, 12)[0]
+                hdr = fh.read(4096)
+                version, header_size = struct.unpack_from("<II", hdr, 8)
                 committed = struct.unpack_from("<Q", hdr, 56)[0]
                 self.assertGreater(committed, 4096, "segment too small to damage")
                 at = header_size + committed // 2  # inside the published records
+                if version == 2:  # per-CPU regions (shm/FORMAT.md): the middle of the fullest one
+                    regions = struct.unpack_from("<I", hdr, 104)[0]
+                    table = [struct.unpack_from("<QQQQQ", hdr, 128 + 64 * i) for i in range(regions)]
+                    file_off, _, _, start, used = max(table, key=lambda e: e[4] - e[3])
+                    at = file_off + (start + used) // 2
                 fh.seek(at)
                 chunk = fh.read(64)
                 fh.seek(at)

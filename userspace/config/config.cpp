@@ -369,9 +369,10 @@ const Field kFields[] = {
      }},
     {"tap.capture.raw.ringSize",
      [](const Value& v, TapwireConfig& c) {
-       // "auto": 64 MiB shared by the CPUs, 8 to 32 MiB each (the sensor decides)
+       // "auto": the sensor decides (shm/FORMAT.md's direct writes want at
+       // least 64 KiB: whole 4 KiB blocks, one of them held back)
        c.capture.raw.ring_size =
-           v.node.IsScalar() && v.node.Scalar() == "auto" ? 0 : static_cast<uint32_t>(read_size(v, 4096, 1ull << 30));
+           v.node.IsScalar() && v.node.Scalar() == "auto" ? 0 : static_cast<uint32_t>(read_size(v, 64 << 10, 1ull << 30));
      }},
     {"tap.capture.dissection.stopAfter",
      [](const Value& v, TapwireConfig& c) { c.capture.dissection.stop_after = read_duration(v); }},

@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
     flags.when_given(app, "--segment-max-age",
                      [v = segment_max_age](TapwireConfig& c) { c.capture.raw.segment_max_age = std::chrono::seconds(v); });
     if (app.count("--ring-size")) {
-      uint64_t rb = ring == "auto" ? 0 : size_flag("--ring-size", ring, 4096);
+      uint64_t rb = ring == "auto" ? 0 : size_flag("--ring-size", ring, 64 << 10);
       if (rb > (1ull << 30)) throw CLI::ValidationError("--ring-size", "must be at most 1GiB");
       flags.when_given(app, "--ring-size", [rb](TapwireConfig& c) { c.capture.raw.ring_size = static_cast<uint32_t>(rb); });
     }

@@ -152,7 +152,10 @@ nlohmann::json sensor_status_json(const CaptureStatusSources& s, const char* sta
                   {"segment_size", s.store.options().segment_size},
                   {"segments_deleted", st.segments_deleted},
                   {"segments_damaged", st.segments_damaged},
-                  {"records_written", st.records_written}};
+                  {"records_written", st.records_written},
+                  // the capture rings' spans go to disk with O_DIRECT (false: the
+                  // file system refused it, plain writes through the page cache)
+                  {"direct_io", s.store.direct()}};
   json ring = json::array();
   const auto& rings = s.drain.rings();
   for (size_t i = 0; i < rings.size(); i++)
