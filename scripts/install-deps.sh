@@ -18,6 +18,8 @@ PACKAGES=(
   libbson-dev libsnappy-dev
   # the query language's `matches` (userspace/serve/query.cpp): PCRE2
   libpcre2-dev
+  # tapwire serve's HTTP server and the unit tests' client (userspace/serve/)
+  libcpp-httplib-dev
   # fuzzing (make fuzz): libFuzzer and the sanitizers' runtime for clang
   libclang-rt-14-dev
   # test lab and references

@@ -69,6 +69,8 @@ void register_map(CLI::App& app, Action& action);
 void register_packets(CLI::App& app, Action& action);
 // `tapwire snapshot create|list|verify|delete|pack|unpack`
 void register_snapshot(CLI::App& app, Action& action);
+// `tapwire serve` (the HTTP API, userspace/serve/)
+void register_serve(CLI::App& app, Action& action);
 // The segment directory of --snapshot NAME|DIR: NAME is DATA_DIR/snapshots/NAME,
 // a DIR is used as is; segments are in its segments/ or in it. Throws CliError.
 std::string snapshot_segments_dir(const std::string& arg, const std::string& data_dir);

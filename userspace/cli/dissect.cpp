@@ -83,6 +83,7 @@ struct DissectOptions {
   std::string dissectors = dissector_list();
   std::vector<std::string> proto_paths;  // tap.grpc.protoPaths
   bool quiet = false;
+  bool progress_json = false;  // progress as JSON lines on stderr (tapwire serve's jobs)
 };
 
 // What each worker (or the in-process engine) shares with the parent: in an
@@ -178,19 +179,28 @@ std::string human_time(double s) {
 }
 
 // Progress on stderr: a bar redrawn in place on a terminal, a plain line
-// every few seconds otherwise.
+// every few seconds otherwise; with --progress-json one JSON object per
+// line twice a second, for a program to read.
 class Progress {
  public:
-  Progress(uint64_t total_bytes, uint64_t total_segments, bool quiet)
-      : total_(total_bytes), segs_(total_segments), tty_(isatty(STDERR_FILENO) == 1), quiet_(quiet),
+  Progress(uint64_t total_bytes, uint64_t total_segments, bool quiet, bool json = false)
+      : total_(total_bytes), segs_(total_segments), tty_(isatty(STDERR_FILENO) == 1), quiet_(quiet), json_(json),
         start_(std::chrono::steady_clock::now()), last_(start_) {}
 
-  void update(uint64_t bytes, uint64_t segments, bool force = false) {
-    if (quiet_) return;
+  void update(uint64_t bytes, uint64_t segments, bool force = false, uint64_t calls = 0) {
+    if (quiet_ && !json_) return;
     auto now = std::chrono::steady_clock::now();
     double since = std::chrono::duration<double>(now - last_).count();
-    if (!force && since < (tty_ ? 0.2 : 5.0)) return;
+    if (!force && since < (json_ ? 0.5 : tty_ ? 0.2 : 5.0)) return;
     last_ = now;
+    if (json_) {
+      std::fprintf(stderr,
+                   "{\"progress\":{\"bytes\":%" PRIu64 ",\"total_bytes\":%" PRIu64 ",\"segments\":%" PRIu64
+                   ",\"total_segments\":%" PRIu64 ",\"calls\":%" PRIu64 "}}\n",
+                   std::min(bytes, total_), total_, std::min(segments, segs_), segs_, calls);
+      std::fflush(stderr);
+      return;
+    }
     double el = std::chrono::duration<double>(now - start_).count();
     double mb = bytes / 1e6, total_mb = total_ / 1e6;
     double rate = el > 0 ? mb / el : 0;
@@ -214,8 +224,8 @@ class Progress {
     std::fflush(stderr);
   }
   // The bar at 100% (a terminal only: elsewhere the summary line follows).
-  void complete(uint64_t bytes, uint64_t segments) {
-    if (tty_) update(bytes, segments, true);
+  void complete(uint64_t bytes, uint64_t segments, uint64_t calls = 0) {
+    if (tty_ || json_) update(bytes, segments, true, calls);
   }
   void done() {
     if (drawn_) std::fputs("\n", stderr);
@@ -227,7 +237,7 @@ class Progress {
 
  private:
   uint64_t total_, segs_;
-  bool tty_, quiet_, drawn_ = false;
+  bool tty_, quiet_, json_, drawn_ = false;
   std::chrono::steady_clock::time_point start_, last_;
 };
 
@@ -332,18 +342,20 @@ int run_dissect(const DissectOptions& o) {
     ~Unmap() { munmap(m, n); }
   } unmap{mem, sizeof(Slot) * jobs};
 
-  Progress progress(total, segments.size(), o.quiet);
+  Progress progress(total, segments.size(), o.quiet, o.progress_json);
   std::vector<std::string> parts;
   for (unsigned i = 0; i < jobs; i++) parts.push_back(db_path + ".part" + std::to_string(i) + "-" + std::to_string(getpid()));
   auto cleanup = [&] {
     remove_db_files(tmp);
     for (auto& p : parts) remove_db_files(p);
   };
+  uint64_t calls_so_far = 0;
   auto totals = [&](uint64_t& bytes, uint64_t& segs) {
-    bytes = segs = 0;
+    bytes = segs = calls_so_far = 0;
     for (unsigned i = 0; i < jobs; i++) {
       bytes += slots[i].bytes.load(std::memory_order_relaxed);
       segs += slots[i].segments.load(std::memory_order_relaxed);
+      calls_so_far += slots[i].calls.load(std::memory_order_relaxed);
     }
     bytes /= jobs;  // every worker reads everything
     segs /= jobs;
@@ -357,7 +369,7 @@ int run_dissect(const DissectOptions& o) {
       while (running) {
         uint64_t b, s;
         totals(b, s);
-        progress.update(b, s);
+        progress.update(b, s, false, calls_so_far);
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
     });
@@ -390,7 +402,7 @@ int run_dissect(const DissectOptions& o) {
       if (got <= 0) {
         uint64_t b, s;
         totals(b, s);
-        progress.update(b, s);
+        progress.update(b, s, false, calls_so_far);
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
         continue;
       }
@@ -436,7 +448,11 @@ int run_dissect(const DissectOptions& o) {
     }
   }
   if (failure.empty() && g_stop) failure = "interrupted";
-  if (failure.empty()) progress.complete(total, segments.size());
+  if (failure.empty()) {
+    uint64_t b, s;
+    totals(b, s);
+    progress.complete(total, segments.size(), calls_so_far);
+  }
   progress.done();
   if (!failure.empty()) {
     cleanup();
@@ -492,6 +508,9 @@ void register_dissect(CLI::App& app, Action& action) {
                   ".proto files or directories of them: gRPC messages decoded with field names (as live)")
       ->delimiter(',');
   sub->add_flag("-q,--quiet", o->quiet, "no progress and no summary");
+  sub->add_flag("--progress-json", o->progress_json,
+                "progress as JSON lines on stderr ({\"progress\":{\"bytes\":..,\"total_bytes\":..,\"segments\":..,"
+                "\"total_segments\":..,\"calls\":..}}), for programs (tapwire serve)");
   sub->callback([o, &action] { action = [o] { return run_dissect(*o); }; });
 }
 

@@ -172,6 +172,7 @@ LoadedFlows load_flows(const FlowSourceOptions& o, const FlowVisitor& visit) {
     if (!flows::in_window(r, out.from_ns, out.to_ns)) continue;
     flows::Flow f = namer.name(r);
     row.rec = flows::flow_json(f);
+    row.flow = &f;
     row.first_ns = r.st.first_ns;
     row.last_ns = r.st.last_ns;
     row.have_key = true;

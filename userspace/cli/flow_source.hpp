@@ -14,6 +14,10 @@
 
 #include "segment_format.h"
 
+namespace tapwire::flows {
+struct Flow;
+}
+
 namespace tapwire::cli {
 
 struct FlowSourceOptions {
@@ -29,6 +33,7 @@ struct FlowRow {
   uint64_t first_ns = 0, last_ns = 0;
   bool have_key = false;  // key is valid (every source but a DB written without it)
   tw_seg_flow raw{};  // the flow stream's or tracker's record when have_key
+  const flows::Flow* flow = nullptr;  // the named flow rec was made of (not for a DB's rows)
 };
 
 struct LoadedFlows {

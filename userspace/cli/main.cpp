@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   register_flows(app, action);
   register_map(app, action);
   register_packets(app, action);
+  register_serve(app, action);
 
   try {
     app.parse(argc, argv);

@@ -18,6 +18,7 @@
 #include "commands.hpp"
 #include "flow_source.hpp"
 #include "output_file.hpp"
+#include "views.hpp"
 
 namespace tapwire::cli {
 namespace {
@@ -137,17 +138,26 @@ std::string to_dot(const std::map<std::string, MapNode>& nodes, const std::map<s
   return out + "}\n";
 }
 
-int run_map(const MapOptions& o) {
+using MapEdges = std::map<std::pair<std::string, std::string>, MapEdge>;
+
+struct MapGraph {
   std::map<std::string, MapNode> nodes;
-  std::map<std::pair<std::string, std::string>, MapEdge> edges;
+  MapEdges edges;
+  LoadedFlows source;
+};
+
+MapGraph build_graph(const FlowSourceOptions& src, const std::string& level, const std::string& namespace_) {
+  MapGraph g;
+  auto& nodes = g.nodes;
+  auto& edges = g.edges;
   std::map<std::pair<std::string, std::string>, std::set<std::string>> l4_of;  // each edge's tcp/udp
   // (client ip, server ip, server port) -> the edge its flows went to, for the calls
   std::map<std::tuple<std::string, std::string, int>, std::pair<std::string, std::string>> tuple_edge;
-  LoadedFlows lf = load_flows(o.src, [&](const FlowRow& r) {
+  LoadedFlows lf = load_flows(src, [&](const FlowRow& r) {
     const json& f = r.rec;
     const std::string capture_node = json_str(f, "node");
-    MapNode c = node_of(f["client"], o.level, capture_node), s = node_of(f["server"], o.level, capture_node);
-    if (!o.namespace_.empty() && c.namespace_ != o.namespace_ && s.namespace_ != o.namespace_) return;
+    MapNode c = node_of(f["client"], level, capture_node), s = node_of(f["server"], level, capture_node);
+    if (!namespace_.empty() && c.namespace_ != namespace_ && s.namespace_ != namespace_) return;
     nodes.emplace(c.id, c);
     nodes.emplace(s.id, s);
     MapEdge& e = edges[{c.id, s.id}];
@@ -179,24 +189,36 @@ int run_map(const MapOptions& o) {
   for (auto& [k, e] : edges)
     if (!with_calls.count(k))
       for (auto& p : l4_of[k]) e.protocols.insert(p);
+  g.source = std::move(lf);
+  return g;
+}
 
+json graph_json(const MapGraph& g, const std::string& level) {
+  json j = {{"level", level}, {"nodes", json::array()}, {"edges", json::array()}};
+  for (auto& [id, n] : g.nodes) {
+    json jn = {{"id", id}, {"kind", n.kind}, {"name", n.name}, {"label", n.label}, {"external", n.external}};
+    if (!n.namespace_.empty()) jn["namespace"] = n.namespace_;
+    if (!n.workload_kind.empty()) jn["workload_kind"] = n.workload_kind;
+    if (n.external) {
+      jn["names"] = n.names;
+      jn["ip"] = n.ip;
+    }
+    j["nodes"].push_back(std::move(jn));
+  }
+  for (auto& [k, e] : g.edges)
+    j["edges"].push_back({{"source", k.first}, {"target", k.second}, {"protocols", e.protocols}, {"flows", e.flows},
+                          {"calls", e.calls}, {"errors", e.errors}, {"bytes", e.bytes}, {"packets", e.packets}});
+  return j;
+}
+
+int run_map(const MapOptions& o) {
+  const MapGraph g = build_graph(o.src, o.level, o.namespace_);
+  const auto& nodes = g.nodes;
+  const auto& edges = g.edges;
+  const LoadedFlows& lf = g.source;
   std::string text;
   if (o.format == "json") {
-    json j = {{"level", o.level}, {"nodes", json::array()}, {"edges", json::array()}};
-    for (auto& [id, n] : nodes) {
-      json jn = {{"id", id}, {"kind", n.kind}, {"name", n.name}, {"label", n.label}, {"external", n.external}};
-      if (!n.namespace_.empty()) jn["namespace"] = n.namespace_;
-      if (!n.workload_kind.empty()) jn["workload_kind"] = n.workload_kind;
-      if (n.external) {
-        jn["names"] = n.names;
-        jn["ip"] = n.ip;
-      }
-      j["nodes"].push_back(std::move(jn));
-    }
-    for (auto& [k, e] : edges)
-      j["edges"].push_back({{"source", k.first}, {"target", k.second}, {"protocols", e.protocols}, {"flows", e.flows},
-                            {"calls", e.calls}, {"errors", e.errors}, {"bytes", e.bytes}, {"packets", e.packets}});
-    text = j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    text = graph_json(g, o.level).dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   } else {
     text = to_dot(nodes, edges);
   }
@@ -238,6 +260,10 @@ constexpr const char* kMapHelp = R"(The map: nodes and edges.
 Formats: json (default), dot (Graphviz: external nodes dashed ellipses), svg (runs Graphviz's dot).)";
 
 }  // namespace
+
+nlohmann::ordered_json map_json(const FlowSourceOptions& src, const std::string& level, const std::string& namespace_) {
+  return graph_json(build_graph(src, level, namespace_), level);
+}
 
 void register_map(CLI::App& app, Action& action) {
   auto o = std::make_shared<MapOptions>();

@@ -14,6 +14,7 @@
 #include "snapshot.hpp"
 #include "timefmt.hpp"
 #include "units.hpp"
+#include "views.hpp"
 
 namespace tapwire::cli {
 namespace {
@@ -33,21 +34,7 @@ uint64_t parse_time_option(const std::string& opt, const std::string& text, uint
 }
 
 // tap.snapshots.storageSize: --storage-size, else --config FILE, else 20GiB.
-uint64_t storage_limit(const SnapshotOptions& o) {
-  if (!o.storage_size.empty()) {
-    auto v = parse_size(o.storage_size);
-    if (!v || *v == 0) throw CliError("invalid --storage-size", "'" + o.storage_size + "'", "give a size such as 20GiB");
-    return *v;
-  }
-  if (!o.config_path.empty()) {
-    try {
-      return config::load_config(o.config_path).snapshots.storage_size;
-    } catch (const config::ConfigError& e) {
-      throw CliError("invalid configuration", e.what(), "fix the file or drop --config");
-    }
-  }
-  return snap::kDefaultStorageSize;
-}
+uint64_t storage_limit(const SnapshotOptions& o) { return snapshot_storage_limit(o.storage_size, o.config_path); }
 
 // Runs `fn`, turning library errors into the CLI's one-line errors.
 template <class Fn>
@@ -70,18 +57,7 @@ int run_create(const SnapshotOptions& o) {
   c.to_ns = o.to.empty() ? UINT64_MAX : parse_time_option("--to", o.to, now);
   c.interfaces = o.interfaces;
   c.storage_size = storage_limit(o);
-  const std::string sock = o.control_socket.empty() ? o.data_dir + "/control.sock" : o.control_socket;
-  c.request_rotate = [sock] {
-    std::string err;
-    auto reply = control_call(sock, {{"cmd", "segment"}, {"action", "rotate"}}, &err);
-    if (!reply)
-      throw snap::SnapshotError("cannot ask tapwire-sensor to seal its open segment", sock + " (" + err + ")",
-                                "the sensor holds the ring's lock; give --control-socket if it is elsewhere");
-    if (!reply->value("ok", false))
-      throw snap::SnapshotError("tapwire-sensor refused to seal its open segment", sock,
-                                reply->value("error", std::string("no reason given")) +
-                                    "; upgrade the sensor to this tapwire version");
-  };
+  c.request_rotate = sensor_rotate(o.control_socket.empty() ? o.data_dir + "/control.sock" : o.control_socket);
   auto m = guarded([&] { return snap::create(c); });
   std::string ifs;
   for (const auto& i : m.interfaces) ifs += (ifs.empty() ? "" : ",") + i;
@@ -179,6 +155,36 @@ void add_limit_options(CLI::App& sub, SnapshotOptions& o) {
 }
 
 }  // namespace
+
+uint64_t snapshot_storage_limit(const std::string& size, const std::string& config_path) {
+  if (!size.empty()) {
+    auto v = parse_size(size);
+    if (!v || *v == 0) throw CliError("invalid --storage-size", "'" + size + "'", "give a size such as 20GiB");
+    return *v;
+  }
+  if (!config_path.empty()) {
+    try {
+      return config::load_config(config_path).snapshots.storage_size;
+    } catch (const config::ConfigError& e) {
+      throw CliError("invalid configuration", e.what(), "fix the file or drop --config");
+    }
+  }
+  return snap::kDefaultStorageSize;
+}
+
+std::function<void()> sensor_rotate(const std::string& sock) {
+  return [sock] {
+    std::string err;
+    auto reply = control_call(sock, {{"cmd", "segment"}, {"action", "rotate"}}, &err);
+    if (!reply)
+      throw snap::SnapshotError("cannot ask tapwire-sensor to seal its open segment", sock + " (" + err + ")",
+                                "the sensor holds the ring's lock; give --control-socket if it is elsewhere");
+    if (!reply->value("ok", false))
+      throw snap::SnapshotError("tapwire-sensor refused to seal its open segment", sock,
+                                reply->value("error", std::string("no reason given")) +
+                                    "; upgrade the sensor to this tapwire version");
+  };
+}
 
 void register_snapshot(CLI::App& app, Action& action) {
   auto o = std::make_shared<SnapshotOptions>();

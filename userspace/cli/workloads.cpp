@@ -4,6 +4,7 @@
 // prints the stream itself, one JSON object per record.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "identity_table.hpp"
 #include "segment.hpp"
 #include "timefmt.hpp"
+#include "views.hpp"
 
 namespace tapwire::cli {
 namespace {
@@ -114,6 +116,37 @@ int print_records(const std::string& dir) {
   return 0;
 }
 
+// The identity stream read up to `at` (UINT64_MAX / 2: all of it).
+struct IdentityAt {
+  identity::IdentityTable table;
+  std::unique_ptr<identity::IdentityFeed> feed;
+};
+std::unique_ptr<IdentityAt> read_identity(const std::string& dir, uint64_t at) {
+  auto out = std::make_unique<IdentityAt>();
+  out->feed = std::make_unique<identity::IdentityFeed>(dir, false, /*lookahead_ns=*/0);
+  out->feed->advance(out->table, at);
+  return out;
+}
+
+json pods_json(const IdentityAt& id, const std::optional<uint64_t>& at) {
+  json out = {{"node", id.table.node()}, {"kubernetes", json::object()}, {"pods", json::array()}};
+  if (at) out["at"] = dissect::format_ts(*at);
+  for (auto& [res, k] : id.table.kube_state()) out["kubernetes"][res] = {{"state", k.state}, {"error", k.error}};
+  for (auto& p : id.table.pods())
+    out["pods"].push_back({{"namespace", p.namespace_},
+                           {"name", p.name},
+                           {"uid", p.uid},
+                           {"workload", {{"kind", p.workload_kind}, {"name", p.workload_name}}},
+                           {"node", p.node},
+                           {"phase", p.phase},
+                           {"hostNetwork", p.host_network},
+                           {"ips", p.ips},
+                           {"services", p.services},
+                           {"containers", p.containers},
+                           {"first_seen", dissect::format_ts(p.first_seen_ns)}});
+  return out;
+}
+
 int run_workloads(const WorkloadsOptions& o) {
   const std::string dir = identity_dir(o);
   if (o.records) return print_records(dir);
@@ -123,28 +156,15 @@ int run_workloads(const WorkloadsOptions& o) {
     if (!t.ns) throw CliError("bad --at", o.at, t.error);
     at = *t.ns;
   }
-  identity::IdentityTable table;
-  identity::IdentityFeed feed(dir, false, /*lookahead_ns=*/0);
-  feed.advance(table, at);
+  auto id = read_identity(dir, at);
+  const identity::IdentityTable& table = id->table;
+  const identity::IdentityFeed& feed = *id->feed;
   auto pods = table.pods();
   auto kube = table.kube_state();
   if (o.json) {
-    json out = {{"node", table.node()}, {"kubernetes", json::object()}, {"pods", json::array()}};
-    if (!o.at.empty()) out["at"] = dissect::format_ts(at);
-    for (auto& [res, k] : kube) out["kubernetes"][res] = {{"state", k.state}, {"error", k.error}};
-    for (auto& p : pods)
-      out["pods"].push_back({{"namespace", p.namespace_},
-                             {"name", p.name},
-                             {"uid", p.uid},
-                             {"workload", {{"kind", p.workload_kind}, {"name", p.workload_name}}},
-                             {"node", p.node},
-                             {"phase", p.phase},
-                             {"hostNetwork", p.host_network},
-                             {"ips", p.ips},
-                             {"services", p.services},
-                             {"containers", p.containers},
-                             {"first_seen", dissect::format_ts(p.first_seen_ns)}});
-    std::printf("%s\n", out.dump(2, ' ', false, json::error_handler_t::replace).c_str());
+    std::printf("%s\n", pods_json(*id, o.at.empty() ? std::nullopt : std::optional<uint64_t>(at))
+                            .dump(2, ' ', false, json::error_handler_t::replace)
+                            .c_str());
     return 0;
   }
   std::printf("node %s", table.node().empty() ? "unknown" : table.node().c_str());
@@ -171,6 +191,41 @@ int run_workloads(const WorkloadsOptions& o) {
 }
 
 }  // namespace
+
+std::string identity_stream_dir(const std::string& data_dir, const std::string& snapshot) {
+  WorkloadsOptions o;
+  o.data_dir = data_dir;
+  o.snapshot = snapshot;
+  return identity_dir(o);
+}
+
+nlohmann::json workloads_json(const std::string& identity_dir, std::optional<uint64_t> at_ns, std::string* warning) {
+  auto id = read_identity(identity_dir, at_ns.value_or(UINT64_MAX / 2));
+  if (warning) *warning = id->feed->error();
+  return pods_json(*id, at_ns);
+}
+
+nlohmann::json ips_json(const std::string& identity_dir, std::optional<uint64_t> at_ns, std::string* warning) {
+  auto id = read_identity(identity_dir, at_ns.value_or(UINT64_MAX / 2));
+  if (warning) *warning = id->feed->error();
+  json out = {{"node", id->table.node()}, {"ips", json::array()}};
+  if (at_ns) out["at"] = dissect::format_ts(*at_ns);
+  // One entry per address and pod: a hostNetwork pod shares its node's
+  // addresses with the node's other such pods.
+  std::vector<std::pair<std::string, json>> rows;
+  for (auto& p : id->table.pods())
+    for (auto& ip : p.ips)
+      rows.emplace_back(ip, json{{"ip", ip},
+                                 {"namespace", p.namespace_},
+                                 {"pod", p.name},
+                                 {"workload", {{"kind", p.workload_kind}, {"name", p.workload_name}}},
+                                 {"node", p.node},
+                                 {"hostNetwork", p.host_network},
+                                 {"services", p.services}});
+  std::stable_sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [ip, j] : rows) out["ips"].push_back(std::move(j));
+  return out;
+}
 
 void register_workloads(CLI::App& app, Action& action) {
   auto o = std::make_shared<WorkloadsOptions>();

@@ -799,8 +799,12 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid, s
   if (!q.id.empty()) sql += " AND id = ?12";
   if (!q.method.empty()) sql += " AND method = ?13 COLLATE NOCASE";
   if (!q.path_regex.empty()) sql += " AND path REGEXP ?14";
+  if (q.newest_first && q.before_rowid) sql += " AND (ts_ns < ?15 OR (ts_ns = ?15 AND rowid < ?16))";
   if (!q.extra_where.empty()) sql += " AND (" + q.extra_where + ")";
-  sql += q.after_rowid || q.by_rowid ? " ORDER BY rowid" : " ORDER BY ts_ns, rowid";
+  if (q.newest_first)
+    sql += " ORDER BY ts_ns DESC, rowid DESC";
+  else
+    sql += q.after_rowid || q.by_rowid ? " ORDER BY rowid" : " ORDER BY ts_ns, rowid";
   if (q.limit) sql += " LIMIT " + std::to_string(q.limit);
   sqlite3_stmt* st = nullptr;
   if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
@@ -821,6 +825,10 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid, s
   if (!q.id.empty()) bind_text(st, 12, q.id);
   if (!q.method.empty()) bind_text(st, 13, q.method);
   if (!q.path_regex.empty()) bind_text(st, 14, q.path_regex);
+  if (q.newest_first && q.before_rowid) {
+    sqlite3_bind_int64(st, 15, static_cast<sqlite3_int64>(q.before_ts_ns));
+    sqlite3_bind_int64(st, 16, q.before_rowid);
+  }
   if (!q.extra_where.empty() && q.bind_extra) {
     try {
       q.bind_extra(st);
@@ -835,7 +843,8 @@ std::vector<nlohmann::json> CallDb::query(const Query& q, int64_t* last_rowid, s
     out.push_back(row_json(st));
     if (summaries)
       summaries->push_back({column_string(st, 10), column_string(st, 11),
-                            sqlite3_column_type(st, 15) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 15)});
+                            sqlite3_column_type(st, 15) == SQLITE_NULL ? -1 : sqlite3_column_int(st, 15),
+                            static_cast<uint64_t>(sqlite3_column_int64(st, 2)), sqlite3_column_int64(st, kRowidColumn)});
     if (last_rowid) *last_rowid = sqlite3_column_int64(st, kRowidColumn);
   }
   std::string err = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db_);

@@ -81,6 +81,13 @@ class CallDb {
     size_t limit = 0;  // 0 = all
     int64_t after_rowid = 0;  // only rows added after this one, in insertion order (tail)
     bool by_rowid = false;  // insertion order instead of time order
+    // Newest first (ts_ns, then rowid, descending), and with `before_rowid`
+    // only the rows after (before_ts_ns, before_rowid) in that order: a
+    // cursor for paging back in time that stays put while calls are added
+    // (tapwire serve).
+    bool newest_first = false;
+    uint64_t before_ts_ns = 0;
+    int64_t before_rowid = 0;  // 0: no cursor
     // Identity (docs/IDENTITY.md), "" = any. Each matches either end.
     std::string namespace_;  // exact namespace
     std::string pod_regex;  // POSIX extended regex, unanchored, on the pod name
@@ -105,6 +112,8 @@ class CallDb {
   struct Summary {
     std::string method, path;
     int status = -1;
+    uint64_t ts_ns = 0;  // the row's request time and rowid (a cursor)
+    int64_t rowid = 0;
   };
   std::vector<nlohmann::json> query(const Query& q, int64_t* last_rowid = nullptr,
                                     std::vector<Summary>* summaries = nullptr);

@@ -642,6 +642,10 @@ std::vector<Problem> verify_dir(const std::string& dir, Manifest* manifest_out) 
     std::error_code ec2;
     if (it->is_directory(ec2) && !it->is_symlink(ec2)) {
       const std::string sub = fs::relative(it->path(), dir, ec2).string();
+      if (sub == kDissectionsDir) {  // derived results, not part of the snapshot
+        it.disable_recursion_pending();
+        continue;
+      }
       if (!is_stream_dir(sub)) {
         problems.push_back({fs::relative(it->path(), dir, ec2).string(), "unexpected directory"});
         it.disable_recursion_pending();

@@ -4,6 +4,8 @@
 //   DATA_DIR/snapshots/NAME/
 //     manifest.json            {name, created, from_ns, to_ns, interfaces, files, tapwire_version, format}
 //     segments/<seq>.twseg     hard links to the ring's sealed segments (copies across file systems)
+//     dissections/             DBs of delayed dissections (tapwire serve): derived from the
+//                              snapshot, not in its manifest, not verified, not packed
 //
 // Files are 0440 and directories 0550 once the snapshot is complete. Every
 // operation that creates a snapshot builds it in DATA_DIR/snapshots/NAME.tmp
@@ -22,6 +24,8 @@ namespace tapwire::snapshot {
 
 inline constexpr const char* kFormat = "tapwire-snapshot/1";
 inline constexpr uint64_t kDefaultStorageSize = 20ull << 30;  // tap.snapshots.storageSize
+// The one directory of a snapshot that is not frozen: results derived from it.
+inline constexpr const char* kDissectionsDir = "dissections";
 
 // An error a user sees as one line "<what>: <input>: <hint>" (the CLI adds
 // "tapwire: "). Nothing has been changed on disk when it is thrown.
