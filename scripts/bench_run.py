@@ -12,7 +12,8 @@ highest rate tapwire captures with zero drops, and tcpdump's drops at it.
 Environment: TW_BENCH_SECONDS (wrk duration, default 10), TW_BENCH_ROUNDS
 (default 1; rounds alternate the configurations and the median is reported),
 TW_BENCH_FILES (default "10k.bin,100b.bin"), TW_BENCH_CONNS (default 8),
-TW_BENCH_IPERF_SECONDS (default 5; 0 skips the iperf3 part), TW_BUILD_DIR.
+TW_BENCH_IPERF_SECONDS (default 5; 0 skips the iperf3 part), TW_BENCH_SENSOR_ARGS
+(more tapwire-sensor flags, e.g. "--ring-size 8MiB"), TW_BUILD_DIR.
 """
 
 import json
@@ -34,6 +35,7 @@ CONNS = max(1, min(256, int(os.environ.get("TW_BENCH_CONNS", "8"))))
 FILES = [f for f in os.environ.get("TW_BENCH_FILES", "10k.bin,100b.bin").split(",") if f]
 IPERF_SECONDS = max(0, min(60, int(os.environ.get("TW_BENCH_IPERF_SECONDS", "5"))))
 CONFIGS = ["none", "tapwire", "tcpdump"]
+SENSOR_ARGS = os.environ.get("TW_BENCH_SENSOR_ARGS", "").split()
 
 
 def machine_busy_seconds() -> float:
@@ -147,7 +149,7 @@ def run_one(L: lab.Lab, config: str, path: str, rnd: int) -> dict:
         return res
     if config == "tapwire":
         data = L.dir / f"bench-data-{path}-{rnd}"
-        s = L.start_sensor(data, extra=["--storage-size", "2GiB"])
+        s = L.start_sensor(data, extra=["--storage-size", "2GiB"] + SENSOR_ARGS)
         try:
             cpu0 = lab.proc_cpu_seconds(s.pid)
             ids = attached_prog_ids(L) or sensor_prog_ids()
@@ -199,7 +201,7 @@ def iperf_once(L: lab.Lab, capture: str, limit: str) -> dict:
     data = L.dir / f"iperf-data-{capture}-{limit}"
     cap = None
     if capture == "tapwire-sensor":
-        cap = L.start_sensor(data, extra=["--storage-size", "2GiB"])
+        cap = L.start_sensor(data, extra=["--storage-size", "2GiB"] + SENSOR_ARGS)
     elif capture == "tcpdump -w":
         cap = L.start_tcpdump(L.srv_veth, L.dir / f"iperf-{limit}.pcap", plain=True)
     try:
@@ -230,7 +232,8 @@ def iperf_once(L: lab.Lab, capture: str, limit: str) -> dict:
         gb = pcap_payload_bytes(out)[1] / 1e9
         drops = cap.kernel_drops if cap.kernel_drops is not None else -1
         out.unlink(missing_ok=True)
-    return {"capture": capture, "limit": limit, "gbps": bps / 1e9, "gb": gb, "drops": drops}
+    reasons = dr if capture == "tapwire-sensor" else {}
+    return {"capture": capture, "limit": limit, "gbps": bps / 1e9, "gb": gb, "drops": drops, "reasons": reasons}
 
 
 def run_iperf(L: lab.Lab) -> list[dict]:
@@ -353,7 +356,9 @@ def main() -> int:
         print("| capture | iperf3 -b | Gbit/s | GB captured | drops |")
         print("|---|---:|---:|---:|---:|")
         for r in iperf:
-            print(f"| {r['capture']} | {r['limit']} | {r['gbps']:.2f} | {r['gb']:.3f} | {r['drops']} |")
+            why = ", ".join(f"{k} {v}" for k, v in sorted((r.get("reasons") or {}).items()))
+            print(f"| {r['capture']} | {r['limit']} | {r['gbps']:.2f} | {r['gb']:.3f} | {r['drops']}"
+                  f"{f' ({why})' if why else ''} |")
         zero = [r for r in iperf if r["capture"] == "tapwire-sensor" and r["drops"] == 0]
         best = max(zero, key=lambda r: r["gbps"]) if zero else None
         if best:

@@ -44,6 +44,7 @@ struct SegmentReader::Impl {
     const tw_seg_block* table;
     uint64_t cursor;  // offset in the region of the next record
     uint64_t verified = 0;  // region bytes below this passed their block checksum
+    uint64_t advised = 0;  // region bytes below this were asked for (MADV_WILLNEED)
     uint64_t avail;  // region bytes inside the mapping
     // The next record, once read: its timestamp, body, size.
     bool has_head = false;
@@ -255,6 +256,10 @@ SegmentReader SegmentReader::open_streams(const std::string& path, int fd, const
   if (len > SIZE_MAX) fail("segment file too large to map");
   void* m = mmap(nullptr, static_cast<size_t>(len), PROT_READ, MAP_SHARED, fd, 0);
   if (m == MAP_FAILED) fail("cannot map segment file: " + errstr(errno));
+  // No read-ahead past what is committed: pages read there before the
+  // writer's direct write would have to be thrown out again (and could be
+  // stale). The reader asks for each region's committed bytes instead.
+  (void)madvise(m, static_cast<size_t>(len), MADV_RANDOM);
 
   SegmentReader r;
   r.impl_ = new Impl;
@@ -336,6 +341,13 @@ std::optional<Record> SegmentReader::next_streams() {
       }
       if (g.cursor >= committed) return false;
       const uint64_t limit = std::min(committed, g.avail);
+      if (limit > g.advised) {  // read-ahead of exactly what was published
+        static const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+        const uint64_t from = (g.at_open.file_off + g.advised) / page * page;
+        const uint64_t to = g.at_open.file_off + limit;
+        (void)madvise(const_cast<uint8_t*>(s.map) + from, to - from, MADV_WILLNEED);
+        g.advised = limit;
+      }
       if (limit < g.cursor + sizeof(tw_seg_rec8) || !verify(g, g.cursor + sizeof(tw_seg_rec8))) {
         s.corrupt = true;
         return false;

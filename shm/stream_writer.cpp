@@ -150,8 +150,20 @@ StreamSegmentWriter StreamSegmentWriter::create(const std::string& dir, uint64_t
   if (int err = posix_fallocate(fd, 0, static_cast<off_t>(size)); err != 0)
     fail("cannot allocate " + std::to_string(size) + " bytes (free space in the data directory or lower the storage size)",
          err);
+  // The header pages are written (zeros) before they are mapped, so that
+  // touching them finds them in the page cache: a fault on a page that is
+  // not there reads ahead, into the regions, and every direct write would
+  // then have to throw those pages out again (perf showed it: a fifth of the
+  // sensor's time under load).
+  {
+    std::vector<uint8_t> zeros(header_size, 0);
+    iovec v{zeros.data(), zeros.size()};
+    if (!pwritev_all(fd, &v, 1, 0)) fail("cannot write segment header", errno);
+  }
+  (void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
   void* m = mmap(nullptr, header_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (m == MAP_FAILED) fail("cannot map segment file", errno);
+  (void)madvise(m, header_size, MADV_RANDOM);
   // The same file, opened again for the data: O_DIRECT where the file system
   // takes it (tmpfs and some others do not: plain writes then).
   int dfd = ::open(tmp.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
