@@ -23,13 +23,16 @@ uint64_t size_option(const std::string& flag, const std::string& text) {
   return *v;
 }
 
-// The ring size "auto" (0): enough for ~50 ms of a 1 GB/s burst on a small
-// node without costing a big node gigabytes: 64 MiB in all, 8-32 MiB per CPU.
+// The ring size "auto" (0): 32 MiB shared by the CPUs, 4-16 MiB each: rings
+// that stay in the last-level cache, and an idle sensor under 60 MB resident
+// (the rings are mapped whole). Drained straight to disk, a 16 MiB ring
+// kept up with 4.2 Gbit/s of one iperf3 stream on a 2-CPU VM, 32 MiB with
+// 5.5 (docs/BENCHMARKS.md); --ring-size buys more room for bursts.
 uint32_t ring_bytes_for(uint32_t configured) {
   if (configured) return configured;
   long ncpu = sysconf(_SC_NPROCESSORS_CONF);
   return static_cast<uint32_t>(
-      std::clamp<uint64_t>((64ull << 20) / static_cast<uint64_t>(ncpu > 0 ? ncpu : 1), 8ull << 20, 32ull << 20));
+      std::clamp<uint64_t>((32ull << 20) / static_cast<uint64_t>(ncpu > 0 ? ncpu : 1), 4ull << 20, 16ull << 20));
 }
 
 }  // namespace
@@ -117,7 +120,7 @@ int main(int argc, char** argv) {
   app.add_option("--segment-size", segment, "size of one segment file (default 64MiB)");
   app.add_option("--segment-max-age", segment_max_age, "seconds after which a segment is sealed even if not full")
       ->check(CLI::Range(1, 86400));
-  app.add_option("--ring-size", ring, "BPF ring buffer per CPU (default auto: 64MiB shared by the CPUs, 8-32MiB each)");
+  app.add_option("--ring-size", ring, "capture ring per CPU (default auto: 32MiB shared by the CPUs, 4-16MiB each)");
   app.add_option("--snaplen", snaplen, "payload bytes kept per packet (default 0: all)");
   app.add_option("--allow-cidr", allow_cidrs, "capture only traffic to or from these CIDRs (repeatable)");
   app.add_option("--deny-cidr", deny_cidrs, "never capture traffic to or from these CIDRs (repeatable)");
