@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
 SYSTEMD = CONFIGS / "systemd"
 KUBE = CONFIGS / "kubernetes"
-UNITS = ("tapwire-sensor.service", "tapwire-dissector.service")
+UNITS = ("tapwire-sensor.service", "tapwire-dissector.service", "tapwire-serve.service")
 SKIP = 77
 
 SENSOR_CAPS = {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_RESOURCE", "CAP_SYS_PTRACE", "CAP_SETUID",
@@ -174,6 +174,18 @@ class SystemdUnits(unittest.TestCase):
         self.assertEqual(one(s, "Service", "ProtectSystem"), "strict")
         self.assertEqual(one(unit_settings(SYSTEMD / "tapwire-sensor.service"), "Service", "Group"), "tapwire")
 
+    def test_serve_unit(self):
+        s = unit_settings(SYSTEMD / "tapwire-serve.service")
+        cmd = one(s, "Service", "ExecStart")
+        self.assertTrue(cmd.startswith("/usr/local/bin/tapwire serve "), cmd)
+        # Localhost by default: another address needs a token (docs/API.md).
+        self.assertIn("--listen 127.0.0.1:", cmd)
+        self.assertEqual(one(s, "Service", "CapabilityBoundingSet"), "")
+        self.assertEqual(one(s, "Service", "AmbientCapabilities"), "")
+        self.assertEqual(one(s, "Service", "NoNewPrivileges"), "yes")
+        self.assertEqual(one(s, "Service", "ProtectSystem"), "strict")
+        self.assertEqual(one(s, "Service", "SupplementaryGroups"), "tapwire")
+
     def test_sysusers_creates_the_user_and_group(self):
         if not (shutil.which("systemd-sysusers") and os.geteuid() == 0):
             cannot_run(self, "needs systemd-sysusers (package systemd) and root")
@@ -286,7 +298,15 @@ class KubernetesManifests(unittest.TestCase):
         self.assertIs(spec.get("hostNetwork"), True)
         self.assertEqual(spec.get("serviceAccountName"), self.the("ServiceAccount")["metadata"]["name"])
         volumes = self.pod_checks(tmpl, "DaemonSet")
-        self.assertEqual(len(spec["containers"]), 1)
+        self.assertEqual([c["name"] for c in spec["containers"]], ["sensor", "serve"])
+        # tapwire serve: the API on the node's loopback, without any capability.
+        srv = spec["containers"][1]
+        srv_cmd = srv.get("command", []) + srv.get("args", [])
+        self.assertEqual(srv_cmd[:2], ["/usr/local/bin/tapwire", "serve"])
+        self.assertEqual(srv_cmd[srv_cmd.index("--listen") + 1].rsplit(":", 1)[0], "127.0.0.1")
+        self.assertEqual(srv["securityContext"]["capabilities"], {"drop": ["ALL"]})
+        self.assertIs(srv["securityContext"].get("allowPrivilegeEscalation"), False)
+        self.assertIn("/var/lib/tapwire", {m["mountPath"] for m in srv["volumeMounts"]})
         c = spec["containers"][0]
         sc = c["securityContext"]
         self.assertLessEqual(KUBE_CAPS, set(sc["capabilities"]["add"]))
