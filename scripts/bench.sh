@@ -21,3 +21,5 @@ timeout --signal=TERM --kill-after=30 1200 python3 scripts/bench_snapshot.py
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_identity.py
 # Flows (issue 12): requests/s with flow accounting on and off, CPU per million packets, memory per 100k flows.
 timeout --signal=TERM --kill-after=30 1800 python3 scripts/bench_flows.py
+# tapwire serve (issue 14): query latency over 1M calls, the live stream's delay at 10k calls/s, memory.
+timeout --signal=TERM --kill-after=30 1200 python3 scripts/bench_serve.py
