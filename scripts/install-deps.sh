@@ -51,11 +51,31 @@ PACKAGES=(
   nodejs node-har-validator
   # packaging checks (tests/integration/test_packaging.py)
   python3-yaml systemd
+  # the dashboard's browser test (tests/integration/test_dashboard.py): headless Chromium,
+  # driven by playwright-core from ui/node_modules (no browser download)
+  chromium
 )
 
 # kubectl checks the test API server's fidelity (tests/integration/kubeapi.py);
 # Debian's is in kubernetes-client. A kubectl already on the PATH is used as is.
 if ! command -v kubectl >/dev/null 2>&1; then PACKAGES+=(kubernetes-client); fi
+
+# The dashboard's npm packages (ui/package-lock.json, docs/DASHBOARD.md): npm ci when
+# ui/node_modules does not hold exactly the lockfile's (a copy of which it keeps).
+ui_deps() {
+  local ui
+  ui="$(cd "$(dirname "$0")/.." && pwd)/ui"
+  if ! command -v npm >/dev/null 2>&1; then
+    $( [ "$(id -u)" -ne 0 ] && echo sudo ) apt-get install -y -q --no-install-recommends npm || { echo "deps: no npm for ui/" >&2; return 1; }
+  fi
+  if cmp -s "$ui/package-lock.json" "$ui/node_modules/.tw-lock"; then
+    echo "deps: ui/node_modules current"
+    return 0
+  fi
+  echo "deps: npm ci --prefix ui"
+  npm ci --prefix "$ui" --no-audit --no-fund --loglevel=error
+  cp "$ui/package-lock.json" "$ui/node_modules/.tw-lock"
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -65,6 +85,7 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#PACKAGES[@]} packages present"
+  ui_deps
   exit 0
 fi
 
@@ -76,3 +97,4 @@ export DEBIAN_FRONTEND=noninteractive
 echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+ui_deps

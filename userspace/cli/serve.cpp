@@ -25,9 +25,9 @@ namespace {
 
 struct ServeCliOptions {
   std::string data_dir, listen = "127.0.0.1:8899", token_file, node, control_socket, user, group, config,
-                        storage_size;
+                        storage_size, ui_dir;
   std::vector<std::string> allowed_hosts;
-  bool allow_destructive = false, loopback_needs_token = false;
+  bool allow_destructive = false, loopback_needs_token = false, no_ui = false;
   unsigned max_jobs = 2, max_stream_clients = 16;
 };
 
@@ -82,6 +82,14 @@ int run_serve(const ServeCliOptions& o) {
   // capabilities are gone /proc/self/exe may not be readable to follow.
   char exe[PATH_MAX] = {};
   if (::readlink("/proc/self/exe", exe, sizeof exe - 1) > 0) so.tapwire_exe = exe;
+  // The dashboard: --ui-dir, else the installed or the source tree's ui/dist.
+  if (!o.no_ui) {
+    so.ui_dir = o.ui_dir.empty() ? serve::find_ui_dir(so.tapwire_exe) : o.ui_dir;
+    struct stat ui {};
+    if (!o.ui_dir.empty() && ::stat((o.ui_dir + "/index.html").c_str(), &ui) != 0)
+      throw CliError("no dashboard in --ui-dir", o.ui_dir, "it needs index.html: npm run build --prefix ui writes ui/dist");
+    if (char real[PATH_MAX]; !so.ui_dir.empty() && ::realpath(so.ui_dir.c_str(), real)) so.ui_dir = real;
+  }
   struct stat st {};
   if (::stat(so.data_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     throw CliError("data directory not found", so.data_dir, "pass the --data-dir that tapwire-sensor uses");
@@ -115,6 +123,13 @@ int run_serve(const ServeCliOptions& o) {
                so.host.find(':') != std::string::npos ? "[" : "", so.host.c_str(),
                so.host.find(':') != std::string::npos ? "]" : "", bound, so.node.c_str(), so.data_dir.c_str(),
                so.token.empty() ? "" : ", token required from other hosts");
+  if (!so.ui_dir.empty())
+    std::fprintf(stderr, "tapwire serve: dashboard at http://%s%s%s:%d/ (files from %s)\n",
+                 so.host.find(':') != std::string::npos ? "[" : "", so.host.c_str(),
+                 so.host.find(':') != std::string::npos ? "]" : "", bound, so.ui_dir.c_str());
+  else
+    std::fprintf(stderr, "tapwire serve: no dashboard (%s)\n",
+                 o.no_ui ? "--no-ui" : "no built ui/dist found: give --ui-dir, docs/DASHBOARD.md");
   std::fflush(stderr);
   std::thread waiter([&] {
     int sig = 0;
@@ -153,6 +168,10 @@ void register_serve(CLI::App& app, Action& action) {
   sub->add_option("--group", o->group, "with --user: this group (default: the user's)");
   sub->add_option("--config", o->config, "tapwire.yaml whose tap.snapshots.storageSize limits snapshots");
   sub->add_option("--storage-size", o->storage_size, "room for all snapshots (default: tap.snapshots.storageSize, 20GiB)");
+  sub->add_option("--ui-dir", o->ui_dir,
+                  "the dashboard's built files, served at / (default: EXE_DIR/../share/tapwire/ui, else the "
+                  "source tree's ui/dist)");
+  sub->add_flag("--no-ui", o->no_ui, "serve the API only, no dashboard at /");
   sub->callback([o, &action] { action = [o] { return run_serve(*o); }; });
 }
 

@@ -81,6 +81,7 @@ CompiledQuery compile_filter(sqlite3* db, const std::string& text, Target target
 void add_call_routes(httplib::Server& s, Ctx& ctx);  // calls, calls/{id}, stats, stream
 void add_view_routes(httplib::Server& s, Ctx& ctx);  // flows, map, workloads, ips, boundaries
 void add_snapshot_routes(httplib::Server& s, Ctx& ctx);  // snapshots, pcap, dissections; dissection switch
+void add_static_routes(httplib::Server& s, Ctx& ctx);  // the dashboard's files at / (o.ui_dir)
 
 // ---- delayed dissections (jobs.cpp) ----------------------------------------
 

@@ -262,8 +262,10 @@ Server::Server(ServeOptions o) : impl_(std::make_unique<Impl>()) {
       ctx.reply(res, {{"error", msg}}, status);
       return httplib::Server::HandlerResponse::Handled;
     };
-    if (!access_allowed(req.remote_addr, req.get_header_value("Authorization"), ctx.o.token,
-                        ctx.o.loopback_needs_token))
+    // The dashboard's files hold no data: a browser loads them without a header.
+    const bool ui_file = !ctx.o.ui_dir.empty() && ui_public_path(req.method, req.path);
+    if (!ui_file && !access_allowed(req.remote_addr, req.get_header_value("Authorization"), ctx.o.token,
+                                    ctx.o.loopback_needs_token))
       return refuse(401, "unauthorized: send Authorization: Bearer <token>");
     // A web page whose name was rebound to this address sends its own name:
     // its scripts must not read the API as if they were the same origin.
@@ -321,6 +323,7 @@ Server::Server(ServeOptions o) : impl_(std::make_unique<Impl>()) {
   add_call_routes(s, ctx);
   add_view_routes(s, ctx);
   add_snapshot_routes(s, ctx);
+  add_static_routes(s, ctx);  // the dashboard at / (static_files.cpp)
 }
 
 Server::~Server() {

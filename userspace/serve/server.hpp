@@ -37,6 +37,8 @@ struct ServeOptions {
   uint64_t snapshot_storage_size = 20ull << 30;  // tap.snapshots.storageSize
   std::chrono::milliseconds stream_poll{200};  // how often the live DB is read for the stream
   std::chrono::milliseconds heartbeat{15000};  // an SSE comment this often when nothing else is sent
+  // The dashboard's built files (ui/dist, docs/DASHBOARD.md), served at /; "" = none.
+  std::string ui_dir;
 };
 
 // Why these options cannot be served ("" when they can): a non-loopback
@@ -79,6 +81,17 @@ bool host_allowed(const std::string& host_header, const std::vector<std::string>
 // A snapshot or dissection name a request may give: 1-128 of [A-Za-z0-9._-],
 // not starting with '.', not ending with ".tmp" (no '/', no "..", no NUL).
 bool valid_name(const std::string& name);
+
+// ---- the dashboard (static_files.cpp) ---------------------------------------
+
+// Whether a request is for one of the dashboard's files (GET or HEAD of / or
+// of a file name of one level with a known extension): those are served
+// without the token.
+bool ui_public_path(const std::string& method, const std::string& path);
+// The dashboard's directory when none is given: EXE_DIR/../share/tapwire/ui
+// (installed), else the ui/dist of the source tree this binary was built
+// from; "" when neither holds an index.html.
+std::string find_ui_dir(const std::string& exe);
 
 // ---- privileges -----------------------------------------------------------
 
