@@ -77,6 +77,25 @@ ui_deps() {
   cp "$ui/package-lock.json" "$ui/node_modules/.tw-lock"
 }
 
+# ---- the MCP client test (tests/mcp/, tests/integration/test_mcp.py) --------
+# The official MCP client SDK, pinned by tests/mcp/package-lock.json. node is
+# nodejs's (above); npm comes with it where that is NodeSource's build, else
+# from Debian's npm package. npm ci only when node_modules does not hold
+# exactly the lock file's packages (it keeps a copy of the lock file).
+if ! command -v npm >/dev/null 2>&1; then PACKAGES+=(npm); fi
+mcp_test_deps() {
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/mcp"
+  if cmp -s "$dir/package-lock.json" "$dir/node_modules/.tw-lock"; then
+    echo "deps: tests/mcp/node_modules current"
+    return 0
+  fi
+  echo "deps: npm ci --prefix tests/mcp"
+  npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+  cp "$dir/package-lock.json" "$dir/node_modules/.tw-lock"
+}
+# ---- end of the MCP client test's dependencies --------------------------------
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -86,6 +105,7 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#PACKAGES[@]} packages present"
   ui_deps
+  mcp_test_deps
   exit 0
 fi
 
@@ -98,3 +118,4 @@ echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO de
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 ui_deps
+mcp_test_deps

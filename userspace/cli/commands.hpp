@@ -71,6 +71,8 @@ void register_packets(CLI::App& app, Action& action);
 void register_snapshot(CLI::App& app, Action& action);
 // `tapwire serve` (the HTTP API, userspace/serve/)
 void register_serve(CLI::App& app, Action& action);
+// `tapwire mcp` (MCP on stdio, userspace/serve/mcp.hpp)
+void register_mcp(CLI::App& app, Action& action);
 // The segment directory of --snapshot NAME|DIR: NAME is DATA_DIR/snapshots/NAME,
 // a DIR is used as is; segments are in its segments/ or in it. Throws CliError.
 std::string snapshot_segments_dir(const std::string& arg, const std::string& data_dir);

@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   register_map(app, action);
   register_packets(app, action);
   register_serve(app, action);
+  register_mcp(app, action);
 
   try {
     app.parse(argc, argv);

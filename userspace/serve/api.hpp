@@ -81,6 +81,59 @@ CompiledQuery compile_filter(sqlite3* db, const std::string& text, Target target
 void add_call_routes(httplib::Server& s, Ctx& ctx);  // calls, calls/{id}, stats, stream
 void add_view_routes(httplib::Server& s, Ctx& ctx);  // flows, map, workloads, ips, boundaries
 void add_snapshot_routes(httplib::Server& s, Ctx& ctx);  // snapshots, pcap, dissections; dissection switch
+void add_mcp_routes(httplib::Server& s, Ctx& ctx);  // POST/GET/DELETE /mcp (mcp.cpp)
+
+// ---- the answers, as functions --------------------------------------------
+// Each route's answer without the HTTP around it: the routes reply with
+// these, and the MCP tools (mcp.cpp) return them, so that both give the same
+// data and the same errors (ApiError) for the same parameters.
+
+// The parameters of a request by name: an HTTP request's query string, or an
+// MCP tool's arguments. Read through Ctx's helpers, so that every rule (a
+// name given twice, limit's bounds, the forms of a time) is the HTTP API's.
+class Params {
+ public:
+  Params() = default;
+  explicit Params(const httplib::Request& req) { req_.params = req.params; }
+  Params& set(const std::string& name, const std::string& value) {
+    req_.params.emplace(name, value);
+    return *this;
+  }
+  std::string get(const char* name, const std::string& def = "") const { return Ctx::param(req_, name, def); }
+  size_t limit(size_t def = kDefaultLimit) const { return Ctx::limit_param(req_, def); }
+  std::optional<uint64_t> time(const char* name) const { return Ctx::time_param(req_, name); }
+
+ private:
+  httplib::Request req_;
+};
+
+// GET calls: {db, calls, next_cursor} (filter, limit, format, start, end, cursor, db).
+nlohmann::json calls_json(const Ctx& ctx, const Params& p);
+// GET calls/{id}: {db, call}; 400 for an id that is not 16 hex digits, 404 when absent.
+nlohmann::json call_json(const Ctx& ctx, std::string id, const Params& p);
+// GET stats: {db, group_by, groups, truncated, total} (filter, group_by, limit, start, end, db).
+nlohmann::json stats_json(const Ctx& ctx, const Params& p);
+// GET flows: {flows, matched, truncated} (filter, sort, limit, start, end, db, snapshot).
+nlohmann::json flows_json(const Ctx& ctx, const Params& p);
+// GET map: {level, nodes, edges} (level, namespace, start, end, db, snapshot).
+nlohmann::json service_map_json(const Ctx& ctx, const Params& p);
+// GET workloads and ips: the identity stream at `at` (snapshot, at).
+nlohmann::json identity_json(const Ctx& ctx, const Params& p, bool ips);
+// GET boundaries: what each stream and DB holds.
+nlohmann::json boundaries_json(const Ctx& ctx);
+// GET snapshots: {snapshots}; GET snapshots/{name}: {snapshot}.
+nlohmann::json snapshots_json(const Ctx& ctx);
+nlohmann::json snapshot_json(const Ctx& ctx, const std::string& name);
+// POST snapshots (body: name, start, end, interfaces): {snapshot}.
+nlohmann::json create_snapshot(const Ctx& ctx, const nlohmann::json& body);
+// DELETE snapshots/{name}: {deleted}; 403 unless destructive operations are allowed.
+nlohmann::json delete_snapshot(const Ctx& ctx, const std::string& name);
+// The pcapng of a snapshot (start, end, flow) as GET snapshots/{name}/pcap
+// sends it, written instead into the snapshot's dissections/exports/ (not
+// part of the snapshot, as dissections are not): {snapshot, path, bytes, packets}.
+nlohmann::json write_snapshot_pcap(const Ctx& ctx, const std::string& name, const Params& p);
+// GET dissection, POST dissection/enable|disable: {dissection} from the sensor.
+nlohmann::json dissection_switch(const Ctx& ctx, const std::string& action);
 void add_static_routes(httplib::Server& s, Ctx& ctx);  // the dashboard's files at / (o.ui_dir)
 
 // ---- delayed dissections (jobs.cpp) ----------------------------------------
@@ -97,6 +150,9 @@ class Jobs {
   // Cancels a running one; removes a finished one (403 unless destructive operations are allowed).
   nlohmann::json remove(const std::string& snapshot, const std::string& id);
   bool running_on(const std::string& snapshot);
+  // The snapshot's dissections/ directory (made if need be: the snapshot's
+  // own directory is read-only), where results derived from it go.
+  std::string results_dir(const std::string& snapshot);
 
  private:
   struct Impl;

@@ -75,19 +75,21 @@ json compact(const json& c, const CallDb::Summary& s) {
 
 std::string db_label(const std::string& db) { return db.empty() ? "live" : db; }
 
-void get_calls(const Ctx& ctx, const httplib::Request& req, httplib::Response& res) {
-  const std::string dbname = Ctx::param(req, "db");
-  const std::string format = Ctx::param(req, "format", "compact");
+}  // namespace
+
+json calls_json(const Ctx& ctx, const Params& p) {
+  const std::string dbname = p.get("db");
+  const std::string format = p.get("format", "compact");
   if (format != "compact" && format != "full") throw ApiError(400, "format: give compact or full");
-  const size_t limit = Ctx::limit_param(req);
+  const size_t limit = p.limit();
   CallDb::Query q;
   q.newest_first = true;
-  if (auto t = Ctx::time_param(req, "start")) q.from_ns = *t;
-  if (auto t = Ctx::time_param(req, "end")) q.to_ns = *t;
-  if (const std::string c = Ctx::param(req, "cursor"); !c.empty()) parse_cursor(c, q);
+  if (auto t = p.time("start")) q.from_ns = *t;
+  if (auto t = p.time("end")) q.to_ns = *t;
+  if (const std::string c = p.get("cursor"); !c.empty()) parse_cursor(c, q);
   q.limit = limit + 1;  // one more tells whether there is a next page
   auto db = ctx.open_db(dbname);
-  add_filter(*db, Ctx::param(req, "filter"), q);
+  add_filter(*db, p.get("filter"), q);
   std::vector<CallDb::Summary> sums;
   std::vector<json> calls = run_query(*db, q, &sums);
   json out = {{"db", db_label(dbname)}, {"calls", json::array()}, {"next_cursor", nullptr}};
@@ -97,25 +99,26 @@ void get_calls(const Ctx& ctx, const httplib::Request& req, httplib::Response& r
   }
   for (size_t i = 0; i < calls.size(); i++)
     out["calls"].push_back(with_node(format == "full" ? std::move(calls[i]) : compact(calls[i], sums[i]), ctx.o.node));
-  ctx.reply(res, std::move(out));
+  return out;
 }
 
-void get_call(const Ctx& ctx, const httplib::Request& req, httplib::Response& res) {
-  std::string id = req.matches[1];
+json call_json(const Ctx& ctx, std::string id, const Params& p) {
   for (char& ch : id) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   if (id.size() != 16 || id.find_first_not_of("0123456789abcdef") != std::string::npos)
     throw ApiError(400, "a call id is 16 hex digits");
-  const std::string dbname = Ctx::param(req, "db");
+  const std::string dbname = p.get("db");
   auto db = ctx.open_db(dbname);
   CallDb::Query q;
   q.id = id;
   q.limit = 1;
   auto calls = db->query(q);
   if (calls.empty()) throw ApiError(404, "no call " + id + " in " + db_label(dbname));
-  ctx.reply(res, {{"db", db_label(dbname)}, {"call", with_node(std::move(calls.front()), ctx.o.node)}});
+  return {{"db", db_label(dbname)}, {"call", with_node(std::move(calls.front()), ctx.o.node)}};
 }
 
 // ---------------------------------------------------------------- stats ---
+
+namespace {
 
 // What each group_by groups on: SQL expressions and the names they take in
 // the answer's "key". Servers' side for identity: calls a workload or a
@@ -197,18 +200,20 @@ json group_json(Group& g) {
           {"duration_us", std::move(dur)}};
 }
 
-void get_stats(const Ctx& ctx, const httplib::Request& req, httplib::Response& res) {
-  const std::string by = Ctx::param(req, "group_by", "protocol");
+}  // namespace
+
+json stats_json(const Ctx& ctx, const Params& p) {
+  const std::string by = p.get("group_by", "protocol");
   auto gi = groupings().find(by);
   if (gi == groupings().end()) throw ApiError(400, "group_by: give protocol, status, endpoint, workload or namespace");
   const Grouping& grouping = gi->second;
-  const size_t limit = Ctx::limit_param(req);
-  const auto from = Ctx::time_param(req, "start"), to = Ctx::time_param(req, "end");
-  const std::string dbname = Ctx::param(req, "db");
+  const size_t limit = p.limit();
+  const auto from = p.time("start"), to = p.time("end");
+  const std::string dbname = p.get("db");
   auto db = ctx.open_db(dbname);
   CompileOptions cols;
   detect_columns(db->handle(), cols);
-  const std::string filter = Ctx::param(req, "filter");
+  const std::string filter = p.get("filter");
   CompiledQuery fq;
   if (!filter.empty()) fq = compile_filter(db->handle(), filter, Target::Calls, 3);
 
@@ -269,20 +274,23 @@ void get_stats(const Ctx& ctx, const httplib::Request& req, httplib::Response& r
   total.key = nullptr;
   json t = group_json(total);
   t.erase("key");
-  ctx.reply(res, {{"db", db_label(dbname)},
-                  {"group_by", by},
-                  {"groups", std::move(groups)},
-                  {"truncated", cut},
-                  {"total", std::move(t)}});
+  return {{"db", db_label(dbname)},
+          {"group_by", by},
+          {"groups", std::move(groups)},
+          {"truncated", cut},
+          {"total", std::move(t)}};
 }
 
-}  // namespace
-
 void add_call_routes(httplib::Server& s, Ctx& ctx) {
-  s.Get("/api/v1/calls", [&ctx](const httplib::Request& req, httplib::Response& res) { get_calls(ctx, req, res); });
-  s.Get(R"(/api/v1/calls/([^/]+))",
-        [&ctx](const httplib::Request& req, httplib::Response& res) { get_call(ctx, req, res); });
-  s.Get("/api/v1/stats", [&ctx](const httplib::Request& req, httplib::Response& res) { get_stats(ctx, req, res); });
+  s.Get("/api/v1/calls", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, calls_json(ctx, Params(req)));
+  });
+  s.Get(R"(/api/v1/calls/([^/]+))", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, call_json(ctx, req.matches[1], Params(req)));
+  });
+  s.Get("/api/v1/stats", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, stats_json(ctx, Params(req)));
+  });
   s.Get("/api/v1/stream", [&ctx](const httplib::Request& req, httplib::Response& res) { ctx.hub->serve(req, res); });
 }
 

@@ -330,6 +330,12 @@ json Jobs::remove(const std::string& snapshot, const std::string& id) {
   return cur;
 }
 
+std::string Jobs::results_dir(const std::string& snapshot) {
+  const std::string snap_dir = impl_->ctx.snapshot_dir(snapshot);
+  std::lock_guard lock(impl_->m);  // the chmod dance of one at a time
+  return impl_->dissections_dir(snap_dir);
+}
+
 bool Jobs::running_on(const std::string& snapshot) {
   std::lock_guard lock(impl_->m);
   for (auto& [k, j] : impl_->jobs)

@@ -323,6 +323,7 @@ Server::Server(ServeOptions o) : impl_(std::make_unique<Impl>()) {
   add_call_routes(s, ctx);
   add_view_routes(s, ctx);
   add_snapshot_routes(s, ctx);
+  add_mcp_routes(s, ctx);  // POST /mcp: the same answers as MCP tools (mcp.cpp)
   add_static_routes(s, ctx);  // the dashboard at / (static_files.cpp)
 }
 

@@ -3,7 +3,9 @@
 // the sensor's dissection switch (its control socket, as `tapwire
 // dissection`).
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
@@ -36,7 +38,7 @@ json manifest_json(const snap::Manifest& m) {
           {"tapwire_version", m.tapwire_version}};
 }
 
-json snapshot_json(Ctx& ctx, const snap::SnapshotInfo& s) {
+json info_json(const Ctx& ctx, const snap::SnapshotInfo& s) {
   json j = s.ok ? manifest_json(s.manifest) : json{{"name", s.name}, {"error", s.error}};
   j["ok"] = s.ok;
   // A name the API cannot address (made by hand) lists no dissections.
@@ -52,8 +54,34 @@ json time_field(const json& body, const char* k) {
   return *t.ns;
 }
 
-void post_snapshot(Ctx& ctx, const httplib::Request& req, httplib::Response& res) {
-  const json body = Ctx::body_json(req);
+// The pcapng export of a snapshot (or of the live ring: snapshot ""), as
+// `tapwire export pcap` plans it: every error of the request is found here.
+cli::PcapPlan pcap_plan(const Ctx& ctx, const Params& p, const std::string& snapshot) {
+  cli::PcapExportOptions po;
+  po.data_dir = ctx.o.data_dir;
+  po.snapshot = snapshot;
+  po.from = p.get("start");
+  po.to = p.get("end");
+  po.flow = p.get("flow");
+  return cli::plan_pcap_export(po);
+}
+
+}  // namespace
+
+json snapshots_json(const Ctx& ctx) {
+  json arr = json::array();
+  for (const auto& info : snap::list(ctx.o.data_dir)) arr.push_back(info_json(ctx, info));
+  return {{"snapshots", arr}};
+}
+
+json snapshot_json(const Ctx& ctx, const std::string& name) {
+  ctx.snapshot_dir(name);
+  for (const auto& info : snap::list(ctx.o.data_dir))
+    if (info.name == name) return {{"snapshot", info_json(ctx, info)}};
+  throw ApiError(404, "no such snapshot: " + name);
+}
+
+json create_snapshot(const Ctx& ctx, const json& body) {
   for (auto& [k, v] : body.items())
     if (k != "start" && k != "end" && k != "name" && k != "interfaces")
       throw ApiError(400, "unknown field " + k + " (start, end, name, interfaces)");
@@ -83,17 +111,72 @@ void post_snapshot(Ctx& ctx, const httplib::Request& req, httplib::Response& res
   json j = manifest_json(m);
   j["ok"] = true;
   j["dissections"] = json::array();
-  ctx.reply(res, {{"snapshot", j}}, 201);
+  return {{"snapshot", j}};
 }
 
-void delete_snapshot(Ctx& ctx, const httplib::Request& req, httplib::Response& res) {
-  const std::string name = req.matches[1];
+json delete_snapshot(const Ctx& ctx, const std::string& name) {
   ctx.snapshot_dir(name);
   if (!ctx.o.allow_destructive) throw ApiError(403, "deleting snapshots needs tapwire serve --allow-destructive");
   if (ctx.jobs->running_on(name)) throw ApiError(409, "a dissection of " + name + " runs; cancel it first");
   snap::remove(ctx.o.data_dir, name);
-  ctx.reply(res, {{"deleted", name}});
+  return {{"deleted", name}};
 }
+
+json write_snapshot_pcap(const Ctx& ctx, const std::string& name, const Params& p) {
+  ctx.snapshot_dir(name);
+  const cli::PcapPlan plan = pcap_plan(ctx, p, name);
+  // One file per set of parameters, named by them: asking again rewrites it
+  // rather than piling up copies. Times as the plan resolved them (a
+  // relative -5m is a fixed window by now).
+  std::string file = name;
+  if (!p.get("flow").empty()) file += "-flow-" + p.get("flow");
+  if (plan.from_ns) file += "-from-" + std::to_string(plan.from_ns);
+  if (plan.to_ns != UINT64_MAX) file += "-to-" + std::to_string(plan.to_ns);
+  file += ".pcapng";
+  const std::string dir = ctx.jobs->results_dir(name) + "/exports";
+  if (::mkdir(dir.c_str(), 0750) != 0 && errno != EEXIST)
+    throw ApiError(500, "cannot create " + dir + ": " + std::strerror(errno));
+  const std::string path = dir + "/" + file, tmp = path + ".tmp";
+  FILE* fp = std::fopen(tmp.c_str(), "wbx");
+  if (!fp && errno == EEXIST) {
+    // Left by a writer that died, or being written by another request now:
+    // this one writes its own.
+    ::unlink(tmp.c_str());
+    fp = std::fopen(tmp.c_str(), "wbx");
+  }
+  if (!fp) throw ApiError(500, "cannot write " + tmp + ": " + std::strerror(errno));
+  cli::PcapExportResult r;
+  try {
+    r = cli::write_pcap_export(plan, fp);
+  } catch (...) {
+    std::fclose(fp);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  const bool closed = std::fclose(fp) == 0;
+  if (!closed || !r.ok) {
+    ::unlink(tmp.c_str());
+    throw ApiError(500, "writing " + path + " failed: " + std::strerror(errno));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    throw ApiError(500, "cannot rename " + tmp + ": " + std::strerror(errno));
+  }
+  struct stat st {};
+  ::stat(path.c_str(), &st);
+  return {{"snapshot", name},
+          {"path", path},
+          {"bytes", static_cast<uint64_t>(st.st_size)},
+          {"packets", r.stats.packets},
+          {"segments_read", r.read}};
+}
+
+json dissection_switch(const Ctx& ctx, const std::string& action) {
+  json reply = ctx.control({{"cmd", "dissection"}, {"action", action}});
+  return {{"dissection", reply.value("dissection", json::object())}};
+}
+
+namespace {
 
 // A FILE* whose bytes go to the HTTP response, chunk by chunk, as the
 // pcapng writer produces them.
@@ -109,15 +192,9 @@ FILE* sink_file(httplib::DataSink& sink) {
 
 // GET pcap (the live ring) and GET snapshots/{name}/pcap.
 void get_pcap(Ctx& ctx, const httplib::Request& req, httplib::Response& res, const std::string& snapshot) {
-  cli::PcapExportOptions po;
-  po.data_dir = ctx.o.data_dir;
-  po.snapshot = snapshot;
-  po.from = Ctx::param(req, "start");
-  po.to = Ctx::param(req, "end");
-  po.flow = Ctx::param(req, "flow");
   // Everything that can be wrong with the request is found here, while the
   // status can still say so.
-  auto plan = std::make_shared<cli::PcapPlan>(cli::plan_pcap_export(po));
+  auto plan = std::make_shared<cli::PcapPlan>(pcap_plan(ctx, Params(req), snapshot));
   const std::string file = (snapshot.empty() ? ctx.o.node : snapshot) + ".pcapng";
   res.set_header("Content-Disposition", "attachment; filename=\"" + file + "\"");
   res.set_chunked_content_provider("application/x-pcapng", [plan](size_t, httplib::DataSink& sink) {
@@ -136,30 +213,20 @@ void get_pcap(Ctx& ctx, const httplib::Request& req, httplib::Response& res, con
   });
 }
 
-void dissection_switch(Ctx& ctx, httplib::Response& res, const std::string& action) {
-  json reply = ctx.control({{"cmd", "dissection"}, {"action", action}});
-  ctx.reply(res, {{"dissection", reply.value("dissection", json::object())}});
-}
-
 }  // namespace
 
 void add_snapshot_routes(httplib::Server& s, Ctx& ctx) {
-  s.Get("/api/v1/snapshots", [&ctx](const httplib::Request&, httplib::Response& res) {
-    json arr = json::array();
-    for (const auto& info : snap::list(ctx.o.data_dir)) arr.push_back(snapshot_json(ctx, info));
-    ctx.reply(res, {{"snapshots", arr}});
+  s.Get("/api/v1/snapshots",
+        [&ctx](const httplib::Request&, httplib::Response& res) { ctx.reply(res, snapshots_json(ctx)); });
+  s.Post("/api/v1/snapshots", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, create_snapshot(ctx, Ctx::body_json(req)), 201);
   });
-  s.Post("/api/v1/snapshots",
-         [&ctx](const httplib::Request& req, httplib::Response& res) { post_snapshot(ctx, req, res); });
   s.Get(R"(/api/v1/snapshots/([^/]+))", [&ctx](const httplib::Request& req, httplib::Response& res) {
-    const std::string name = req.matches[1];
-    ctx.snapshot_dir(name);
-    for (const auto& info : snap::list(ctx.o.data_dir))
-      if (info.name == name) return ctx.reply(res, {{"snapshot", snapshot_json(ctx, info)}});
-    throw ApiError(404, "no such snapshot: " + name);
+    ctx.reply(res, snapshot_json(ctx, req.matches[1]));
   });
-  s.Delete(R"(/api/v1/snapshots/([^/]+))",
-           [&ctx](const httplib::Request& req, httplib::Response& res) { delete_snapshot(ctx, req, res); });
+  s.Delete(R"(/api/v1/snapshots/([^/]+))", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, delete_snapshot(ctx, req.matches[1]));
+  });
   s.Get(R"(/api/v1/snapshots/([^/]+)/pcap)", [&ctx](const httplib::Request& req, httplib::Response& res) {
     const std::string name = req.matches[1];
     ctx.snapshot_dir(name);
@@ -180,12 +247,15 @@ void add_snapshot_routes(httplib::Server& s, Ctx& ctx) {
            [&ctx](const httplib::Request& req, httplib::Response& res) {
              ctx.reply(res, {{"dissection", ctx.jobs->remove(req.matches[1], req.matches[2])}});
            });
-  s.Get("/api/v1/dissection",
-        [&ctx](const httplib::Request&, httplib::Response& res) { dissection_switch(ctx, res, "status"); });
-  s.Post("/api/v1/dissection/enable",
-         [&ctx](const httplib::Request&, httplib::Response& res) { dissection_switch(ctx, res, "enable"); });
-  s.Post("/api/v1/dissection/disable",
-         [&ctx](const httplib::Request&, httplib::Response& res) { dissection_switch(ctx, res, "disable"); });
+  s.Get("/api/v1/dissection", [&ctx](const httplib::Request&, httplib::Response& res) {
+    ctx.reply(res, dissection_switch(ctx, "status"));
+  });
+  s.Post("/api/v1/dissection/enable", [&ctx](const httplib::Request&, httplib::Response& res) {
+    ctx.reply(res, dissection_switch(ctx, "enable"));
+  });
+  s.Post("/api/v1/dissection/disable", [&ctx](const httplib::Request&, httplib::Response& res) {
+    ctx.reply(res, dissection_switch(ctx, "disable"));
+  });
 }
 
 }  // namespace tapwire::serve

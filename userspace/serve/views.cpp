@@ -33,10 +33,10 @@ bool is_dir(const std::string& p) {
 // Where flows come from: `db` (a dissection DB's flows table), `snapshot`
 // (its flow stream) or, by default, the sensor's flow stream as `tapwire
 // flows` reads it. Sets src.db to the DB's path for a DB.
-cli::FlowSourceOptions flow_source(const Ctx& ctx, const httplib::Request& req) {
+cli::FlowSourceOptions flow_source(const Ctx& ctx, const Params& p) {
   cli::FlowSourceOptions src;
   src.data_dir = ctx.o.data_dir;
-  const std::string db = Ctx::param(req, "db"), snapshot = Ctx::param(req, "snapshot");
+  const std::string db = p.get("db"), snapshot = p.get("snapshot");
   if (!db.empty() && !snapshot.empty()) throw ApiError(400, "give db or snapshot, not both");
   if (!snapshot.empty()) {
     ctx.snapshot_dir(snapshot);
@@ -44,10 +44,10 @@ cli::FlowSourceOptions flow_source(const Ctx& ctx, const httplib::Request& req) 
   }
   if (!db.empty()) src.db = ctx.db_path(db);
   // Times as the CLI takes them; checked here for a 400 that names them.
-  Ctx::time_param(req, "start");
-  Ctx::time_param(req, "end");
-  src.from = Ctx::param(req, "start");
-  src.to = Ctx::param(req, "end");
+  p.time("start");
+  p.time("end");
+  src.from = p.get("start");
+  src.to = p.get("end");
   return src;
 }
 
@@ -98,11 +98,23 @@ json select_flows(sqlite3* db, const std::string& filter, const std::string& sor
   return out;
 }
 
-void get_flows(const Ctx& ctx, const httplib::Request& req, httplib::Response& res) {
-  cli::FlowSourceOptions src = flow_source(ctx, req);
-  const std::string filter = Ctx::param(req, "filter"), sort = Ctx::param(req, "sort", "first");
-  const size_t limit = Ctx::limit_param(req);
-  const uint64_t from = Ctx::time_param(req, "start").value_or(0), to = Ctx::time_param(req, "end").value_or(0);
+std::string identity_dir(const Ctx& ctx, const Params& p) {
+  const std::string snapshot = p.get("snapshot");
+  if (!snapshot.empty()) ctx.snapshot_dir(snapshot);
+  try {
+    return cli::identity_stream_dir(ctx.o.data_dir, snapshot);
+  } catch (const cli::CliError& e) {
+    throw ApiError(404, e.what());
+  }
+}
+
+}  // namespace
+
+json flows_json(const Ctx& ctx, const Params& p) {
+  cli::FlowSourceOptions src = flow_source(ctx, p);
+  const std::string filter = p.get("filter"), sort = p.get("sort", "first");
+  const size_t limit = p.limit();
+  const uint64_t from = p.time("start").value_or(0), to = p.time("end").value_or(0);
   // Without a flow stream, the live DB's flows table (as `tapwire flows`).
   if (src.db.empty() && src.snapshot.empty() && !is_dir(ctx.o.data_dir + "/flows") &&
       ::access((ctx.o.data_dir + "/dissection.db").c_str(), R_OK) == 0)
@@ -131,41 +143,33 @@ void get_flows(const Ctx& ctx, const httplib::Request& req, httplib::Response& r
     source = lf.source;
   }
   for (auto& f : flows) f = with_node(std::move(f), ctx.o.node);
-  ctx.reply(res, {{"flows", std::move(flows)}, {"matched", total}, {"truncated", total > limit}});
+  return {{"flows", std::move(flows)}, {"matched", total}, {"truncated", total > limit}};
 }
 
-void get_map(const Ctx& ctx, const httplib::Request& req, httplib::Response& res) {
-  const std::string level = Ctx::param(req, "level", "workload");
+json service_map_json(const Ctx& ctx, const Params& p) {
+  const std::string level = p.get("level", "workload");
   if (level != "namespace" && level != "workload" && level != "pod")
     throw ApiError(400, "level: give namespace, workload or pod");
-  const cli::FlowSourceOptions src = flow_source(ctx, req);
-  nlohmann::ordered_json m = cli::map_json(src, level, Ctx::param(req, "namespace"));
-  ctx.reply(res, json::parse(m.dump(-1, ' ', false, json::error_handler_t::replace)));
+  const cli::FlowSourceOptions src = flow_source(ctx, p);
+  nlohmann::ordered_json m = cli::map_json(src, level, p.get("namespace"));
+  return json::parse(m.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
-std::string identity_dir(const Ctx& ctx, const httplib::Request& req) {
-  const std::string snapshot = Ctx::param(req, "snapshot");
-  if (!snapshot.empty()) ctx.snapshot_dir(snapshot);
-  try {
-    return cli::identity_stream_dir(ctx.o.data_dir, snapshot);
-  } catch (const cli::CliError& e) {
-    throw ApiError(404, e.what());
-  }
-}
-
-void get_identity(const Ctx& ctx, const httplib::Request& req, httplib::Response& res, bool ips) {
-  const std::string dir = identity_dir(ctx, req);
-  const auto at = Ctx::time_param(req, "at");
+json identity_json(const Ctx& ctx, const Params& p, bool ips) {
+  const std::string dir = identity_dir(ctx, p);
+  const auto at = p.time("at");
   std::string warning;
   json j = ips ? cli::ips_json(dir, at, &warning) : cli::workloads_json(dir, at, &warning);
   // The stream's node (who captured it), and the serving node as "node".
   j["capture_node"] = j.value("node", "");
   j["node"] = ctx.o.node;
   if (!warning.empty()) j["warning"] = warning;
-  ctx.reply(res, std::move(j));
+  return j;
 }
 
 // ----------------------------------------------------------- boundaries ---
+
+namespace {
 
 // The time a segment directory's records span, from the segment headers.
 json stream_bounds(const std::string& dir) {
@@ -225,7 +229,9 @@ json db_bounds(const std::string& name, const std::string& path) {
   return j;
 }
 
-void get_boundaries(const Ctx& ctx, httplib::Response& res) {
+}  // namespace
+
+json boundaries_json(const Ctx& ctx) {
   const std::string& d = ctx.o.data_dir;
   json dbs = json::array();
   if (::access((d + "/dissection.db").c_str(), F_OK) == 0) dbs.push_back(db_bounds("live", d + "/dissection.db"));
@@ -252,22 +258,28 @@ void get_boundaries(const Ctx& ctx, httplib::Response& res) {
     std::sort(ids.begin(), ids.end());
     for (auto& id : ids) dbs.push_back(db_bounds(s.name + "/" + id, dir + "/" + id + ".db"));
   }
-  ctx.reply(res, {{"segments", stream_bounds(d + "/segments")},
-                  {"identity", stream_bounds(d + "/identity")},
-                  {"flows", stream_bounds(d + "/flows")},
-                  {"dbs", std::move(dbs)},
-                  {"snapshots", std::move(snaps)}});
+  return {{"segments", stream_bounds(d + "/segments")},
+          {"identity", stream_bounds(d + "/identity")},
+          {"flows", stream_bounds(d + "/flows")},
+          {"dbs", std::move(dbs)},
+          {"snapshots", std::move(snaps)}};
 }
 
-}  // namespace
-
 void add_view_routes(httplib::Server& s, Ctx& ctx) {
-  s.Get("/api/v1/flows", [&ctx](const httplib::Request& req, httplib::Response& res) { get_flows(ctx, req, res); });
-  s.Get("/api/v1/map", [&ctx](const httplib::Request& req, httplib::Response& res) { get_map(ctx, req, res); });
-  s.Get("/api/v1/workloads",
-        [&ctx](const httplib::Request& req, httplib::Response& res) { get_identity(ctx, req, res, false); });
-  s.Get("/api/v1/ips", [&ctx](const httplib::Request& req, httplib::Response& res) { get_identity(ctx, req, res, true); });
-  s.Get("/api/v1/boundaries", [&ctx](const httplib::Request&, httplib::Response& res) { get_boundaries(ctx, res); });
+  s.Get("/api/v1/flows", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, flows_json(ctx, Params(req)));
+  });
+  s.Get("/api/v1/map", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, service_map_json(ctx, Params(req)));
+  });
+  s.Get("/api/v1/workloads", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, identity_json(ctx, Params(req), false));
+  });
+  s.Get("/api/v1/ips", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    ctx.reply(res, identity_json(ctx, Params(req), true));
+  });
+  s.Get("/api/v1/boundaries",
+        [&ctx](const httplib::Request&, httplib::Response& res) { ctx.reply(res, boundaries_json(ctx)); });
 }
 
 }  // namespace tapwire::serve
