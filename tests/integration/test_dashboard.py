@@ -10,8 +10,10 @@ checks, while curl makes traffic, that:
 2. a filter typed in narrows the table to exactly the ids GET /api/v1/calls
    returns for it (and a bad one shows its column);
 3. a call opened shows the request headers curl sent (X-Test) and the body
-   it received, and clicking values adds their conditions to the filter;
-4. the map draws the API's nodes and edges, an http edge among them;
+   it received, links its flow's packets (a pcapng download), and clicking
+   values adds their conditions to the filter;
+4. the map draws the API's nodes and edges: the client's address calling the
+   server's over http;
 5. a snapshot created and dissected from the UI, viewed, shows the same call
    ids as `tapwire dissect` of that snapshot into a DB.
 
@@ -106,7 +108,7 @@ class Dashboard(unittest.TestCase):
             serve, port = start_serve(L, "serve", ["--data-dir", data, "--listen", "127.0.0.1:0", "--token-file",
                                                    token_file, "--loopback-needs-token", "--node", "lab-node",
                                                    "--ui-dir", UI / "dist"])
-            self.assertIn("dashboard at http://127.0.0.1:", serve.output())
+            self.assertTrue(serve.wait_for_line(r"tapwire serve: dashboard at http://127\.0\.0\.1:", 10), serve.output())
             base = f"http://127.0.0.1:{port}"
             self.check_files(base, token)
             # Some traffic before the page opens: the table starts with it.
@@ -115,6 +117,7 @@ class Dashboard(unittest.TestCase):
 
             result_path = L.dir / "browser-result.json"
             cfg = {"base": base, "token": token, "cliNs": L.cli_ns, "serverUrl": f"http://{L.srv4}", "body": BODY,
+                   "clientIp": L.cli4, "serverIp": L.srv4,
                    "artifacts": str(art), "result": str(result_path), "chromium": CHROMIUM}
             rc = run_browser(cfg, L.dir / "browser.log")
             out = (L.dir / "browser.log").read_text(errors="replace")

@@ -56,6 +56,8 @@ export class MapView {
       container: $('#cy'),
       elements,
       wheelSensitivity: 0.3,
+      maxZoom: 2.5,
+      minZoom: 0.1,
       style: [
         { selector: 'node', style: { label: 'data(label)', 'background-color': 'data(color)', 'font-size': 11,
           'text-valign': 'bottom', 'text-margin-y': 4, color: '#222', width: 28, height: 28, 'border-width': 1, 'border-color': '#333' } },
@@ -69,6 +71,7 @@ export class MapView {
       ],
       layout: { name: elements.length > 60 ? 'grid' : 'cose', animate: false, padding: 40, nodeRepulsion: () => 400000, idealEdgeLength: () => 150 },
     });
+    if (this.cy.zoom() > 1.2) { this.cy.zoom(1.2); this.cy.center(); }
     window.__tapwireMap = this.cy;  // for the browser test and the console
   }
 }

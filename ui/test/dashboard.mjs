@@ -8,7 +8,7 @@
 // `artifacts`; exits 1 with the reason when a check fails.
 import { chromium } from 'playwright-core';
 import { execFileSync } from 'node:child_process';
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { writeFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 
 const cfg = JSON.parse(process.argv[2]);
@@ -168,7 +168,23 @@ try {
   await page.waitForFunction((f) => document.querySelector('#filter').value === f, f2 + ' and response.status == 200');
   check(new URL(page.url()).searchParams.get('q') === f2 + ' and response.status == 200', 'the URL follows the filter');
   await until(async () => JSON.stringify(await tableIds(page)) === JSON.stringify([xid]), 5000, 'the table after the status click');
-  result.steps.detail = { id: xid, headers: reqHeaders };
+  // Its flow's packets: the link the detail finds through /flows, downloaded as pcapng.
+  let pcapLink = null;
+  for (let attempt = 0; attempt < 4 && !pcapLink; attempt++) {
+    if (attempt) {  // the flow record may not be published yet: open the call again
+      await sleep(2000);
+      await page.click(`#calls tbody tr[data-id="${xid}"]`);
+      await page.waitForSelector(`#detail[data-id="${xid}"]`);
+    }
+    pcapLink = await page.waitForSelector('#detail .links a.pcap', { timeout: 3000 }).catch(() => null);
+  }
+  check(pcapLink, 'the detail links the flow\'s packets: ' + await page.textContent('#detail .links'));
+  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 30000 }), pcapLink.click()]);
+  const pcapFile = path.join(cfg.artifacts, 'flow.pcapng');
+  await download.saveAs(pcapFile);
+  const magic = readFileSync(pcapFile).subarray(0, 4).toString('hex');
+  check(magic === '0a0d0d0a', `the flow's download is pcapng (${magic})`);
+  result.steps.detail = { id: xid, headers: reqHeaders, pcap: pcapFile };
   await screenshot(page, 'click-to-filter');
   await page.click('#filter-clear');
 
@@ -186,6 +202,10 @@ try {
     `the map draws the API's nodes: ${JSON.stringify(drawn.nodes)} vs ${JSON.stringify(apiMap.nodes)}`);
   check(drawn.edges.length === apiMap.edges.length, 'the map draws the API\'s edges');
   check(drawn.edges.some((e) => /\bhttp\b/.test(e.label)), `an http edge: ${JSON.stringify(drawn.edges)}`);
+  // The lab: the client's address calls the server's (both outside any pod: external nodes).
+  const label = (id) => (drawn.nodes.find((n) => n.id === id) || {}).label || '';
+  check(drawn.edges.some((e) => /\bhttp\b/.test(e.label) && label(e.source).includes(cfg.clientIp) &&
+    label(e.target).includes(cfg.serverIp)), `an http edge from ${cfg.clientIp} to ${cfg.serverIp}: ${JSON.stringify(drawn)}`);
   result.steps.map = { level, drawn, api: apiMap };
   await screenshot(page, 'map');
 
