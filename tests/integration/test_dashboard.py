@@ -15,7 +15,8 @@ checks, while curl makes traffic, that:
 4. the map draws the API's nodes and edges: the client's address calling the
    server's over http;
 5. a snapshot created and dissected from the UI, viewed, shows the same call
-   ids as `tapwire dissect` of that snapshot into a DB.
+   ids as `tapwire dissect` of that snapshot into a DB; a call's packets then
+   come from the snapshot's pcap, and the map from its DB.
 
 A screenshot of each step goes to $TW_ARTIFACTS (default
 TW_BUILD_DIR/artifacts/dashboard/). Needs root, netns, BPF, the built

@@ -146,8 +146,8 @@ export class Detail {
       'calls on this connection'));
     const id = c.id;
     try {
+      // The snapshot's flow stream: the ids its pcap knows.
       const params = { filter: flowFilter, limit: 5, snapshot: snap || undefined };
-      if (snap) params.db = this.state.db;
       const j = await api.get('/flows', params);
       if (this.id !== id) return;
       if (!j.flows.length) { box.append(' · ', el('span', { class: 'muted' }, 'flow not found (no packets to fetch)')); return; }

@@ -24,7 +24,8 @@ export class MapView {
     info.textContent = 'loading…';
     const snap = this.state.db === 'live' ? '' : this.state.db.split('/')[0];
     const params = { level: this.state.level, start: snap ? undefined : $('#map-window').value };
-    if (snap) { params.snapshot = snap; params.db = this.state.db; }
+    // A snapshot's dissection DB: its calls and flows (the API takes db or snapshot, not both).
+    if (snap) params.db = this.state.db;
     let m;
     try {
       m = await api.get('/map', params);

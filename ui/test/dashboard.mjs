@@ -234,10 +234,20 @@ try {
   check((await page.textContent('#live-state')).includes('no live stream'), 'no live stream on a snapshot DB');
   result.steps.snapshot = { name: snap, db, ids: snapIds };
   await screenshot(page, 'snapshot-calls');
-  // The detail of a snapshot call comes from that DB.
-  await page.click(`#calls tbody tr[data-id="${snapIds[0]}"]`);
-  await page.waitForSelector(`#detail[data-id="${snapIds[0]}"]`);
+  // The detail of a snapshot call comes from that DB, its packets from the snapshot.
+  check(snapIds.includes(xid), 'the X-Test call is in the snapshot');
+  await page.click(`#calls tbody tr[data-id="${xid}"]`);
+  await page.waitForSelector(`#detail[data-id="${xid}"]`);
+  await page.waitForSelector('#detail .links a.pcap', { timeout: 10000 });
+  const href = await page.getAttribute('#detail .links a.pcap', 'href');
+  check(href.startsWith(`/api/v1/snapshots/${snap}/pcap?flow=`), `the snapshot's pcap: ${href}`);
   await screenshot(page, 'snapshot-detail');
+  // The map of the snapshot's DB.
+  await page.click('#tabs .tab[data-view=map]');
+  await page.waitForFunction(() => /\(snapshot /.test(document.querySelector('#map-info').textContent), null, { timeout: 15000 });
+  const snapNodes = await page.evaluate(() => window.__tapwireMap.nodes().length);
+  check(snapNodes >= 2, `the snapshot's map has the lab's nodes (${snapNodes})`);
+  await screenshot(page, 'snapshot-map');
 
   result.console_errors = consoleErrors;
   check(consoleErrors.length === 0, 'no errors in the console: ' + consoleErrors.join('; '));
