@@ -74,5 +74,5 @@ for (const t of plan.transports) {
   out[t.name] = r;
 }
 out.problems = problems;
-process.stdout.write(JSON.stringify(out) + '\n');
-process.exit(problems.length ? 1 : 0);
+// Exit only once the output is written: a pipe takes it asynchronously.
+process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(problems.length ? 1 : 0));
