@@ -16,10 +16,14 @@ import { readFileSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { AjvJsonSchemaValidator } from '@modelcontextprotocol/sdk/validation/ajv';
 
 const plan = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const out = {};
 const problems = [];
+// The SDK's JSON Schema validator (Ajv): each inputSchema must compile, and
+// the plan's arguments must be valid for it.
+const ajv = new AjvJsonSchemaValidator();
 
 for (const t of plan.transports) {
   const client = new Client({ name: 'tapwire-integration-test', version: '1.0.0' });
@@ -35,12 +39,18 @@ for (const t of plan.transports) {
     protocol_version: t.url ? transport.protocolVersion ?? null : null,
   };
   r.tools = (await client.listTools()).tools;
+  const validators = new Map();
   for (const tool of r.tools) {
     const s = tool.inputSchema;
     if (!s || typeof s !== 'object' || Array.isArray(s) || s.type !== 'object' ||
         (s.properties !== undefined && (typeof s.properties !== 'object' || Array.isArray(s.properties))))
       problems.push(`${t.name}: ${tool.name}: inputSchema is not an object schema: ${JSON.stringify(s)}`);
     if (!tool.description) problems.push(`${t.name}: ${tool.name}: no description`);
+    try {
+      validators.set(tool.name, ajv.getValidator(s));
+    } catch (e) {
+      problems.push(`${t.name}: ${tool.name}: inputSchema does not compile: ${e.message ?? e}`);
+    }
   }
   const offered = new Set(r.tools.map((x) => x.name));
   r.calls = [];
@@ -50,6 +60,9 @@ for (const t of plan.transports) {
     if (!offered.has(c.name)) {
       entry.offered = false;
     } else {
+      const check = validators.get(c.name)?.(entry.arguments);
+      if (check && !check.valid)
+        problems.push(`${t.name}: ${c.name}: arguments ${JSON.stringify(entry.arguments)} not valid: ${check.errorMessage}`);
       try {
         entry.result = await client.callTool({ name: c.name, arguments: entry.arguments });
       } catch (e) {
