@@ -60,41 +60,23 @@ PACKAGES=(
 # Debian's is in kubernetes-client. A kubectl already on the PATH is used as is.
 if ! command -v kubectl >/dev/null 2>&1; then PACKAGES+=(kubernetes-client); fi
 
-# The dashboard's npm packages (ui/package-lock.json, docs/DASHBOARD.md): npm ci when
-# ui/node_modules does not hold exactly the lockfile's (a copy of which it keeps).
-ui_deps() {
-  local ui
-  ui="$(cd "$(dirname "$0")/.." && pwd)/ui"
-  if ! command -v npm >/dev/null 2>&1; then
-    $( [ "$(id -u)" -ne 0 ] && echo sudo ) apt-get install -y -q --no-install-recommends npm || { echo "deps: no npm for ui/" >&2; return 1; }
-  fi
-  if cmp -s "$ui/package-lock.json" "$ui/node_modules/.tw-lock"; then
-    echo "deps: ui/node_modules current"
-    return 0
-  fi
-  echo "deps: npm ci --prefix ui"
-  npm ci --prefix "$ui" --no-audit --no-fund --loglevel=error
-  cp "$ui/package-lock.json" "$ui/node_modules/.tw-lock"
-}
-
-# ---- the MCP client test (tests/mcp/, tests/integration/test_mcp.py) --------
-# The official MCP client SDK, pinned by tests/mcp/package-lock.json. node is
-# nodejs's (above); npm comes with it where that is NodeSource's build, else
-# from Debian's npm package. npm ci only when node_modules does not hold
-# exactly the lock file's packages (it keeps a copy of the lock file).
+# npm packages, each set pinned by its package-lock.json: the dashboard's (ui/,
+# docs/DASHBOARD.md) and the MCP client test's (tests/mcp/, the official client
+# SDK). npm ci only when DIR/node_modules does not hold exactly the lock file's
+# packages (it keeps a copy of the lock file). node is nodejs's (above); npm
+# comes with it where that is NodeSource's build, else from Debian's npm.
 if ! command -v npm >/dev/null 2>&1; then PACKAGES+=(npm); fi
-mcp_test_deps() {
+npm_deps() {
   local dir
-  dir="$(cd "$(dirname "$0")/.." && pwd)/tests/mcp"
+  dir="$(cd "$(dirname "$0")/.." && pwd)/$1"
   if cmp -s "$dir/package-lock.json" "$dir/node_modules/.tw-lock"; then
-    echo "deps: tests/mcp/node_modules current"
+    echo "deps: $1/node_modules current"
     return 0
   fi
-  echo "deps: npm ci --prefix tests/mcp"
+  echo "deps: npm ci --prefix $1"
   npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
   cp "$dir/package-lock.json" "$dir/node_modules/.tw-lock"
 }
-# ---- end of the MCP client test's dependencies --------------------------------
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -104,8 +86,8 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "deps: all ${#PACKAGES[@]} packages present"
-  ui_deps
-  mcp_test_deps
+  npm_deps ui
+  npm_deps tests/mcp
   exit 0
 fi
 
@@ -117,5 +99,5 @@ export DEBIAN_FRONTEND=noninteractive
 echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-ui_deps
-mcp_test_deps
+npm_deps ui
+npm_deps tests/mcp

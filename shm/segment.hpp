@@ -25,6 +25,13 @@ uint32_t crc32c(std::span<const uint8_t> data, uint32_t crc = 0);
 
 // Path of segment `seq` inside `dir`: DIR/<seq as 16 hex digits>.twseg
 std::string segment_path(const std::string& dir, uint64_t seq);
+// Where segment `seq` is built before it is renamed into place:
+// DIR/.<seq>.twseg.tmp (a writer that starts deletes those left behind).
+std::string segment_temp_path(const std::string& dir, uint64_t seq);
+// Renames a built segment into place without replacing a file of that name
+// (renameat2 RENAME_NOREPLACE, or link + unlink on file systems without it).
+// Returns 0 or the errno (EEXIST: a segment of that number exists).
+int rename_segment_into_place(const std::string& tmp, const std::string& path);
 
 // ---------------------------------------------------------------- writer ---
 

@@ -102,6 +102,22 @@ struct SegmentWriter::Impl {
   }
 };
 
+std::string segment_temp_path(const std::string& dir, uint64_t seq) {
+  char name[40];
+  std::snprintf(name, sizeof name, ".%016" PRIx64 "%s.tmp", seq, TW_SEG_FILE_SUFFIX);
+  return (dir.empty() ? std::string() : dir.back() == '/' ? dir : dir + "/") + name;
+}
+
+int rename_segment_into_place(const std::string& tmp, const std::string& path) {
+  if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) == 0) return 0;
+  const int err = errno;
+  if (err != EINVAL && err != ENOSYS) return err;
+  // A file system without RENAME_NOREPLACE: link() does not replace either.
+  if (link(tmp.c_str(), path.c_str()) != 0) return errno;
+  unlink(tmp.c_str());
+  return 0;
+}
+
 SegmentWriter SegmentWriter::create(const std::string& dir, uint64_t seq, uint64_t capacity) {
   capacity &= ~static_cast<uint64_t>(TW_SEG_ALIGN - 1);
   const std::string path = segment_path(dir, seq);
@@ -110,9 +126,7 @@ SegmentWriter SegmentWriter::create(const std::string& dir, uint64_t seq, uint64
 
   // Built under a hidden temporary name and renamed into place once the
   // header is written, so that a reader never finds a half-made segment.
-  char tmpname[40];
-  std::snprintf(tmpname, sizeof tmpname, ".%016" PRIx64 "%s.tmp", seq, TW_SEG_FILE_SUFFIX);
-  const std::string tmp = (dir.empty() ? std::string() : dir.back() == '/' ? dir : dir + "/") + tmpname;
+  const std::string tmp = segment_temp_path(dir, seq);
 
   const uint64_t size = kHeader + capacity;
   int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -143,20 +157,9 @@ SegmentWriter SegmentWriter::create(const std::string& dir, uint64_t seq, uint64
   hdr->abi_version = TW_ABI_VERSION;
   aref(hdr->state).store(TW_SEG_OPEN, std::memory_order_release);
 
-  if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) != 0) {
-    int err = errno;
-    if (err == EINVAL || err == ENOSYS) {  // file system without RENAME_NOREPLACE
-      if (link(tmp.c_str(), path.c_str()) == 0) {
-        unlink(tmp.c_str());
-        err = 0;
-      } else {
-        err = errno;
-      }
-    }
-    if (err != 0) {
-      munmap(m, kHeader);
-      fail(err == EEXIST ? "segment file already exists" : "cannot rename segment file into place", err);
-    }
+  if (int err = rename_segment_into_place(tmp, path); err != 0) {
+    munmap(m, kHeader);
+    fail(err == EEXIST ? "segment file already exists" : "cannot rename segment file into place", err);
   }
 
   SegmentWriter w;

@@ -137,9 +137,7 @@ StreamSegmentWriter StreamSegmentWriter::create(const std::string& dir, uint64_t
     size += caps[i];
   }
 
-  char tmpname[40];
-  std::snprintf(tmpname, sizeof tmpname, ".%016" PRIx64 "%s.tmp", seq, TW_SEG_FILE_SUFFIX);
-  const std::string tmp = (dir.empty() ? std::string() : dir.back() == '/' ? dir : dir + "/") + tmpname;
+  const std::string tmp = segment_temp_path(dir, seq);
   int fd = ::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0) throw SegmentError(path + ": cannot create segment file: " + errstr(errno));
   auto fail = [&](const std::string& what, int err) {
@@ -200,18 +198,12 @@ StreamSegmentWriter StreamSegmentWriter::create(const std::string& dir, uint64_t
   }
   aref(hdr->state).store(TW_SEG_OPEN, std::memory_order_release);
 
-  if (renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE) != 0) {
-    int err = errno;
-    if (err == EINVAL || err == ENOSYS) {  // file system without RENAME_NOREPLACE
-      err = link(tmp.c_str(), path.c_str()) == 0 ? (unlink(tmp.c_str()), 0) : errno;
-    }
-    if (err != 0) {
-      delete w.impl_;
-      w.impl_ = nullptr;
-      munmap(m, header_size);
-      if (dfd >= 0) close(dfd);
-      fail(err == EEXIST ? "segment file already exists" : "cannot rename segment file into place", err);
-    }
+  if (int err = rename_segment_into_place(tmp, path); err != 0) {
+    delete w.impl_;
+    w.impl_ = nullptr;
+    munmap(m, header_size);
+    if (dfd >= 0) close(dfd);
+    fail(err == EEXIST ? "segment file already exists" : "cannot rename segment file into place", err);
   }
   s.fd = fd;
   s.dfd = dfd;
