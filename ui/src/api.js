@@ -102,7 +102,8 @@ export function openStream(path, params, { onEvent, onState }) {
     }
     if (!r.ok) {
       let j = null;
-      try { j = await r.json(); } catch (_) { /* not JSON */ }
+      try { j = await r.json(); } catch (_) { /* not JSON, or stopped while reading it */ }
+      if (stopped) return;  // stop() aborted the body: the caller has moved on
       const err = new ApiError(r.status, j);
       if (r.status === 400 || r.status === 401) { onState('error', err); return; }
       return retry(err.message);

@@ -121,7 +121,11 @@ export class CallTable {
 
   showError(e) {
     const box = $('#filter-error');
-    if (!e) { box.hidden = true; box.textContent = ''; return; }
+    if (!e) { box.hidden = true; box.textContent = ''; this.errorHasColumn = false; return; }
+    // The history request and the stream report a bad filter each, in either
+    // order: the answer that names the column stays, whichever came first.
+    if (!e.column && this.errorHasColumn && !box.hidden) return;
+    this.errorHasColumn = !!e.column;
     let text = e.message;
     if (e.column) {
       const f = this.state.filter;
