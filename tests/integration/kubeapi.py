@@ -660,8 +660,8 @@ class KubeApiServer:
     def load(self, objs) -> int:
         """Puts many objects into the store at once without watch events, as
         if they had been there before anyone watched (older history is
-        compacted). For large lists (100k pods): the dicts are taken over,
-        not copied."""
+        compacted, running watches are closed: a watcher must list again).
+        For large lists (100k pods): the dicts are taken over, not copied."""
         n = 0
         gc_was = gc.isenabled()
         gc.disable()  # millions of new containers: the cyclic collector would rescan them over and over
@@ -688,6 +688,13 @@ class KubeApiServer:
                 n += 1
             self._history.clear()
             self._compacted = self._rv
+            # Running watches end in the same step: one left running could
+            # send a bookmark of the new resourceVersion before it is told to
+            # close, and its watcher would then resume past the compaction
+            # without ever listing what was loaded.
+            for w in self._watchers:
+                w.injected = "close"
+            self._cv.notify_all()
         return n
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
