@@ -208,7 +208,9 @@ bool CaptureStore::append_control(uint16_t type, std::span<const uint8_t> body, 
 void CaptureStore::publish(uint64_t watermark_ns) {
   auto& s = *impl_;
   s.watermark = std::max(s.watermark, watermark_ns);
-  if (!s.open) return;
+  // A control record waiting (an interface attached, a loss) opens a segment
+  // even without packets: the directory names its interfaces from the start.
+  if (!s.open && (s.ctl_prod == s.pos[s.ctl_index()] || !s.open_segment())) return;
   if (!s.flush_control()) {  // the control region is full
     s.seal_open();
     if (s.open_segment()) s.flush_control();
