@@ -1,5 +1,6 @@
 // CaptureStore: version-2 segments for the capture directory. capture_store.hpp.
 #include "capture_store.hpp"
+#include "shm_util.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -12,17 +13,14 @@
 namespace tapwire::shm {
 namespace {
 
+using namespace detail;
+
 constexpr uint64_t kBlock = TW_SEG_BLOCK;
 constexpr uint64_t kMinSegment = 64ull << 10;
 constexpr uint64_t kMinRegion = 64ull << 10;  // a 16 KiB chunk record and the blocks around it, with room
 constexpr uint64_t kCtlBytes = 64ull << 10;  // the control records' staging ring
 constexpr uint64_t kCreateRetryNs = 1000000000ull;
 
-uint64_t coarse_realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 }  // namespace
 

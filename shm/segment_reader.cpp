@@ -16,14 +16,16 @@
 #include <vector>
 
 #include "segment.hpp"
+#include "shm_util.hpp"
 #include "tapwire_abi.h"
 
 namespace tapwire::shm {
 namespace {
 
+using namespace detail;
+
 constexpr uint64_t kHeader = TW_SEG_HEADER_SIZE;
 
-std::string errstr(int err) { return std::strerror(err); }
 
 // The mapping is read-only: only loads go through these (a plain aligned mov
 // on x86-64 and aarch64, never a read-modify-write).

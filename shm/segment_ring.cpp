@@ -16,14 +16,16 @@
 
 #include "fs_util.hpp"
 #include "segment_ring.hpp"
+#include "shm_util.hpp"
 
 namespace tapwire::shm {
 namespace {
 
+using namespace detail;
+
 constexpr const char* kDamagedDir = "damaged";
 constexpr size_t kMaxDamaged = 16;
 
-std::string errstr(int err) { return std::strerror(err); }
 
 // Temporary files of a writer that died inside SegmentWriter::create.
 void remove_stale_temporaries(const std::string& dir) {

@@ -16,10 +16,13 @@
 
 #include "fs_util.hpp"
 #include "segment.hpp"
+#include "shm_util.hpp"
 #include "segment_ring.hpp"
 
 namespace tapwire::shm {
 namespace {
+
+using namespace detail;
 
 constexpr uint64_t kMinSegment = 64ull << 10;
 constexpr uint64_t kPage = 4096;
@@ -27,11 +30,6 @@ constexpr uint64_t kPage = 4096;
 // this long instead of retrying file creation for every record.
 constexpr uint64_t kCreateRetryNs = 1000000000ull;
 
-uint64_t coarse_realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME_COARSE, &ts);  // vDSO: no syscall per record
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 }  // namespace
 

@@ -22,10 +22,13 @@
 #include <ctime>
 
 #include "segment.hpp"
+#include "shm_util.hpp"
 #include "tapwire_abi.h"
 
 namespace tapwire::shm {
 namespace {
+
+using namespace detail;
 
 constexpr uint64_t kHeader = TW_SEG_HEADER_SIZE;
 // A capacity this large is a bug in the caller, not a disk size.
@@ -34,11 +37,6 @@ constexpr uint64_t kMaxCapacity = 1ull << 48;
 constexpr size_t kStagingBytes = 1u << 20;
 constexpr uint64_t kWritebackChunk = 8ull << 20;
 
-uint64_t realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 uint64_t page_size() {
   static const uint64_t ps = [] {
@@ -48,18 +46,12 @@ uint64_t page_size() {
   return ps;
 }
 
-uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-std::string errstr(int err) { return std::strerror(err); }
 
 // Size the file keeps once sealed: the header plus the published records,
 // rounded up to a page so that the mapping of the last page stays valid.
 uint64_t sealed_file_size(uint64_t committed) { return kHeader + round_up(committed, page_size()); }
 
-template <class T>
-std::atomic_ref<T> aref(T& v) {
-  return std::atomic_ref<T>(v);
-}
 
 }  // namespace
 

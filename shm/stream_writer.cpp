@@ -28,10 +28,13 @@
 #include <vector>
 
 #include "segment.hpp"
+#include "shm_util.hpp"
 #include "tapwire_abi.h"
 
 namespace tapwire::shm {
 namespace {
+
+using namespace detail;
 
 constexpr uint64_t kBlock = TW_SEG_BLOCK;
 constexpr uint64_t kTableOff = sizeof(tw_seg_header) + sizeof(tw_seg_streams);  // 128
@@ -39,19 +42,8 @@ constexpr uint64_t kTableOff = sizeof(tw_seg_header) + sizeof(tw_seg_streams);  
 // memory cost the least CPU per byte).
 constexpr uint64_t kMaxWrite = 2ull << 20;
 
-uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-std::string errstr(int err) { return std::strerror(err); }
 
-uint64_t realtime_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
-template <class T>
-std::atomic_ref<T> aref(T& v) {
-  return std::atomic_ref<T>(v);
-}
 
 // Writes the iovecs fully at `off`; false on an error (errno set).
 bool pwritev_all(int fd, iovec* iov, int cnt, uint64_t off) {
@@ -380,7 +372,7 @@ uint64_t recover_stream_segment(const std::string& path) {
   auto* map = static_cast<uint8_t*>(m);
   auto* hdr = reinterpret_cast<tw_seg_header*>(map);
   auto* ext = reinterpret_cast<tw_seg_streams*>(map + sizeof(tw_seg_header));
-  uint64_t total = 0, count = 0, first = 0, last = 0, bytes = 0;
+  uint64_t total = 0, count = 0, first = 0, last = 0;
   for (uint32_t i = 0; i < ext->regions; i++) {  // checked by SegmentReader::open
     auto* e = reinterpret_cast<tw_seg_region*>(map + kTableOff + i * sizeof(tw_seg_region));
     const uint8_t* data = map + e->file_off;
@@ -416,7 +408,6 @@ uint64_t recover_stream_segment(const std::string& path) {
     e->records = records;
     count += records;
     total += e->committed - e->start;
-    bytes += round_up(e->committed, kBlock);
     const uint64_t used = round_up(e->committed, kBlock);
     if (used < e->capacity)
       (void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(e->file_off + used),
@@ -432,7 +423,6 @@ uint64_t recover_stream_segment(const std::string& path) {
   (void)msync(map, len, MS_SYNC);
   munmap(m, len);
   close(fd);
-  (void)bytes;
   return count;
 }
 
